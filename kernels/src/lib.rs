@@ -1,0 +1,7 @@
+//! Compute ops for marc.
+//!
+//! Every op validates its arguments once in `ops/<op>/mod.rs` and then dispatches to an
+//! implementation per backend (`cpu.rs` today; CUDA arrives with its own files beside it).
+//! Activations are `f32`; weights may be `f32`, `bf16` or `f16` and are widened in registers.
+//! All reductions run in a fixed order per output element, so results are bitwise identical
+//! whatever the batch composition and the number of threads.

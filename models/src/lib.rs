@@ -1,0 +1,1 @@
+//! NemotronH-family models for marc: config, checkpoint loading and the forward pass.

@@ -1,0 +1,2 @@
+//! The `marc` command line.
+fn main() {}
