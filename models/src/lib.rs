@@ -1,1 +1,25 @@
 //! NemotronH-family models for marc: config, checkpoint loading and the forward pass.
+//!
+//! - [`config`]: `config.json` (modern and legacy keys) resolved and validated.
+//! - [`checkpoint`]: memory-mapped safetensors, single or sharded, NVIDIA's or transformers' names.
+//! - [`weights`]: typed tensor access with shape/dtype checks; weights stay in their dtype.
+//! - `blocks`: the Mamba-2, attention, MLP and MoE mixers.
+//! - [`model`]: [`NemotronH`], loaded only as deep as needed, run on a [`PackedBatch`].
+//! - [`pooling`], [`tokenizer`]: from hidden states to vectors, from text to ids.
+
+mod blocks;
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod pooling;
+pub mod synthetic;
+pub mod tokenizer;
+pub mod weights;
+
+pub use batch::PackedBatch;
+pub use config::{BlockKind, NemotronHConfig};
+pub use error::{ForwardError, LoadError};
+pub use model::{LoadOptions, LoadProgress, NemotronH};
+pub use pooling::Pooling;

@@ -1,0 +1,168 @@
+//! The NemotronH model: embeddings, the blocks (`h = h + mixer(rmsnorm(h))`), and `norm_f`,
+//! loaded only as deep as the deepest layer that will be asked for.
+
+use std::path::Path;
+
+use marc_kernels::ops::norm::rms_norm;
+
+use crate::batch::PackedBatch;
+use crate::blocks::Mixer;
+use crate::checkpoint::{Checkpoint, layer_of};
+use crate::config::{NemotronHConfig, config_path};
+use crate::error::{ForwardError, LoadError};
+use crate::weights::{EmbeddingTable, WeightLoader};
+
+/// What to load.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// The deepest hidden state that will be asked for (transformers' `hidden_states[L]`
+    /// numbering: 0 = embeddings, `num_layers` = after `norm_f`). `None` loads every block.
+    pub max_layer: Option<usize>,
+}
+
+/// Progress of a load: bytes of weights read so far and in all.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadProgress {
+    /// Bytes consumed.
+    pub done: u64,
+    /// Bytes to consume.
+    pub total: u64,
+}
+
+struct Block {
+    norm: Vec<f32>,
+    mixer: Mixer,
+}
+
+/// A loaded NemotronH model (possibly cut after a middle block).
+pub struct NemotronH {
+    config: NemotronHConfig,
+    embeddings: EmbeddingTable,
+    blocks: Vec<Block>,
+    /// Present only when every block is loaded.
+    norm_f: Option<Vec<f32>>,
+}
+
+impl NemotronH {
+    /// Loads the model in `dir` (`config.json` + safetensors).
+    pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, LoadError> {
+        Self::load_with_progress(dir, options, &mut |_| {})
+    }
+
+    /// Like [`NemotronH::load`], reporting progress as weights are read.
+    pub fn load_with_progress(
+        dir: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, LoadError> {
+        let config = NemotronHConfig::from_file(&config_path(dir))?;
+        let num_layers = config.num_layers();
+        let depth = options.max_layer.unwrap_or(num_layers);
+        if depth > num_layers {
+            return Err(LoadError::LayerOutOfRange {
+                requested: depth,
+                available: num_layers,
+            });
+        }
+        let full = depth == num_layers;
+        let checkpoint = Checkpoint::open(dir)?;
+        let total = checkpoint.total_bytes(|name| match layer_of(name) {
+            Some(layer) => layer < depth,
+            None => name == "embeddings.weight" || (full && name == "norm_f.weight"),
+        })?;
+        progress(LoadProgress { done: 0, total });
+        let mut report = |done: u64| progress(LoadProgress { done, total });
+        let mut w = WeightLoader::new(&checkpoint, &mut report);
+
+        let hidden = config.hidden_size;
+        let embeddings = w.embedding("embeddings.weight", config.vocab_size, hidden)?;
+        let blocks = (0..depth)
+            .map(|layer| {
+                Ok(Block {
+                    norm: w.vector(&format!("layers.{layer}.norm.weight"), &[hidden])?,
+                    mixer: Mixer::load(&mut w, &config, layer)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        let norm_f = full.then(|| w.vector("norm_f.weight", &[hidden])).transpose()?;
+        Ok(Self {
+            config,
+            embeddings,
+            blocks,
+            norm_f,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &NemotronHConfig {
+        &self.config
+    }
+
+    /// The deepest hidden state this instance can compute.
+    pub fn max_layer(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Width of every hidden state.
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        // Norm and SSM vectors are negligible next to the matrices; count the big parts.
+        self.embeddings.size_in_bytes() + self.blocks.iter().map(|b| b.mixer.size_in_bytes()).sum::<usize>()
+    }
+
+    /// Hidden states `[tokens, hidden]` of the packed batch at each requested layer, in the
+    /// order asked. Layer numbering is transformers' `hidden_states`: 0 = embeddings, `L` = output
+    /// of block `L`, `num_layers` = after `norm_f`. Only blocks up to the deepest layer asked run.
+    pub fn hidden_states(&self, batch: &PackedBatch, layers: &[usize]) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let deepest = layers.iter().copied().max().unwrap_or(0);
+        if deepest > self.max_layer() {
+            return Err(ForwardError::LayerNotLoaded {
+                requested: deepest,
+                loaded: self.max_layer(),
+            });
+        }
+        batch.check_vocab(self.config.vocab_size)?;
+        let hidden = self.config.hidden_size;
+        let tokens = batch.num_tokens();
+        let cu_seqlens = batch.cu_seqlens();
+
+        let mut h = vec![0.0f32; tokens * hidden];
+        for (row, &id) in h.chunks_exact_mut(hidden).zip(batch.tokens()) {
+            self.embeddings.row_into(id as usize, row);
+        }
+        let mut outputs: Vec<Option<Vec<f32>>> = vec![None; layers.len()];
+        let mut normed = vec![0.0f32; tokens * hidden];
+        for layer in 0..=deepest {
+            if layer > 0 {
+                let block = &self.blocks[layer - 1];
+                rms_norm(&h, &block.norm, self.config.norm_eps, &mut normed)?;
+                let mixed = block.mixer.forward(&normed, cu_seqlens)?;
+                marc_kernels::ops::activation::add_in_place(&mut h, &mixed);
+            }
+            if !layers.contains(&layer) {
+                continue;
+            }
+            let state = match (&self.norm_f, layer == self.config.num_layers()) {
+                (Some(norm_f), true) => {
+                    let mut out = vec![0.0; h.len()];
+                    rms_norm(&h, norm_f, self.config.norm_eps, &mut out)?;
+                    out
+                }
+                _ => h.clone(),
+            };
+            for (slot, _) in outputs.iter_mut().zip(layers).filter(|(_, l)| **l == layer) {
+                *slot = Some(state.clone());
+            }
+        }
+        Ok(outputs.into_iter().map(|o| o.unwrap_or_default()).collect())
+    }
+
+    /// The hidden state at one layer; see [`NemotronH::hidden_states`].
+    pub fn hidden_state(&self, batch: &PackedBatch, layer: usize) -> Result<Vec<f32>, ForwardError> {
+        Ok(self.hidden_states(batch, &[layer])?.pop().unwrap_or_default())
+    }
+}

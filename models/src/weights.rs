@@ -1,0 +1,225 @@
+//! Typed access to a checkpoint's tensors: every fetch checks the shape and dtype the config
+//! implies, converts small parameters to `f32`, packs matrices for the GEMM in their own dtype
+//! (bf16 stays bf16), and reports the bytes it consumed for the progress display.
+
+use half::{bf16, f16};
+use marc_kernels::{PackedMatrix, WeightDType};
+use safetensors::Dtype;
+
+use crate::checkpoint::{Checkpoint, TensorRef};
+use crate::error::LoadError;
+
+/// Receives the number of checkpoint bytes consumed so far.
+pub type ProgressFn<'a> = dyn FnMut(u64) + 'a;
+
+/// An embedding table kept in the checkpoint's dtype; rows are widened when looked up.
+pub struct EmbeddingTable {
+    dtype: WeightDType,
+    width: usize,
+    bytes: Vec<u8>,
+}
+
+impl EmbeddingTable {
+    /// Number of rows (the vocabulary size).
+    pub fn rows(&self) -> usize {
+        self.bytes.len() / (self.width * self.dtype.size_in_bytes())
+    }
+
+    /// Writes row `row` as f32 into `out` (`width` values). `row` must be `< rows()`.
+    pub fn row_into(&self, row: usize, out: &mut [f32]) {
+        let size = self.dtype.size_in_bytes();
+        let bytes = &self.bytes[row * self.width * size..(row + 1) * self.width * size];
+        widen_into(self.dtype, bytes, out);
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Converts little-endian elements of `dtype` to f32.
+fn widen_into(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        WeightDType::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        WeightDType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        WeightDType::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+    }
+}
+
+/// The floating dtypes weights may come in.
+fn float_dtype(t: &TensorRef<'_>) -> Result<WeightDType, LoadError> {
+    match t.dtype {
+        Dtype::F32 => Ok(WeightDType::F32),
+        Dtype::BF16 => Ok(WeightDType::BF16),
+        Dtype::F16 => Ok(WeightDType::F16),
+        other => Err(LoadError::DType {
+            path: t.path.to_owned(),
+            tensor: t.name.to_owned(),
+            expected: "F32, BF16 or F16".to_owned(),
+            found: format!("{other:?}"),
+        }),
+    }
+}
+
+fn check_shape(t: &TensorRef<'_>, expected: &[usize]) -> Result<(), LoadError> {
+    if t.shape != expected {
+        return Err(LoadError::Shape {
+            path: t.path.to_owned(),
+            tensor: t.name.to_owned(),
+            expected: expected.to_vec(),
+            found: t.shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn describe(shape: &[usize]) -> String {
+    format!("a F32/BF16/F16 tensor of shape {shape:?}")
+}
+
+/// Fetches tensors from a checkpoint with checks, counting bytes for progress.
+pub(crate) struct WeightLoader<'a> {
+    checkpoint: &'a Checkpoint,
+    consumed: u64,
+    progress: &'a mut ProgressFn<'a>,
+}
+
+impl<'a> WeightLoader<'a> {
+    pub(crate) fn new(checkpoint: &'a Checkpoint, progress: &'a mut ProgressFn<'a>) -> Self {
+        Self {
+            checkpoint,
+            consumed: 0,
+            progress,
+        }
+    }
+
+    fn fetch(&mut self, name: &str, shape: &[usize]) -> Result<TensorRef<'a>, LoadError> {
+        let t = self.checkpoint.require(name, &describe(shape))?;
+        check_shape(&t, shape)?;
+        self.consumed += t.bytes.len() as u64;
+        (self.progress)(self.consumed);
+        Ok(t)
+    }
+
+    /// A vector (or small tensor) of the given shape, as f32.
+    pub(crate) fn vector(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        let t = self.fetch(name, shape)?;
+        let dtype = float_dtype(&t)?;
+        let mut out = vec![0.0; shape.iter().product()];
+        widen_into(dtype, t.bytes, &mut out);
+        Ok(out)
+    }
+
+    /// A vector that exists only when the config says so.
+    pub(crate) fn optional_vector(&mut self, name: &str, len: usize, present: bool) -> Result<Option<Vec<f32>>, LoadError> {
+        present.then(|| self.vector(name, &[len])).transpose()
+    }
+
+    /// A Linear weight `[rows = out, cols = in]`, packed in its own dtype.
+    pub(crate) fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
+        let t = self.fetch(name, &[rows, cols])?;
+        pack(&t, rows, cols)
+    }
+
+    /// A Linear weight and its bias when `bias` is set.
+    pub(crate) fn linear(&mut self, prefix: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear, LoadError> {
+        Ok(Linear {
+            weight: self.matrix(&format!("{prefix}.weight"), rows, cols)?,
+            bias: self.optional_vector(&format!("{prefix}.bias"), rows, bias)?,
+        })
+    }
+
+    /// Routed expert `expert`'s `proj` (`up_proj` / `down_proj`) weight under `prefix`
+    /// (`layers.N.mixer.experts`): NVIDIA's one tensor per expert, or transformers' stacked
+    /// `[num_experts, rows, cols]` tensor.
+    pub(crate) fn expert_matrix(
+        &mut self,
+        prefix: &str,
+        proj: &str,
+        expert: usize,
+        num_experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix, LoadError> {
+        let per_expert = format!("{prefix}.{expert}.{proj}.weight");
+        let stacked = format!("{prefix}.{proj}");
+        if self.checkpoint.contains(&per_expert) || !self.checkpoint.contains(&stacked) {
+            return self.matrix(&per_expert, rows, cols);
+        }
+        let t = self.checkpoint.require(&stacked, &describe(&[num_experts, rows, cols]))?;
+        check_shape(&t, &[num_experts, rows, cols])?;
+        let dtype = float_dtype(&t)?;
+        let size = rows * cols * dtype.size_in_bytes();
+        let slice = TensorRef {
+            bytes: &t.bytes[expert * size..(expert + 1) * size],
+            ..t
+        };
+        self.consumed += size as u64;
+        (self.progress)(self.consumed);
+        pack(&slice, rows, cols)
+    }
+
+    /// The embedding table `[vocab, hidden]`, kept in its dtype.
+    pub(crate) fn embedding(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<EmbeddingTable, LoadError> {
+        let t = self.fetch(name, &[vocab, hidden])?;
+        Ok(EmbeddingTable {
+            dtype: float_dtype(&t)?,
+            width: hidden,
+            bytes: t.bytes.to_vec(),
+        })
+    }
+}
+
+fn pack(t: &TensorRef<'_>, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
+    let dtype = float_dtype(t)?;
+    PackedMatrix::from_bytes(dtype, rows, cols, t.bytes).map_err(|source| LoadError::Kernel {
+        path: t.path.to_owned(),
+        tensor: t.name.to_owned(),
+        source,
+    })
+}
+
+/// A Linear layer: packed weight and optional bias.
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: PackedMatrix,
+    /// `[out]`.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.rows()
+    }
+
+    /// `y[m, out] = x[m, in] · Wᵀ + b`.
+    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), marc_kernels::KernelError> {
+        marc_kernels::matmul(x, m, &self.weight, self.bias.as_deref(), y)
+    }
+
+    /// Like [`Linear::forward`], allocating the output.
+    pub fn apply(&self, x: &[f32], m: usize) -> Result<Vec<f32>, marc_kernels::KernelError> {
+        let mut y = vec![0.0; m * self.out_features()];
+        self.forward(x, m, &mut y)?;
+        Ok(y)
+    }
+
+    /// Bytes of weights held.
+    pub fn size_in_bytes(&self) -> usize {
+        self.weight.size_in_bytes() + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's checks, as CI runs them: formatting, lints, docs, then every test in release mode
+# (the SIMD paths and the batch-invariance promise are checked as they ship).
+# Needs only a Rust toolchain (cargo, rustfmt, clippy); everything else is vendored or committed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --release --quiet
+
+step "cargo test --release"
+cargo test --workspace --release

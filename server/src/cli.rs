@@ -1,0 +1,95 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use marc_models::Pooling;
+
+/// marc: compressed middle-layer representations of Nemotron-H models.
+#[derive(Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    /// Compute threads (default: all cores).
+    #[arg(long, global = true)]
+    pub(crate) threads: Option<usize>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Embed a JSONL file of items offline, with the engine the server uses.
+    Embed(EmbedArgs),
+    /// Measure latency and throughput of the forward pass.
+    Bench(BenchArgs),
+}
+
+/// The built-in demo model, used when no `--model` is given.
+pub(crate) fn default_model_dir() -> PathBuf {
+    std::env::var_os("MARC_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/demo")))
+}
+
+#[derive(Args)]
+pub(crate) struct EmbedArgs {
+    /// Model directory (config.json + safetensors [+ tokenizer.json]); default: the demo model.
+    #[arg(long)]
+    pub(crate) model: Option<PathBuf>,
+    /// Input: one `{"id": ..., "token_ids": [...]}` or `{"id": ..., "text": "..."}` per line.
+    #[arg(long)]
+    pub(crate) input: PathBuf,
+    /// Output: one `{"id": ..., "embedding": [...]}` (or `"hidden"` with --pooling none) per input line, in order.
+    #[arg(long)]
+    pub(crate) output: PathBuf,
+    /// transformers' `hidden_states[L]`: 0 = embeddings, L = output of block L (the last with norm_f).
+    /// Default: the compression head's source layer, else the last layer.
+    #[arg(long)]
+    pub(crate) layer: Option<usize>,
+    /// How token states become one vector.
+    #[arg(long, default_value = "mean", value_parser = parse_pooling)]
+    pub(crate) pooling: Pooling,
+    /// Return raw hidden states even if the model directory has a compression head.
+    #[arg(long)]
+    pub(crate) no_head: bool,
+    /// Tokens per forward pass (items are packed without padding up to this budget).
+    #[arg(long, default_value_t = 8192)]
+    pub(crate) max_batch_tokens: usize,
+}
+
+fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    s.parse()
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Model directory to benchmark; default: random weights for `--config`.
+    #[arg(long)]
+    pub(crate) model: Option<PathBuf>,
+    /// Config for random weights (default: the 150M benchmark configuration).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/configs/bench-150m.json"))]
+    pub(crate) config: PathBuf,
+    /// Weight dtype of the random checkpoint.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+    pub(crate) dtype: String,
+    /// Batch shapes as SEQUENCESxTOKENS.
+    #[arg(long, value_delimiter = ',', default_value = "1x32,16x128")]
+    pub(crate) shapes: Vec<String>,
+    /// Timed iterations per shape (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) iterations: usize,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+}
+
+/// Builds the global compute pool.
+pub(crate) fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        builder = builder.num_threads(n);
+    }
+    builder.build_global()?;
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Parsing `marc embed`'s JSONL input.
+
+use anyhow::{Context, bail};
+use marc_models::tokenizer::Tokenizer;
+use serde::Deserialize;
+
+/// Longest accepted item, in tokens; longer items are rejected rather than allocated.
+pub(crate) const MAX_ITEM_TOKENS: usize = 1 << 20;
+
+/// One input line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawItem {
+    id: serde_json::Value,
+    token_ids: Option<Vec<u32>>,
+    text: Option<String>,
+}
+
+/// An item ready to embed.
+pub(crate) struct Item {
+    /// The caller's id, echoed verbatim.
+    pub(crate) id: serde_json::Value,
+    /// Its token ids.
+    pub(crate) tokens: Vec<u32>,
+    /// Its 1-based line in the input file, for error messages.
+    pub(crate) line: usize,
+}
+
+/// Parses every line of `text` (1-based line numbers in errors); blank lines are skipped.
+/// `tokenizer` is loaded lazily on the first text item.
+pub(crate) fn parse_items(
+    text: &str,
+    mut tokenizer: impl FnMut() -> anyhow::Result<std::rc::Rc<Tokenizer>>,
+) -> anyhow::Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw: RawItem = serde_json::from_str(line).with_context(|| format!("line {line_no}: not a valid item"))?;
+        if !(raw.id.is_string() || raw.id.is_number()) {
+            bail!("line {line_no}: `id` must be a string or a number");
+        }
+        let tokens = match (raw.token_ids, raw.text) {
+            (Some(ids), None) => ids,
+            (None, Some(text)) => tokenizer()?.encode(&text).with_context(|| format!("line {line_no}"))?,
+            (Some(_), Some(_)) => bail!("line {line_no}: give either `token_ids` or `text`, not both"),
+            (None, None) => bail!("line {line_no}: needs `token_ids` or `text`"),
+        };
+        if tokens.is_empty() {
+            bail!("line {line_no}: the item has no tokens");
+        }
+        if tokens.len() > MAX_ITEM_TOKENS {
+            bail!("line {line_no}: {} tokens, more than the limit of {MAX_ITEM_TOKENS}", tokens.len());
+        }
+        items.push(Item {
+            id: raw.id,
+            tokens,
+            line: line_no,
+        });
+    }
+    Ok(items)
+}
