@@ -1,0 +1,3 @@
+//! Ops, one folder each: `mod.rs` validates arguments and dispatches to a backend file.
+
+pub mod matmul;
