@@ -1,28 +1,65 @@
-//! The error every op returns when its arguments do not fit together.
+//! The error type of every op in this crate.
 
-/// Why an op refused its arguments. Ops validate once, before any work, so a returned error
-/// means nothing was written.
+use crate::dtype::WeightDType;
+
+/// Why an op refused its arguments.
+///
+/// Ops check shapes once, up front, and report what they expected next to what they were given,
+/// so that a caller can tell from the message alone which tensor is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KernelError {
-    /// An argument has the wrong length or shape.
-    #[error("{op}: `{arg}` has {found} elements, expected {expected}")]
-    Shape {
-        /// The op.
+    /// A buffer's length does not match the shape it was passed with.
+    #[error("{op}: `{what}` has {found} elements, expected {expected}")]
+    LengthMismatch {
+        /// The op that checked.
         op: &'static str,
-        /// The argument.
-        arg: &'static str,
-        /// The length the other arguments imply.
+        /// Which argument (e.g. `"x"`, `"y"`, `"bias"`).
+        what: &'static str,
+        /// The length the shape implies.
         expected: usize,
-        /// The length passed.
+        /// The length given.
         found: usize,
+    },
+    /// Raw weight bytes do not have the length that `[rows, cols]` of `dtype` needs.
+    #[error(
+        "weights of shape [{rows}, {cols}] in {dtype}: expected {expected} bytes, found {found}"
+    )]
+    WeightByteLength {
+        /// Rows (`out_features`).
+        rows: usize,
+        /// Columns (`in_features`).
+        cols: usize,
+        /// The element type the bytes were said to hold.
+        dtype: WeightDType,
+        /// `rows * cols * dtype.size_in_bytes()`.
+        expected: usize,
+        /// The number of bytes given.
+        found: usize,
+    },
+    /// A shape that the op cannot work with (a zero dimension, or a size that overflows).
+    #[error("{op}: invalid shape: {reason}")]
+    InvalidShape {
+        /// The op that checked.
+        op: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The op does not support this combination of arguments.
+    #[error("{op}: unsupported: {reason}")]
+    Unsupported {
+        /// The op that checked.
+        op: &'static str,
+        /// What is not supported.
+        reason: String,
     },
 }
 
-/// Checks one slice length.
-pub(crate) fn check_len(op: &'static str, arg: &'static str, found: usize, expected: usize) -> Result<(), KernelError> {
+/// Checks one slice length for `op`.
+pub(crate) fn check_len(op: &'static str, what: &'static str, found: usize, expected: usize) -> Result<(), KernelError> {
     if found == expected {
         Ok(())
     } else {
-        Err(KernelError::Shape { op, arg, expected, found })
+        Err(KernelError::LengthMismatch { op, what, expected, found })
     }
 }

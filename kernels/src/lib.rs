@@ -6,7 +6,10 @@
 //! All reductions run in a fixed order per output element, so results are bitwise identical
 //! whatever the batch composition and the number of threads.
 
+pub mod dtype;
 pub mod error;
 pub mod ops;
 
+pub use dtype::WeightDType;
 pub use error::KernelError;
+pub use ops::matmul::{PackedMatrix, matmul};

@@ -1,4 +1,5 @@
-//! The ops. Each folder is one op: `mod.rs` validates and dispatches, `cpu.rs` computes.
+//! Ops, one folder each: `mod.rs` validates arguments and dispatches to a backend file.
 
 pub mod activation;
+pub mod matmul;
 pub mod norm;

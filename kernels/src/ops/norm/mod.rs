@@ -8,7 +8,7 @@ use crate::error::{KernelError, check_len};
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
     let width = weight.len();
     if width == 0 || x.len() % width != 0 {
-        return Err(KernelError::Shape { op: "rms_norm", arg: "x", expected: width.max(1) * (x.len() / width.max(1)), found: x.len() });
+        return Err(KernelError::LengthMismatch { op: "rms_norm", what: "x", expected: width.max(1) * (x.len() / width.max(1)), found: x.len() });
     }
     check_len("rms_norm", "out", out.len(), x.len())?;
     cpu::rms_norm(x, weight, eps, out);
@@ -20,10 +20,10 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<
 pub fn gated_group_rms_norm(y: &mut [f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32) -> Result<(), KernelError> {
     let width = weight.len();
     if width == 0 || group_size == 0 || width % group_size != 0 {
-        return Err(KernelError::Shape { op: "gated_group_rms_norm", arg: "weight", expected: group_size.max(1) * (width / group_size.max(1)).max(1), found: width });
+        return Err(KernelError::LengthMismatch { op: "gated_group_rms_norm", what: "weight", expected: group_size.max(1) * (width / group_size.max(1)).max(1), found: width });
     }
     if y.len() % width != 0 {
-        return Err(KernelError::Shape { op: "gated_group_rms_norm", arg: "y", expected: width * (y.len() / width), found: y.len() });
+        return Err(KernelError::LengthMismatch { op: "gated_group_rms_norm", what: "y", expected: width * (y.len() / width), found: y.len() });
     }
     check_len("gated_group_rms_norm", "z", z.len(), y.len())?;
     cpu::gated_group_rms_norm(y, z, weight, group_size, eps);

@@ -1,0 +1,178 @@
+//! AVX2 + FMA + F16C micro-kernels: 6 rows x 16 columns for the blocked path (12 ymm
+//! accumulators of the 16 registers), wider and shorter shapes for 1..3 rows.
+//!
+//! The FMA chains are the same as on the AVX-512 path (a lane is one output element, k runs in
+//! order), so both paths give the same bits.
+
+use std::arch::x86_64::*;
+
+use super::cpu::{Isa, Tile, Weight};
+use super::packed::NR;
+use crate::dtype::WeightDType;
+
+/// Lanes per vector.
+const L: usize = 8;
+
+/// The AVX2 code path.
+pub(super) struct Avx2;
+
+impl Isa for Avx2 {
+    const MR: usize = 6;
+
+    unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
+        // SAFETY: forwarded from the caller (ISA available, pointers valid).
+        unsafe { tile::<W>(rows, panels, t) }
+    }
+
+    unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { widen::<W>(src, len, dst) }
+    }
+}
+
+/// Loads 8 weights and widens them to f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load<W: Weight>(p: *const W) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable elements at p; loads are unaligned-safe.
+    unsafe {
+        match W::DTYPE {
+            WeightDType::F32 => _mm256_loadu_ps(p.cast()),
+            WeightDType::BF16 => {
+                let h = _mm_loadu_si128(p.cast());
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+            WeightDType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
+    for i in (0..len).step_by(L) {
+        // SAFETY: i + 8 <= len (len is a multiple of 32); both buffers hold len elements.
+        unsafe { _mm256_storeu_ps(dst.add(i), load(src.add(i))) };
+    }
+}
+
+/// Splits a call into register-sized kernels: one row takes two panels (8 chains), two or three
+/// rows one panel, four to six rows half a panel at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = if rows == 1 && left >= 2 { 2 } else { 1 };
+        // SAFETY: forwarded from the caller; each half-panel view stays inside the panel.
+        unsafe {
+            match (rows, p) {
+                (1, 2) => kernel::<W, 1, 8>(&t),
+                (1, _) => kernel::<W, 1, 4>(&t),
+                (2, _) => kernel::<W, 2, 4>(&t),
+                (3, _) => kernel::<W, 3, 4>(&t),
+                _ => {
+                    for half in 0..2 {
+                        let h = Tile {
+                            w: t.w.wrapping_add(half * 2 * L),
+                            y: t.y.wrapping_add(half * 2 * L),
+                            cols: t.cols.saturating_sub(half * 2 * L),
+                            bias: if t.bias.is_null() {
+                                t.bias
+                            } else {
+                                t.bias.wrapping_add(half * 2 * L)
+                            },
+                            ..t
+                        };
+                        match rows {
+                            4 => kernel::<W, 4, 2>(&h),
+                            5 => kernel::<W, 5, 2>(&h),
+                            6 => kernel::<W, 6, 2>(&h),
+                            _ => unreachable!("AVX2 tiles have at most 6 rows, got {rows}"),
+                        }
+                    }
+                }
+            }
+        }
+        left -= p;
+        t.w = t.w.wrapping_add(p * t.panel_stride);
+        t.y = t.y.wrapping_add(p * NR);
+        t.cols = t.cols.saturating_sub(p * NR);
+        if !t.bias.is_null() {
+            t.bias = t.bias.wrapping_add(p * NR);
+        }
+    }
+}
+
+/// Lane mask (all bits set = enabled) for vector `v` within the first `cols` columns, and the
+/// number of enabled lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane_mask(cols: usize, v: usize) -> (__m256i, usize) {
+    let valid = cols.saturating_sub(v * L).min(L);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    (
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes),
+        valid,
+    )
+}
+
+/// `R` rows x `V` vectors of 8 columns, the vectors running on across panels (4 per panel).
+// Index loops over the register tile read more plainly than zipped iterators here.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
+    let mut wp = [t.w; V];
+    for v in 0..V {
+        wp[v] = t.w.wrapping_add((v / 4) * t.panel_stride + (v % 4) * L);
+    }
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, each weight vector pointer
+    // is followed by kc lines of NR elements, and y / bias are accessed only in enabled lanes
+    // (masked loads and stores never touch disabled lanes).
+    unsafe {
+        if t.accumulate {
+            for v in 0..V {
+                let (mask, valid) = lane_mask(t.cols, v);
+                if valid == 0 {
+                    continue;
+                }
+                for r in 0..R {
+                    let at = t.y.wrapping_add(r * t.ldy + v * L);
+                    acc[r][v] = _mm256_maskload_ps(at, mask);
+                }
+            }
+        }
+        let mut x = t.x;
+        for kk in 0..t.kc {
+            let mut wv = [_mm256_setzero_ps(); V];
+            for v in 0..V {
+                wv[v] = load(wp[v].add(kk * NR));
+            }
+            for r in 0..R {
+                let xb = _mm256_broadcast_ss(&*x.add(r));
+                for v in 0..V {
+                    acc[r][v] = _mm256_fmadd_ps(xb, wv[v], acc[r][v]);
+                }
+            }
+            x = x.add(t.x_stride);
+        }
+        for v in 0..V {
+            let (mask, valid) = lane_mask(t.cols, v);
+            if valid == 0 {
+                continue;
+            }
+            let b = if t.bias.is_null() {
+                None
+            } else {
+                Some(_mm256_maskload_ps(t.bias.wrapping_add(v * L), mask))
+            };
+            for r in 0..R {
+                let out = match b {
+                    Some(b) => _mm256_add_ps(acc[r][v], b),
+                    None => acc[r][v],
+                };
+                _mm256_maskstore_ps(t.y.wrapping_add(r * t.ldy + v * L), mask, out);
+            }
+        }
+    }
+}

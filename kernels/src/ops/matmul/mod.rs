@@ -1,0 +1,73 @@
+//! `y = x · wᵀ + bias`: the Linear layer.
+//!
+//! Activations `x` and outputs `y` are f32; weights are a [`PackedMatrix`] of f32, bf16 or f16
+//! widened exactly in registers; accumulation is f32. [`matmul`] checks shapes once here and
+//! hands over to the CPU implementation (`cpu.rs`, with one micro-kernel file per ISA).
+//!
+//! Results are bitwise reproducible: row `i` of `y` depends only on row `i` of `x`, never on
+//! `m`, on where the row sits in the batch, on the thread count or on the ISA path taken
+//! (see `cpu.rs` for how).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod cpu;
+mod packed;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+pub use packed::PackedMatrix;
+
+use crate::error::KernelError;
+
+/// `y[m, n] = x[m, k] · wᵀ (+ bias[n])`.
+///
+/// `x` is row-major f32 `[m, k]`, `y` row-major f32 `[m, n]` (overwritten), `w` holds the
+/// `[n, k]` weights and `bias`, if any, `n` values. `m` may be 0. Runs on the current rayon
+/// pool (call it inside `pool.install` to choose the threads). Each output element is the
+/// fused multiply-add chain over `k` in increasing order from `+0.0`, then `+ bias`, so a row's
+/// result is bit-identical whatever the batch around it and the number of threads.
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    validate(x, m, w, bias, y)?;
+    cpu::matmul(cpu::CpuIsa::detected(), x, m, w, bias, y);
+    Ok(())
+}
+
+/// Checks every length against `m` and the weights' `[n, k]`.
+fn validate(
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    y: &[f32],
+) -> Result<(), KernelError> {
+    const OP: &str = "matmul";
+    let (n, k) = (w.rows(), w.cols());
+    let check = |what, expected: Option<usize>, found| match expected {
+        Some(expected) if expected == found => Ok(()),
+        Some(expected) => Err(KernelError::LengthMismatch {
+            op: OP,
+            what,
+            expected,
+            found,
+        }),
+        None => Err(KernelError::InvalidShape {
+            op: OP,
+            reason: format!("{what} of {m} rows overflows usize"),
+        }),
+    };
+    check("x", m.checked_mul(k), x.len())?;
+    check("y", m.checked_mul(n), y.len())?;
+    if let Some(bias) = bias {
+        check("bias", Some(n), bias.len())?;
+    }
+    Ok(())
+}
