@@ -5,3 +5,5 @@
 //! Activations are `f32`; weights may be `f32`, `bf16` or `f16` and are widened in registers.
 //! All reductions run in a fixed order per output element, so results are bitwise identical
 //! whatever the batch composition and the number of threads.
+
+pub mod ops;
