@@ -5,6 +5,10 @@
 
 pub mod seq_error;
 #[allow(dead_code)] // Used by the sequence ops that follow.
+mod seq_gemm;
+#[allow(dead_code, unused_macros, unused_imports)] // Used by the sequence ops that follow.
+mod seq_math;
+#[allow(dead_code)] // Used by the sequence ops that follow.
 mod varlen;
 
 pub use seq_error::SeqOpError;
