@@ -5,12 +5,11 @@
 
 pub mod causal_conv1d;
 pub mod seq_error;
-#[allow(dead_code)] // Used by the sequence ops that follow.
 mod seq_gemm;
-#[allow(dead_code)] // Used by the sequence ops that follow.
 mod seq_math;
-#[allow(dead_code)] // Used by the sequence ops that follow.
+pub mod ssd_scan;
 mod varlen;
 
 pub use causal_conv1d::causal_conv1d_silu;
 pub use seq_error::SeqOpError;
+pub use ssd_scan::{SsdShape, ssd_scan};
