@@ -45,6 +45,9 @@ pub enum KernelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A packed sequence op refused its arguments.
+    #[error(transparent)]
+    Sequence(#[from] crate::ops::SeqOpError),
     /// The op does not support this combination of arguments.
     #[error("{op}: unsupported: {reason}")]
     Unsupported {
