@@ -126,7 +126,7 @@ fn corrupt_header_is_named() {
     let dir = valid_checkpoint();
     let path = dir.path().join("model.safetensors");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[8..16].copy_from_slice(b"{\"oops\"");
+    bytes[8..16].copy_from_slice(b"{\"oops\"!");
     std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(load_err(dir.path()), LoadError::Safetensors { .. }));
     // A file too short to hold even the header length.
