@@ -29,6 +29,10 @@ type Reference = Vec<(Vec<u32>, Vec<Vec<f32>>)>;
 fn read_reference(case: &Path, num_states: usize) -> Reference {
     let bytes = std::fs::read(case.join("reference.safetensors")).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    parse_reference(&tensors, num_states)
+}
+
+fn parse_reference(tensors: &SafeTensors<'_>, num_states: usize) -> Reference {
     let mut out = Vec::new();
     for i in 0.. {
         let Ok(ids) = tensors.tensor(&format!("input_ids.{i}")) else { break };
@@ -66,27 +70,48 @@ fn every_layer_matches_transformers() {
     let mut report = Vec::new();
     for case in &cases {
         let model = NemotronH::load(case, LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-        let layers: Vec<usize> = (0..=model.config().num_layers()).collect();
-        let reference = read_reference(case, layers.len());
+        let reference = read_reference(case, model.config().num_layers() + 1);
         assert!(!reference.is_empty(), "{}: no inputs", case.display());
-        let mut worst = 0.0f64;
-        for (input, (ids, expected)) in reference.iter().enumerate() {
-            let got = model.hidden_states(&PackedBatch::from_sequences(&[ids]), &layers).unwrap();
-            for (layer, (g, e)) in got.iter().zip(expected).enumerate() {
-                let err = relative_l2(g, e);
-                assert!(
-                    err <= TOLERANCE,
-                    "{} input {input} ({} tokens) layer {layer} ({}): relative L2 error {err:.3e} > {TOLERANCE:e}",
-                    case.display(),
-                    ids.len(),
-                    if layer == 0 { "embeddings".to_owned() } else { format!("{:?}", model.config().blocks[layer - 1]) }
-                );
-                worst = worst.max(err);
-            }
-        }
+        let worst = check_layers(&case.display().to_string(), &model, &reference);
         report.push(format!("{}: worst relative L2 {worst:.2e}", case.file_name().unwrap().to_string_lossy()));
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Compares every layer of every reference input; returns the worst error.
+fn check_layers(name: &str, model: &NemotronH, reference: &Reference) -> f64 {
+    let layers: Vec<usize> = (0..=model.config().num_layers()).collect();
+    let mut worst = 0.0f64;
+    for (input, (ids, expected)) in reference.iter().enumerate() {
+        let got = model.hidden_states(&PackedBatch::from_sequences(&[ids]), &layers).unwrap();
+        for (layer, (g, e)) in got.iter().zip(expected).enumerate() {
+            let err = relative_l2(g, e);
+            assert!(
+                err <= TOLERANCE,
+                "{name} input {input} ({} tokens) layer {layer}: relative L2 error {err:.3e} > {TOLERANCE:e}",
+                ids.len(),
+            );
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
+
+/// The demo model, from text: our tokenizer gives the reference's ids and the model its states.
+#[test]
+fn demo_model_matches_transformers_from_text() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let model = NemotronH::load(&dir, LoadOptions::default()).unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
+    let texts: Vec<String> = serde_json::from_str(&metadata.metadata().as_ref().unwrap()["texts"]).unwrap();
+    let reference = parse_reference(&SafeTensors::deserialize(&bytes).unwrap(), model.config().num_layers() + 1);
+    assert_eq!(texts.len(), reference.len());
+    let tokenizer = marc_models::tokenizer::Tokenizer::from_dir(&dir).unwrap();
+    for (text, (ids, _)) in texts.iter().zip(&reference) {
+        assert_eq!(&tokenizer.encode(text).unwrap(), ids, "{text:?}");
+    }
+    check_layers("demo", &model, &reference);
 }
 
 /// A model loaded only up to a middle layer computes the same states as the full model there.

@@ -38,13 +38,20 @@ pub(crate) fn parse_items(
         if line.trim().is_empty() {
             continue;
         }
-        let raw: RawItem = serde_json::from_str(line).with_context(|| format!("line {line_no}: not a valid item"))?;
+        let raw: RawItem = serde_json::from_str(line).map_err(|e| {
+            // serde_json appends "at line 1 column C" (of this one line); say it in file terms.
+            let message = e.to_string();
+            let message = message.rsplit_once(" at line ").map_or(&message[..], |(m, _)| m);
+            anyhow::anyhow!("line {line_no}, column {}: {message}", e.column())
+        })?;
         if !(raw.id.is_string() || raw.id.is_number()) {
             bail!("line {line_no}: `id` must be a string or a number");
         }
         let tokens = match (raw.token_ids, raw.text) {
             (Some(ids), None) => ids,
-            (None, Some(text)) => tokenizer()?.encode(&text).with_context(|| format!("line {line_no}"))?,
+            (None, Some(text)) => tokenizer()
+                .and_then(|t| Ok(t.encode(&text)?))
+                .with_context(|| format!("line {line_no}"))?,
             (Some(_), Some(_)) => bail!("line {line_no}: give either `token_ids` or `text`, not both"),
             (None, None) => bail!("line {line_no}: needs `token_ids` or `text`"),
         };

@@ -4,13 +4,22 @@ mod cli;
 mod commands;
 mod input;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_threads(cli.threads)?;
-    match cli.command {
+    let result = cli::init_threads(cli.threads).and_then(|()| match cli.command {
         cli::Command::Embed(args) => commands::embed::run(&args),
         cli::Command::Bench(args) => commands::bench::run(&args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole context chain on one line, no backtrace: these are user-facing errors.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
