@@ -35,15 +35,9 @@ fn bench_conv(c: &mut Criterion) {
         let cu = cu_seqlens(seqs, len);
         let mut out = vec![0.0; x.len()];
         group.throughput(Throughput::Elements(t as u64));
-        group.bench_function(
-            BenchmarkId::from_parameter(format!("{seqs}x{len}")),
-            |bench| {
-                bench.iter(|| {
-                    causal_conv1d_silu(black_box(&x), &cu, &weight, Some(&bias), k, &mut out)
-                        .unwrap()
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::from_parameter(format!("{seqs}x{len}")), |bench| {
+            bench.iter(|| causal_conv1d_silu(black_box(&x), &cu, &weight, Some(&bias), k, &mut out).unwrap())
+        });
     }
     group.finish();
 }
@@ -70,14 +64,9 @@ fn bench_ssd(c: &mut Criterion) {
         let cu = cu_seqlens(seqs, len);
         let mut y = vec![0.0; x.len()];
         group.throughput(Throughput::Elements(t as u64));
-        group.bench_function(
-            BenchmarkId::from_parameter(format!("{seqs}x{len}")),
-            |bench| {
-                bench.iter(|| {
-                    ssd_scan(&shape, &cu, black_box(&x), &dt, &a, &b, &cm, &d, &mut y).unwrap()
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::from_parameter(format!("{seqs}x{len}")), |bench| {
+            bench.iter(|| ssd_scan(&shape, &cu, black_box(&x), &dt, &a, &b, &cm, &d, &mut y).unwrap())
+        });
     }
     group.finish();
 }
@@ -88,10 +77,7 @@ fn bench_attention(c: &mut Criterion) {
         num_kv_heads: 4,
         head_dim: 64,
     };
-    let (qw, kvw) = (
-        shape.num_heads * shape.head_dim,
-        shape.num_kv_heads * shape.head_dim,
-    );
+    let (qw, kvw) = (shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim);
     let mut rng = StdRng::seed_from_u64(3);
     let mut group = c.benchmark_group("causal_attention");
     for (seqs, len) in BATCHES {
@@ -102,14 +88,9 @@ fn bench_attention(c: &mut Criterion) {
         let cu = cu_seqlens(seqs, len);
         let mut out = vec![0.0; q.len()];
         group.throughput(Throughput::Elements(t as u64));
-        group.bench_function(
-            BenchmarkId::from_parameter(format!("{seqs}x{len}")),
-            |bench| {
-                bench.iter(|| {
-                    causal_attention(&shape, &cu, black_box(&q), &k, &v, &mut out).unwrap()
-                })
-            },
-        );
+        group.bench_function(BenchmarkId::from_parameter(format!("{seqs}x{len}")), |bench| {
+            bench.iter(|| causal_attention(&shape, &cu, black_box(&q), &k, &v, &mut out).unwrap())
+        });
     }
     group.finish();
 }

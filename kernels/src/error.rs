@@ -22,9 +22,7 @@ pub enum KernelError {
         found: usize,
     },
     /// Raw weight bytes do not have the length that `[rows, cols]` of `dtype` needs.
-    #[error(
-        "weights of shape [{rows}, {cols}] in {dtype}: expected {expected} bytes, found {found}"
-    )]
+    #[error("weights of shape [{rows}, {cols}] in {dtype}: expected {expected} bytes, found {found}")]
     WeightByteLength {
         /// Rows (`out_features`).
         rows: usize,
@@ -59,10 +57,20 @@ pub enum KernelError {
 }
 
 /// Checks one slice length for `op`.
-pub(crate) fn check_len(op: &'static str, what: &'static str, found: usize, expected: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    found: usize,
+    expected: usize,
+) -> Result<(), KernelError> {
     if found == expected {
         Ok(())
     } else {
-        Err(KernelError::LengthMismatch { op, what, expected, found })
+        Err(KernelError::LengthMismatch {
+            op,
+            what,
+            expected,
+            found,
+        })
     }
 }

@@ -16,10 +16,7 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
 fn weights(dtype: WeightDType, n: usize, k: usize, seed: u64) -> (Vec<f32>, PackedMatrix) {
     let raw = random(n * k, seed);
     let (exact, bytes): (Vec<f32>, Vec<u8>) = match dtype {
-        WeightDType::F32 => (
-            raw.clone(),
-            raw.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ),
+        WeightDType::F32 => (raw.clone(), raw.iter().flat_map(|v| v.to_le_bytes()).collect()),
         WeightDType::BF16 => {
             let h: Vec<half::bf16> = raw.iter().map(|&v| half::bf16::from_f32(v)).collect();
             (
@@ -41,15 +38,7 @@ fn weights(dtype: WeightDType, n: usize, k: usize, seed: u64) -> (Vec<f32>, Pack
 
 /// Checks y against an f64 reference: an f32 FMA chain of length k is within
 /// `k * 2^-24 * sum |x w|` of the exact sum (plus one rounding for the bias).
-fn check_reference(
-    x: &[f32],
-    m: usize,
-    w: &[f32],
-    n: usize,
-    k: usize,
-    bias: Option<&[f32]>,
-    y: &[f32],
-) {
+fn check_reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, y: &[f32]) {
     let u = f64::from(f32::EPSILON) / 2.0;
     for i in 0..m {
         for j in 0..n {
@@ -214,18 +203,12 @@ fn from_bytes_accepts_unaligned_bytes() {
                 .iter()
                 .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                 .collect(),
-            WeightDType::F16 => raw
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
+            WeightDType::F16 => raw.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
         };
         let mut storage = vec![0u8; bytes.len() + 1];
         storage[1..].copy_from_slice(&bytes);
         let unaligned = PackedMatrix::from_bytes(dtype, n, k, &storage[1..]).unwrap();
-        assert_eq!(
-            bits(&run(&x, m, &unaligned, None)),
-            bits(&run(&x, m, &aligned, None))
-        );
+        assert_eq!(bits(&run(&x, m, &unaligned, None)), bits(&run(&x, m, &aligned, None)));
     }
 }
 

@@ -13,11 +13,7 @@ fn uniform(rng: &mut StdRng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
 
 fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum();
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
     let den: f64 = want.iter().map(|w| w * w).sum();
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
@@ -53,11 +49,7 @@ struct Seq {
 fn run_packed(seqs: &[&Seq], out_width: usize, op: &PackedOp) -> Vec<Vec<f32>> {
     let cu = cu_of(&seqs.iter().map(|s| s.len).collect::<Vec<_>>());
     let packed: Vec<Vec<f32>> = (0..seqs[0].parts.len())
-        .map(|i| {
-            seqs.iter()
-                .flat_map(|s| s.parts[i].iter().copied())
-                .collect()
-        })
+        .map(|i| seqs.iter().flat_map(|s| s.parts[i].iter().copied()).collect())
         .collect();
     let out = op(&cu, &packed);
     cu.windows(2)
@@ -69,10 +61,7 @@ fn run_packed(seqs: &[&Seq], out_width: usize, op: &PackedOp) -> Vec<Vec<f32>> {
 /// threads: in order, reversed, rotated, and with other sequences repeated around it.
 fn assert_batch_invariant(seqs: &[Seq], out_width: usize, op: &PackedOp) {
     let run = |batch: &[&Seq]| run_packed(batch, out_width, op);
-    let alone: Vec<Vec<f32>> = seqs
-        .iter()
-        .map(|s| in_pool(1, || run(&[s]).remove(0)))
-        .collect();
+    let alone: Vec<Vec<f32>> = seqs.iter().map(|s| in_pool(1, || run(&[s]).remove(0))).collect();
     let n = seqs.len();
     let mut orders: Vec<Vec<usize>> = vec![(0..n).collect(), (0..n).rev().collect()];
     orders.push((0..n).map(|i| (i + 1) % n).collect());
@@ -82,11 +71,8 @@ fn assert_batch_invariant(seqs: &[Seq], out_width: usize, op: &PackedOp) {
             let batch: Vec<&Seq> = order.iter().map(|&i| &seqs[i]).collect();
             let outs = in_pool(threads, || run(&batch));
             for (&i, got) in order.iter().zip(&outs) {
-                let same = got.len() == alone[i].len()
-                    && got
-                        .iter()
-                        .zip(&alone[i])
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                let same =
+                    got.len() == alone[i].len() && got.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
                     same,
                     "sequence {i} (len {}) differs packed as {order:?} on {threads} threads",
@@ -201,18 +187,7 @@ impl SsdCase {
 
     fn run(&self, cu: &[usize], p: &[Vec<f32>]) -> Vec<f32> {
         let mut y = vec![f32::NAN; p[0].len()];
-        ssd_scan(
-            &self.shape,
-            cu,
-            &p[0],
-            &p[1],
-            &self.a,
-            &p[2],
-            &p[3],
-            &self.d,
-            &mut y,
-        )
-        .unwrap();
+        ssd_scan(&self.shape, cu, &p[0], &p[1], &self.a, &p[2], &p[3], &self.d, &mut y).unwrap();
         y
     }
 
@@ -251,13 +226,7 @@ impl SsdCase {
     }
 }
 
-fn ssd_shape(
-    num_heads: usize,
-    head_dim: usize,
-    n_groups: usize,
-    state_size: usize,
-    chunk_size: usize,
-) -> SsdShape {
+fn ssd_shape(num_heads: usize, head_dim: usize, n_groups: usize, state_size: usize, chunk_size: usize) -> SsdShape {
     SsdShape {
         num_heads,
         head_dim,
@@ -289,10 +258,7 @@ fn ssd_matches_recurrence() {
             vec![3 * q + 5],
             vec![q + 1, 0, 3 * q + 5, 2, q],
         ] {
-            let seqs: Vec<Seq> = lens
-                .iter()
-                .map(|&l| case.seq(&mut rng, l, dt_range))
-                .collect();
+            let seqs: Vec<Seq> = lens.iter().map(|&l| case.seq(&mut rng, l, dt_range)).collect();
             let cu = cu_of(&lens);
             let parts: Vec<Vec<f32>> = (0..4)
                 .map(|i| seqs.iter().flat_map(|s| s.parts[i].clone()).collect())
@@ -316,13 +282,7 @@ fn ssd_is_batch_invariant() {
 
 // ---------------------------------------------------------------- causal_attention
 
-fn attention_reference(
-    shape: &AttentionShape,
-    cu: &[usize],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-) -> Vec<f64> {
+fn attention_reference(shape: &AttentionShape, cu: &[usize], q: &[f32], k: &[f32], v: &[f32]) -> Vec<f64> {
     let AttentionShape {
         num_heads: hq,
         num_kv_heads: hkv,
@@ -336,9 +296,7 @@ fn attention_reference(
                 let g = h / (hq / hkv);
                 let dot = |j: usize| {
                     (0..d)
-                        .map(|c| {
-                            q[i * hq * d + h * d + c] as f64 * k[j * hkv * d + g * d + c] as f64
-                        })
+                        .map(|c| q[i * hq * d + h * d + c] as f64 * k[j * hkv * d + g * d + c] as f64)
                         .sum::<f64>()
                         * scale
                 };
@@ -359,10 +317,7 @@ fn attention_reference(
 }
 
 fn attention_seq(rng: &mut StdRng, shape: &AttentionShape, len: usize) -> Seq {
-    let (qw, kvw) = (
-        shape.num_heads * shape.head_dim,
-        shape.num_kv_heads * shape.head_dim,
-    );
+    let (qw, kvw) = (shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim);
     // Wide enough that the softmax is far from uniform.
     let parts = vec![
         uniform(rng, len * qw, -2.0, 2.0),
@@ -410,19 +365,13 @@ fn attention_matches_reference() {
     ];
     for shape in &shapes {
         for lens in [vec![1], vec![7], vec![33], vec![5, 0, 1, 64, 31], vec![130]] {
-            let seqs: Vec<Seq> = lens
-                .iter()
-                .map(|&l| attention_seq(&mut rng, shape, l))
-                .collect();
+            let seqs: Vec<Seq> = lens.iter().map(|&l| attention_seq(&mut rng, shape, l)).collect();
             let parts: Vec<Vec<f32>> = (0..3)
                 .map(|i| seqs.iter().flat_map(|s| s.parts[i].clone()).collect())
                 .collect();
             let cu = cu_of(&lens);
             let got = run_attention(shape, &cu, &parts);
-            let err = rel_l2(
-                &got,
-                &attention_reference(shape, &cu, &parts[0], &parts[1], &parts[2]),
-            );
+            let err = rel_l2(&got, &attention_reference(shape, &cu, &parts[0], &parts[1], &parts[2]));
             assert!(err <= 1e-5, "{shape:?} lens {lens:?}: rel L2 {err}");
         }
     }

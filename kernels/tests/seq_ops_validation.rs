@@ -1,9 +1,7 @@
 //! The packed sequence ops refuse bad arguments with errors that name the argument, the expected
 //! and the found value, and leave the output untouched.
 
-use marc_kernels::ops::{
-    AttentionShape, SeqOpError, SsdShape, causal_attention, causal_conv1d_silu, ssd_scan,
-};
+use marc_kernels::ops::{AttentionShape, SeqOpError, SsdShape, causal_attention, causal_conv1d_silu, ssd_scan};
 
 /// Asserts the error's message mentions every one of `needles`.
 fn assert_mentions(err: SeqOpError, needles: &[&str]) {
@@ -15,29 +13,11 @@ fn assert_mentions(err: SeqOpError, needles: &[&str]) {
 
 const SENTINEL: f32 = 7.5;
 
-fn conv(
-    x_len: usize,
-    cu: &[usize],
-    w_len: usize,
-    bias_len: Option<usize>,
-    k: usize,
-    out_len: usize,
-) -> SeqOpError {
+fn conv(x_len: usize, cu: &[usize], w_len: usize, bias_len: Option<usize>, k: usize, out_len: usize) -> SeqOpError {
     let bias = bias_len.map(|n| vec![0.0; n]);
     let mut out = vec![SENTINEL; out_len];
-    let err = causal_conv1d_silu(
-        &vec![1.0; x_len],
-        cu,
-        &vec![1.0; w_len],
-        bias.as_deref(),
-        k,
-        &mut out,
-    )
-    .unwrap_err();
-    assert!(
-        out.iter().all(|&v| v == SENTINEL),
-        "output written on error"
-    );
+    let err = causal_conv1d_silu(&vec![1.0; x_len], cu, &vec![1.0; w_len], bias.as_deref(), k, &mut out).unwrap_err();
+    assert!(out.iter().all(|&v| v == SENTINEL), "output written on error");
     err
 }
 
@@ -73,18 +53,12 @@ fn conv_errors() {
         conv(7, &[0, 3], 8, None, 4, 7),
         &["`x`", "multiple of the row width 2", "found 7"],
     );
-    assert_mentions(
-        conv(6, &[0, 3], 9, None, 4, 6),
-        &["`weight`", "row width 4", "found 9"],
-    );
+    assert_mentions(conv(6, &[0, 3], 9, None, 4, 6), &["`weight`", "row width 4", "found 9"]);
     assert_mentions(
         conv(6, &[0, 3], 8, None, 0, 6),
         &["`kernel_size`", "positive", "found 0"],
     );
-    assert_mentions(
-        conv(0, &[0], 0, None, 4, 0),
-        &["`weight`", "positive", "found 0"],
-    );
+    assert_mentions(conv(0, &[0], 0, None, 4, 0), &["`weight`", "positive", "found 0"]);
 }
 
 /// H = 4, P = 2, G = 2, N = 3 unless `shape` says otherwise; T = 2. `lens` overrides the lengths of
@@ -112,10 +86,7 @@ fn ssd_errors() {
         lens[i] = n;
         lens
     };
-    assert_mentions(
-        ssd(shape, &[0, 1], ok),
-        &["cu_seqlens[1]", "expected 2", "found 1"],
-    );
+    assert_mentions(ssd(shape, &[0, 1], ok), &["cu_seqlens[1]", "expected 2", "found 1"]);
     assert_mentions(
         ssd(shape, &[0, 2], with(1, 7)),
         &["`dt`", "expected length 8", "found 7"],
@@ -140,22 +111,13 @@ fn ssd_errors() {
         ssd(shape, &[0, 2], with(6, 15)),
         &["`y`", "expected length 16", "found 15"],
     );
-    assert_mentions(
-        ssd(shape, &[0, 2], with(0, 15)),
-        &["`x`", "row width 8", "found 15"],
-    );
-    let bad_groups = SsdShape {
-        n_groups: 3,
-        ..shape
-    };
+    assert_mentions(ssd(shape, &[0, 2], with(0, 15)), &["`x`", "row width 8", "found 15"]);
+    let bad_groups = SsdShape { n_groups: 3, ..shape };
     assert_mentions(
         ssd(bad_groups, &[0, 2], ok),
         &["`num_heads`", "multiple of `n_groups` = 3", "found 4"],
     );
-    let no_chunk = SsdShape {
-        chunk_size: 0,
-        ..shape
-    };
+    let no_chunk = SsdShape { chunk_size: 0, ..shape };
     assert_mentions(ssd(no_chunk, &[0, 2], ok), &["`chunk_size`", "found 0"]);
 }
 
@@ -164,10 +126,7 @@ fn attention(shape: AttentionShape, cu: &[usize], lens: [usize; 4]) -> SeqOpErro
     let v: Vec<Vec<f32>> = lens[..3].iter().map(|&n| vec![0.5; n]).collect();
     let mut out = vec![SENTINEL; lens[3]];
     let err = causal_attention(&shape, cu, &v[0], &v[1], &v[2], &mut out).unwrap_err();
-    assert!(
-        out.iter().all(|&x| x == SENTINEL),
-        "output written on error"
-    );
+    assert!(out.iter().all(|&x| x == SENTINEL), "output written on error");
     err
 }
 
@@ -206,14 +165,8 @@ fn attention_errors() {
         attention(bad_kv, &[0, 2], [24, 18, 18, 24]),
         &["`num_heads`", "`num_kv_heads` = 3", "found 4"],
     );
-    let no_dim = AttentionShape {
-        head_dim: 0,
-        ..shape
-    };
-    assert_mentions(
-        attention(no_dim, &[0], [0, 0, 0, 0]),
-        &["`head_dim`", "found 0"],
-    );
+    let no_dim = AttentionShape { head_dim: 0, ..shape };
+    assert_mentions(attention(no_dim, &[0], [0, 0, 0, 0]), &["`head_dim`", "found 0"]);
 }
 
 #[test]
@@ -228,18 +181,7 @@ fn empty_batches_are_fine() {
         state_size: 3,
         chunk_size: 8,
     };
-    ssd_scan(
-        &shape,
-        &[0, 0],
-        &[],
-        &[],
-        &[0.0; 4],
-        &[],
-        &[],
-        &[0.0; 4],
-        &mut out,
-    )
-    .unwrap();
+    ssd_scan(&shape, &[0, 0], &[], &[], &[0.0; 4], &[], &[], &[0.0; 4], &mut out).unwrap();
     let shape = AttentionShape {
         num_heads: 4,
         num_kv_heads: 2,

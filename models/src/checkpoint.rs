@@ -100,7 +100,10 @@ impl Checkpoint {
                 if file_name.contains('/') || file_name.contains('\\') || file_name.starts_with('.') {
                     return Err(LoadError::Json {
                         path: index_path.clone(),
-                        message: format!("weight_map[{name:?}] names {file_name:?}, not a file in {}", dir.display()),
+                        message: format!(
+                            "weight_map[{name:?}] names {file_name:?}, not a file in {}",
+                            dir.display()
+                        ),
                     });
                 }
                 let next_id = file_ids.len();
@@ -242,7 +245,10 @@ impl MappedFile {
             .into_iter()
             .map(|(name, info)| {
                 let (start, end) = info.data_offsets;
-                (name, (info.dtype, info.shape.clone(), data_start + start..data_start + end))
+                (
+                    name,
+                    (info.dtype, info.shape.clone(), data_start + start..data_start + end),
+                )
             })
             .collect();
         Ok(Self { mmap, tensors })
@@ -251,10 +257,7 @@ impl MappedFile {
 
 /// Strips the `backbone.` / `model.` prefix.
 pub fn canonical_name(stored: &str) -> &str {
-    PREFIXES
-        .iter()
-        .find_map(|p| stored.strip_prefix(p))
-        .unwrap_or(stored)
+    PREFIXES.iter().find_map(|p| stored.strip_prefix(p)).unwrap_or(stored)
 }
 
 /// The block index of a canonical `layers.N.*` name.

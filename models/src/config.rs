@@ -272,7 +272,7 @@ impl Checker<'_> {
     }
 
     fn divides(&self, key: &str, divisor: usize, dividend: usize, what: &str) -> Result<(), LoadError> {
-        if dividend % divisor != 0 {
+        if !dividend.is_multiple_of(divisor) {
             return Err(self.error(key, format!("a divisor of {what} ({dividend})"), divisor));
         }
         Ok(())
@@ -355,8 +355,7 @@ impl RawConfig {
                 self.n_routed_experts.or(self.num_local_experts).unwrap_or(8),
             )?,
             top_k: check.dim("num_experts_per_tok", self.num_experts_per_tok.unwrap_or(2))?,
-            expert_intermediate_size: check
-                .dim("moe_intermediate_size", self.moe_intermediate_size.unwrap_or(7688))?,
+            expert_intermediate_size: check.dim("moe_intermediate_size", self.moe_intermediate_size.unwrap_or(7688))?,
             shared_intermediate_size: check.dim(
                 "moe_shared_expert_intermediate_size",
                 self.moe_shared_expert_intermediate_size.unwrap_or(7688),
@@ -384,12 +383,19 @@ impl RawConfig {
             if per_group < 2 {
                 return Err(check.error(
                     "n_group",
-                    format!("at most n_routed_experts / 2 = {} (a group scores its two best experts)", moe.num_experts / 2),
+                    format!(
+                        "at most n_routed_experts / 2 = {} (a group scores its two best experts)",
+                        moe.num_experts / 2
+                    ),
                     moe.n_group,
                 ));
             }
             if moe.topk_group > moe.n_group {
-                return Err(check.error("topk_group", format!("at most n_group ({})", moe.n_group), moe.topk_group));
+                return Err(check.error(
+                    "topk_group",
+                    format!("at most n_group ({})", moe.n_group),
+                    moe.topk_group,
+                ));
             }
             let reachable = moe.topk_group * per_group;
             if moe.top_k > reachable {
@@ -492,8 +498,7 @@ mod tests {
 
     #[test]
     fn layer_list_accepts_legacy_names() {
-        let config =
-            parse(r#"{"layers_block_type": ["mamba", "attention", "mlp", "moe", "full_attention"]}"#).unwrap();
+        let config = parse(r#"{"layers_block_type": ["mamba", "attention", "mlp", "moe", "full_attention"]}"#).unwrap();
         assert_eq!(config.pattern(), "M*-E*");
     }
 
@@ -501,9 +506,18 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             (r#"{"hybrid_override_pattern": "MX"}"#, "hybrid_override_pattern"),
-            (r#"{"hybrid_override_pattern": "*", "num_attention_heads": 6, "num_key_value_heads": 4}"#, "num_key_value_heads"),
-            (r#"{"hybrid_override_pattern": "E", "n_routed_experts": 8, "n_group": 3}"#, "n_group"),
-            (r#"{"hybrid_override_pattern": "-", "mlp_hidden_act": "gelu"}"#, "mlp_hidden_act"),
+            (
+                r#"{"hybrid_override_pattern": "*", "num_attention_heads": 6, "num_key_value_heads": 4}"#,
+                "num_key_value_heads",
+            ),
+            (
+                r#"{"hybrid_override_pattern": "E", "n_routed_experts": 8, "n_group": 3}"#,
+                "n_group",
+            ),
+            (
+                r#"{"hybrid_override_pattern": "-", "mlp_hidden_act": "gelu"}"#,
+                "mlp_hidden_act",
+            ),
             (r#"{"hybrid_override_pattern": "M", "hidden_size": 0}"#, "hidden_size"),
             (r#"{"model_type": "llama"}"#, "model_type"),
         ];

@@ -7,8 +7,8 @@
 //! - [`model`]: [`NemotronH`], loaded only as deep as needed, run on a [`PackedBatch`].
 //! - [`pooling`], [`tokenizer`]: from hidden states to vectors, from text to ids.
 
-mod blocks;
 pub mod batch;
+mod blocks;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

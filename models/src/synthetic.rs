@@ -27,7 +27,11 @@ enum Init {
 /// Names (NVIDIA layout, `backbone.` prefix) and shapes of every tensor the config needs.
 fn tensor_specs(config: &NemotronHConfig) -> Vec<(String, Vec<usize>, Init)> {
     let h = config.hidden_size;
-    let mut specs = vec![("backbone.embeddings.weight".to_owned(), vec![config.vocab_size, h], Init::Uniform(-1.0, 1.0))];
+    let mut specs = vec![(
+        "backbone.embeddings.weight".to_owned(),
+        vec![config.vocab_size, h],
+        Init::Uniform(-1.0, 1.0),
+    )];
     let linear = |specs: &mut Vec<_>, name: String, rows: usize, cols: usize, bias: bool| {
         specs.push((format!("{name}.weight"), vec![rows, cols], Init::FanIn));
         if bias {
@@ -43,7 +47,11 @@ fn tensor_specs(config: &NemotronHConfig) -> Vec<(String, Vec<usize>, Init)> {
                 let m = &config.mamba;
                 let (inner, conv, heads) = (m.intermediate_size(), m.conv_dim(), m.num_heads);
                 linear(&mut specs, format!("{p}.in_proj"), m.in_proj_size(), h, m.proj_bias);
-                specs.push((format!("{p}.conv1d.weight"), vec![conv, 1, m.conv_kernel], Init::Uniform(-0.5, 0.5)));
+                specs.push((
+                    format!("{p}.conv1d.weight"),
+                    vec![conv, 1, m.conv_kernel],
+                    Init::Uniform(-0.5, 0.5),
+                ));
                 if m.conv_bias {
                     specs.push((format!("{p}.conv1d.bias"), vec![conv], Init::Uniform(-0.1, 0.1)));
                 }
@@ -70,13 +78,41 @@ fn tensor_specs(config: &NemotronHConfig) -> Vec<(String, Vec<usize>, Init)> {
                 let m = &config.moe;
                 let w = m.expert_width(h);
                 specs.push((format!("{p}.gate.weight"), vec![m.num_experts, h], Init::FanIn));
-                specs.push((format!("{p}.gate.e_score_correction_bias"), vec![m.num_experts], Init::Uniform(-0.05, 0.05)));
+                specs.push((
+                    format!("{p}.gate.e_score_correction_bias"),
+                    vec![m.num_experts],
+                    Init::Uniform(-0.05, 0.05),
+                ));
                 for e in 0..m.num_experts {
-                    linear(&mut specs, format!("{p}.experts.{e}.up_proj"), m.expert_intermediate_size, w, false);
-                    linear(&mut specs, format!("{p}.experts.{e}.down_proj"), w, m.expert_intermediate_size, false);
+                    linear(
+                        &mut specs,
+                        format!("{p}.experts.{e}.up_proj"),
+                        m.expert_intermediate_size,
+                        w,
+                        false,
+                    );
+                    linear(
+                        &mut specs,
+                        format!("{p}.experts.{e}.down_proj"),
+                        w,
+                        m.expert_intermediate_size,
+                        false,
+                    );
                 }
-                linear(&mut specs, format!("{p}.shared_experts.up_proj"), m.shared_intermediate_size, h, m.bias);
-                linear(&mut specs, format!("{p}.shared_experts.down_proj"), h, m.shared_intermediate_size, m.bias);
+                linear(
+                    &mut specs,
+                    format!("{p}.shared_experts.up_proj"),
+                    m.shared_intermediate_size,
+                    h,
+                    m.bias,
+                );
+                linear(
+                    &mut specs,
+                    format!("{p}.shared_experts.down_proj"),
+                    h,
+                    m.shared_intermediate_size,
+                    m.bias,
+                );
                 if let Some(latent) = m.latent_size {
                     linear(&mut specs, format!("{p}.fc1_latent_proj"), latent, h, m.bias);
                     linear(&mut specs, format!("{p}.fc2_latent_proj"), h, latent, m.bias);
@@ -126,7 +162,12 @@ pub enum SyntheticDType {
 }
 
 /// Writes `config_json` and a random `model.safetensors` for it into `dir`.
-pub fn write_random_checkpoint(config_json: &str, dir: &Path, dtype: SyntheticDType, seed: u64) -> Result<(), LoadError> {
+pub fn write_random_checkpoint(
+    config_json: &str,
+    dir: &Path,
+    dtype: SyntheticDType,
+    seed: u64,
+) -> Result<(), LoadError> {
     let config_path = dir.join("config.json");
     let config = NemotronHConfig::from_json(config_json, &config_path)?;
     let io = |path: &Path| {

@@ -124,7 +124,12 @@ impl<'a> WeightLoader<'a> {
     }
 
     /// A vector that exists only when the config says so.
-    pub(crate) fn optional_vector(&mut self, name: &str, len: usize, present: bool) -> Result<Option<Vec<f32>>, LoadError> {
+    pub(crate) fn optional_vector(
+        &mut self,
+        name: &str,
+        len: usize,
+        present: bool,
+    ) -> Result<Option<Vec<f32>>, LoadError> {
         present.then(|| self.vector(name, &[len])).transpose()
     }
 
@@ -159,7 +164,9 @@ impl<'a> WeightLoader<'a> {
         if self.checkpoint.contains(&per_expert) || !self.checkpoint.contains(&stacked) {
             return self.matrix(&per_expert, rows, cols);
         }
-        let t = self.checkpoint.require(&stacked, &describe(&[num_experts, rows, cols]))?;
+        let t = self
+            .checkpoint
+            .require(&stacked, &describe(&[num_experts, rows, cols]))?;
         check_shape(&t, &[num_experts, rows, cols])?;
         let dtype = float_dtype(&t)?;
         let size = rows * cols * dtype.size_in_bytes();

@@ -40,7 +40,9 @@ fn check(dtype: SyntheticDType) {
     let alone: Vec<Vec<Vec<u32>>> = seqs
         .iter()
         .map(|s| {
-            let states = model.hidden_states(&PackedBatch::from_sequences(&[s]), &layers).unwrap();
+            let states = model
+                .hidden_states(&PackedBatch::from_sequences(&[s]), &layers)
+                .unwrap();
             states.iter().map(|l| bits(l)).collect()
         })
         .collect();
@@ -67,7 +69,9 @@ fn check(dtype: SyntheticDType) {
         });
     }
     // And from run to run.
-    let again = model.hidden_states(&PackedBatch::from_sequences(&[&seqs[4]]), &layers).unwrap();
+    let again = model
+        .hidden_states(&PackedBatch::from_sequences(&[&seqs[4]]), &layers)
+        .unwrap();
     assert!(again.iter().map(|l| bits(l)).eq(alone[4].iter().cloned()));
 }
 

@@ -43,7 +43,12 @@ fn rewrite(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize
     edit(&mut tensors);
     let views: Vec<_> = tensors
         .iter()
-        .map(|(name, (dtype, shape, data))| (name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .map(|(name, (dtype, shape, data))| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
@@ -83,7 +88,10 @@ fn missing_expert_is_named() {
     rewrite(dir.path(), |t| {
         t.remove("backbone.layers.2.mixer.experts.3.down_proj.weight");
     });
-    assert_mentions(&load_err(dir.path()), &["backbone.layers.2.mixer.experts.3.down_proj.weight"]);
+    assert_mentions(
+        &load_err(dir.path()),
+        &["backbone.layers.2.mixer.experts.3.down_proj.weight"],
+    );
 }
 
 #[test]
@@ -95,7 +103,15 @@ fn wrong_shape_names_expected_and_found() {
     });
     let err = load_err(dir.path());
     assert!(matches!(err, LoadError::Shape { .. }), "{err}");
-    assert_mentions(&err, &["model.safetensors", "backbone.layers.0.mixer.out_proj.weight", "[32, 32]", "[16, 64]"]);
+    assert_mentions(
+        &err,
+        &[
+            "model.safetensors",
+            "backbone.layers.0.mixer.out_proj.weight",
+            "[32, 32]",
+            "[16, 64]",
+        ],
+    );
 }
 
 #[test]
@@ -146,7 +162,11 @@ fn unknown_layer_type_is_named() {
 #[test]
 fn unknown_activation_is_named() {
     let dir = valid_checkpoint();
-    set_config(dir.path(), "\"intermediate_size\": 48,", "\"intermediate_size\": 48, \"mlp_hidden_act\": \"swiglu\",");
+    set_config(
+        dir.path(),
+        "\"intermediate_size\": 48,",
+        "\"intermediate_size\": 48, \"mlp_hidden_act\": \"swiglu\",",
+    );
     assert_mentions(&load_err(dir.path()), &["mlp_hidden_act", "relu2", "swiglu"]);
 }
 
@@ -186,7 +206,10 @@ fn bad_json_and_missing_files_are_named() {
 
     let dir = valid_checkpoint();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    assert_mentions(&load_err(dir.path()), &["model.safetensors", "model.safetensors.index.json"]);
+    assert_mentions(
+        &load_err(dir.path()),
+        &["model.safetensors", "model.safetensors.index.json"],
+    );
 }
 
 #[test]
@@ -197,21 +220,38 @@ fn shard_index_naming_a_missing_file() {
     assert_mentions(&load_err(dir.path()), &["model-00001-of-00002.safetensors"]);
     let escaping = r#"{"weight_map": {"backbone.embeddings.weight": "../../etc/passwd"}}"#;
     std::fs::write(dir.path().join("model.safetensors.index.json"), escaping).unwrap();
-    assert_mentions(&load_err(dir.path()), &["model.safetensors.index.json", "../../etc/passwd"]);
+    assert_mentions(
+        &load_err(dir.path()),
+        &["model.safetensors.index.json", "../../etc/passwd"],
+    );
 }
 
 #[test]
 fn token_out_of_range_names_id_and_vocabulary() {
     let dir = valid_checkpoint();
     let model = NemotronH::load(dir.path(), LoadOptions::default()).unwrap();
-    let err = model.hidden_state(&PackedBatch::from_sequences(&[vec![1u32, 50]]), 1).unwrap_err();
-    assert!(matches!(err, ForwardError::TokenOutOfRange { id: 50, vocab_size: 50, .. }), "{err}");
+    let err = model
+        .hidden_state(&PackedBatch::from_sequences(&[vec![1u32, 50]]), 1)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ForwardError::TokenOutOfRange {
+                id: 50,
+                vocab_size: 50,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("50"));
 }
 
 #[test]
 fn layer_beyond_the_model_is_refused() {
     let dir = valid_checkpoint();
-    let err = NemotronH::load(dir.path(), LoadOptions { max_layer: Some(5) }).err().unwrap();
+    let err = NemotronH::load(dir.path(), LoadOptions { max_layer: Some(5) })
+        .err()
+        .unwrap();
     assert_mentions(&err, &["layer 5", "0..=4"]);
 }

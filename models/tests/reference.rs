@@ -35,7 +35,9 @@ fn read_reference(case: &Path, num_states: usize) -> Reference {
 fn parse_reference(tensors: &SafeTensors<'_>, num_states: usize) -> Reference {
     let mut out = Vec::new();
     for i in 0.. {
-        let Ok(ids) = tensors.tensor(&format!("input_ids.{i}")) else { break };
+        let Ok(ids) = tensors.tensor(&format!("input_ids.{i}")) else {
+            break;
+        };
         assert_eq!(ids.dtype(), Dtype::I64);
         let ids: Vec<u32> = ids
             .data()
@@ -46,7 +48,11 @@ fn parse_reference(tensors: &SafeTensors<'_>, num_states: usize) -> Reference {
         assert_eq!(states.dtype(), Dtype::F32);
         assert_eq!(states.shape()[0], num_states);
         assert_eq!(states.shape()[1], ids.len());
-        let values: Vec<f32> = states.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let values: Vec<f32> = states
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         let per_layer = values.len() / num_states;
         out.push((ids, values.chunks_exact(per_layer).map(<[f32]>::to_vec).collect()));
     }
@@ -66,14 +72,20 @@ fn relative_l2(got: &[f32], expected: &[f32]) -> f64 {
 #[test]
 fn every_layer_matches_transformers() {
     let cases = fixture_cases();
-    assert!(cases.len() >= 4, "expected at least four fixture cases, found {cases:?}");
+    assert!(
+        cases.len() >= 4,
+        "expected at least four fixture cases, found {cases:?}"
+    );
     let mut report = Vec::new();
     for case in &cases {
         let model = NemotronH::load(case, LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let reference = read_reference(case, model.config().num_layers() + 1);
         assert!(!reference.is_empty(), "{}: no inputs", case.display());
         let worst = check_layers(&case.display().to_string(), &model, &reference);
-        report.push(format!("{}: worst relative L2 {worst:.2e}", case.file_name().unwrap().to_string_lossy()));
+        report.push(format!(
+            "{}: worst relative L2 {worst:.2e}",
+            case.file_name().unwrap().to_string_lossy()
+        ));
     }
     eprintln!("{}", report.join("\n"));
 }
@@ -83,7 +95,9 @@ fn check_layers(name: &str, model: &NemotronH, reference: &Reference) -> f64 {
     let layers: Vec<usize> = (0..=model.config().num_layers()).collect();
     let mut worst = 0.0f64;
     for (input, (ids, expected)) in reference.iter().enumerate() {
-        let got = model.hidden_states(&PackedBatch::from_sequences(&[ids]), &layers).unwrap();
+        let got = model
+            .hidden_states(&PackedBatch::from_sequences(&[ids]), &layers)
+            .unwrap();
         for (layer, (g, e)) in got.iter().zip(expected).enumerate() {
             let err = relative_l2(g, e);
             assert!(
@@ -105,7 +119,10 @@ fn demo_model_matches_transformers_from_text() {
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
     let texts: Vec<String> = serde_json::from_str(&metadata.metadata().as_ref().unwrap()["texts"]).unwrap();
-    let reference = parse_reference(&SafeTensors::deserialize(&bytes).unwrap(), model.config().num_layers() + 1);
+    let reference = parse_reference(
+        &SafeTensors::deserialize(&bytes).unwrap(),
+        model.config().num_layers() + 1,
+    );
     assert_eq!(texts.len(), reference.len());
     let tokenizer = marc_models::tokenizer::Tokenizer::from_dir(&dir).unwrap();
     for (text, (ids, _)) in texts.iter().zip(&reference) {
@@ -120,10 +137,19 @@ fn truncated_load_matches_full_model() {
     let case = &fixture_cases()[0];
     let full = NemotronH::load(case, LoadOptions::default()).unwrap();
     let middle = full.config().num_layers() / 2;
-    let cut = NemotronH::load(case, LoadOptions { max_layer: Some(middle) }).unwrap();
+    let cut = NemotronH::load(
+        case,
+        LoadOptions {
+            max_layer: Some(middle),
+        },
+    )
+    .unwrap();
     assert_eq!(cut.max_layer(), middle);
     assert!(cut.weight_bytes() < full.weight_bytes());
     let batch = PackedBatch::from_sequences(&[vec![1u32, 2, 3, 4, 5]]);
-    assert_eq!(cut.hidden_state(&batch, middle).unwrap(), full.hidden_state(&batch, middle).unwrap());
+    assert_eq!(
+        cut.hidden_state(&batch, middle).unwrap(),
+        full.hidden_state(&batch, middle).unwrap()
+    );
     assert!(cut.hidden_state(&batch, middle + 1).is_err());
 }

@@ -59,7 +59,10 @@ pub(crate) fn parse_items(
             bail!("line {line_no}: the item has no tokens");
         }
         if tokens.len() > MAX_ITEM_TOKENS {
-            bail!("line {line_no}: {} tokens, more than the limit of {MAX_ITEM_TOKENS}", tokens.len());
+            bail!(
+                "line {line_no}: {} tokens, more than the limit of {MAX_ITEM_TOKENS}",
+                tokens.len()
+            );
         }
         items.push(Item {
             id: raw.id,

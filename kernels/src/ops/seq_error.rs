@@ -28,9 +28,7 @@ pub enum SeqOpError {
         found: usize,
     },
     /// The last entry of `cu_seqlens` is not the number of tokens in the packed input.
-    #[error(
-        "cu_seqlens[{index}] (last): expected {expected} (tokens in `{source_arg}`), found {found}"
-    )]
+    #[error("cu_seqlens[{index}] (last): expected {expected} (tokens in `{source_arg}`), found {found}")]
     CuSeqlensEnd {
         /// Index of the last entry.
         index: usize,
@@ -52,9 +50,7 @@ pub enum SeqOpError {
         found: usize,
     },
     /// A packed input's length is not a whole number of rows.
-    #[error(
-        "`{arg}`: expected a length that is a multiple of the row width {row_width}, found {found}"
-    )]
+    #[error("`{arg}`: expected a length that is a multiple of the row width {row_width}, found {found}")]
     NotWholeRows {
         /// The argument.
         arg: &'static str,

@@ -59,12 +59,7 @@ impl MatMut<'_> {
 /// `ROWS` rows by `G * W` columns: the register tile.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // Index loops over the fixed-size tile unroll fully.
-fn tile<const ROWS: usize, const G: usize, const ACC: bool>(
-    k: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    c: MatMut<'_>,
-) {
+fn tile<const ROWS: usize, const G: usize, const ACC: bool>(k: usize, a: Mat<'_>, b: Mat<'_>, c: MatMut<'_>) {
     let mut acc = [[[0.0f32; W]; G]; ROWS];
     if ACC {
         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -95,13 +90,7 @@ fn tile<const ROWS: usize, const G: usize, const ACC: bool>(
 /// `ROWS` rows by `width < W` columns: the right edge, through a zero-padded copy of each `b` row.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // Index loops over the fixed-size tile unroll fully.
-fn tile_edge<const ROWS: usize, const ACC: bool>(
-    k: usize,
-    width: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    c: MatMut<'_>,
-) {
+fn tile_edge<const ROWS: usize, const ACC: bool>(k: usize, width: usize, a: Mat<'_>, b: Mat<'_>, c: MatMut<'_>) {
     let mut acc = [[0.0f32; W]; ROWS];
     if ACC {
         for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -126,13 +115,7 @@ fn tile_edge<const ROWS: usize, const ACC: bool>(
 
 /// `ROWS` rows of `c` (columns `0..n`) from `ROWS` rows of `a` and `k` rows of `b`.
 #[inline(always)]
-fn row_block<const ROWS: usize, const ACC: bool>(
-    k: usize,
-    n: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    mut c: MatMut<'_>,
-) {
+fn row_block<const ROWS: usize, const ACC: bool>(k: usize, n: usize, a: Mat<'_>, b: Mat<'_>, mut c: MatMut<'_>) {
     if k == 0 {
         // An empty chain: the start value. Also keeps the slicing below away from empty `b`.
         if !ACC {
@@ -158,14 +141,7 @@ fn row_block<const ROWS: usize, const ACC: bool>(
 
 /// `c[i][j] (+)= sum_{k < kk} a[i][k] * b[k][j]` for `i < m`, `j < n`.
 #[inline(always)]
-pub(crate) fn gemm<const ACC: bool>(
-    m: usize,
-    n: usize,
-    kk: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    mut c: MatMut<'_>,
-) {
+pub(crate) fn gemm<const ACC: bool>(m: usize, n: usize, kk: usize, a: Mat<'_>, b: Mat<'_>, mut c: MatMut<'_>) {
     let mut i = 0;
     while i + R <= m {
         row_block::<R, ACC>(kk, n, a.at(i, 0), b, c.at(i, 0));
@@ -234,30 +210,18 @@ mod tests {
 
     fn fill(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 20) as f32 / 4096.0
-                    - 0.5
-            })
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 20) as f32 / 4096.0 - 0.5)
             .collect()
     }
 
     /// The same chain, one element at a time.
     fn naive(i: usize, j: usize, k0: usize, k1: usize, a: Mat<'_>, b: Mat<'_>, start: f32) -> f32 {
-        (k0..k1).fold(start, |acc, p| {
-            a.data[i * a.ld + p].mul_add(b.data[p * b.ld + j], acc)
-        })
+        (k0..k1).fold(start, |acc, p| a.data[i * a.ld + p].mul_add(b.data[p * b.ld + j], acc))
     }
 
     #[test]
     fn all_shapes_match_the_naive_chain_bitwise() {
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (4, 64, 8),
-            (7, 83, 13),
-            (9, 16, 0),
-            (13, 130, 70),
-            (3, 5, 2),
-        ] {
+        for &(m, n, k) in &[(1, 1, 1), (4, 64, 8), (7, 83, 13), (9, 16, 0), (13, 130, 70), (3, 5, 2)] {
             let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
             let a = fill(m * lda, 1);
             let b = fill(k.max(1) * ldb, 2);
@@ -265,87 +229,34 @@ mod tests {
             let (am, bm) = (Mat { data: &a, ld: lda }, Mat { data: &b, ld: ldb });
 
             let mut c = c0.clone();
-            gemm::<true>(
-                m,
-                n,
-                k,
-                am,
-                bm,
-                MatMut {
-                    data: &mut c,
-                    ld: ldc,
-                },
-            );
+            gemm::<true>(m, n, k, am, bm, MatMut { data: &mut c, ld: ldc });
             let mut z = c0.clone();
-            gemm::<false>(
-                m,
-                n,
-                k,
-                am,
-                bm,
-                MatMut {
-                    data: &mut z,
-                    ld: ldc,
-                },
-            );
+            gemm::<false>(m, n, k, am, bm, MatMut { data: &mut z, ld: ldc });
             for i in 0..m {
                 for j in 0..n {
                     assert_eq!(
                         c[i * ldc + j].to_bits(),
                         naive(i, j, 0, k, am, bm, c0[i * ldc + j]).to_bits()
                     );
-                    assert_eq!(
-                        z[i * ldc + j].to_bits(),
-                        naive(i, j, 0, k, am, bm, 0.0).to_bits()
-                    );
+                    assert_eq!(z[i * ldc + j].to_bits(), naive(i, j, 0, k, am, bm, 0.0).to_bits());
                 }
             }
 
             for diag in [0, 2] {
                 let mut c = c0.clone();
-                gemm_lower_n::<false>(
-                    m,
-                    n,
-                    k,
-                    diag,
-                    am,
-                    bm,
-                    MatMut {
-                        data: &mut c,
-                        ld: ldc,
-                    },
-                );
+                gemm_lower_n::<false>(m, n, k, diag, am, bm, MatMut { data: &mut c, ld: ldc });
                 for i in 0..m {
                     for j in 0..n.min(i + diag + 1) {
-                        assert_eq!(
-                            c[i * ldc + j].to_bits(),
-                            naive(i, j, 0, k, am, bm, 0.0).to_bits()
-                        );
+                        assert_eq!(c[i * ldc + j].to_bits(), naive(i, j, 0, k, am, bm, 0.0).to_bits());
                     }
                 }
                 // Lower in k: `a` is m x (m + diag), `b` is (m + diag) x n.
                 let kk = m + diag;
                 let a = fill(m * (kk + 1), 4);
                 let b = fill(kk * n, 5);
-                let (am, bm) = (
-                    Mat {
-                        data: &a,
-                        ld: kk + 1,
-                    },
-                    Mat { data: &b, ld: n },
-                );
+                let (am, bm) = (Mat { data: &a, ld: kk + 1 }, Mat { data: &b, ld: n });
                 let mut c = c0.clone();
-                gemm_lower_k::<true>(
-                    m,
-                    n,
-                    diag,
-                    am,
-                    bm,
-                    MatMut {
-                        data: &mut c,
-                        ld: ldc,
-                    },
-                );
+                gemm_lower_k::<true>(m, n, diag, am, bm, MatMut { data: &mut c, ld: ldc });
                 for i in 0..m {
                     for j in 0..n {
                         let want = naive(i, j, 0, i + diag + 1, am, bm, c0[i * ldc + j]);

@@ -199,10 +199,7 @@ mod tests {
     fn silu_matches_f64() {
         for &v in &[-30.0f32, -3.5, -1.0, -1e-3, 0.0, 1e-3, 0.7, 2.0, 15.0, 90.0] {
             let want = v as f64 / (1.0 + (-(v as f64)).exp());
-            assert!(
-                (silu(v) as f64 - want).abs() <= 1e-6 * want.abs().max(1e-30),
-                "{v}"
-            );
+            assert!((silu(v) as f64 - want).abs() <= 1e-6 * want.abs().max(1e-30), "{v}");
         }
     }
 

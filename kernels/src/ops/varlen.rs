@@ -43,11 +43,7 @@ pub(crate) fn divide(
 }
 
 /// Errors unless `data.len() == expected`.
-pub(crate) fn check_len(
-    arg: &'static str,
-    data: &[f32],
-    expected: usize,
-) -> Result<(), SeqOpError> {
+pub(crate) fn check_len(arg: &'static str, data: &[f32], expected: usize) -> Result<(), SeqOpError> {
     if data.len() == expected {
         Ok(())
     } else {
@@ -60,11 +56,7 @@ pub(crate) fn check_len(
 }
 
 /// Number of tokens in a packed `[T, row_width]` input (`row_width` must be positive).
-pub(crate) fn token_count(
-    arg: &'static str,
-    data: &[f32],
-    row_width: usize,
-) -> Result<usize, SeqOpError> {
+pub(crate) fn token_count(arg: &'static str, data: &[f32], row_width: usize) -> Result<usize, SeqOpError> {
     if data.len().is_multiple_of(row_width) {
         Ok(data.len() / row_width)
     } else {
@@ -77,11 +69,7 @@ pub(crate) fn token_count(
 }
 
 /// Checks `cu_seqlens` against the token count `total` found in the input named `source_arg`.
-pub(crate) fn check_cu_seqlens(
-    cu_seqlens: &[usize],
-    total: usize,
-    source_arg: &'static str,
-) -> Result<(), SeqOpError> {
+pub(crate) fn check_cu_seqlens(cu_seqlens: &[usize], total: usize, source_arg: &'static str) -> Result<(), SeqOpError> {
     let (&first, _) = cu_seqlens.split_first().ok_or(SeqOpError::CuSeqlensEmpty)?;
     if first != 0 {
         return Err(SeqOpError::CuSeqlensStart { found: first });
@@ -173,10 +161,7 @@ mod tests {
     fn cu_seqlens_rules() {
         assert_eq!(check_cu_seqlens(&[0, 2, 2, 5], 5, "x"), Ok(()));
         assert_eq!(check_cu_seqlens(&[0], 0, "x"), Ok(()));
-        assert_eq!(
-            check_cu_seqlens(&[], 0, "x"),
-            Err(SeqOpError::CuSeqlensEmpty)
-        );
+        assert_eq!(check_cu_seqlens(&[], 0, "x"), Err(SeqOpError::CuSeqlensEmpty));
         assert_eq!(
             check_cu_seqlens(&[1, 5], 5, "x"),
             Err(SeqOpError::CuSeqlensStart { found: 1 })
@@ -202,9 +187,6 @@ mod tests {
 
     #[test]
     fn longest_first_skips_empty() {
-        assert_eq!(
-            sequences_longest_first(&[0, 2, 2, 7, 8]),
-            vec![(2, 5), (0, 2), (7, 1)]
-        );
+        assert_eq!(sequences_longest_first(&[0, 2, 2, 7, 8]), vec![(2, 5), (0, 2), (7, 1)]);
     }
 }

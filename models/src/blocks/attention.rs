@@ -17,7 +17,12 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    pub(crate) fn load(w: &mut WeightLoader<'_>, prefix: &str, cfg: &AttentionConfig, hidden: usize) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        w: &mut WeightLoader<'_>,
+        prefix: &str,
+        cfg: &AttentionConfig,
+        hidden: usize,
+    ) -> Result<Self, LoadError> {
         let q_width = cfg.num_heads * cfg.head_dim;
         let kv_width = cfg.num_kv_heads * cfg.head_dim;
         // transformers builds q/k/v/o without bias whatever `attention_bias` says; we follow it.
@@ -35,7 +40,10 @@ impl Attention {
     }
 
     pub(crate) fn size_in_bytes(&self) -> usize {
-        [&self.q, &self.k, &self.v, &self.o].iter().map(|l| l.size_in_bytes()).sum()
+        [&self.q, &self.k, &self.v, &self.o]
+            .iter()
+            .map(|l| l.size_in_bytes())
+            .sum()
     }
 
     pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Vec<f32>, KernelError> {

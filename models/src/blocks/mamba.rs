@@ -28,7 +28,13 @@ pub(crate) struct Mamba {
 }
 
 impl Mamba {
-    pub(crate) fn load(w: &mut WeightLoader<'_>, prefix: &str, cfg: &MambaConfig, hidden: usize, eps: f32) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        w: &mut WeightLoader<'_>,
+        prefix: &str,
+        cfg: &MambaConfig,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<Self, LoadError> {
         let heads = cfg.num_heads;
         let conv_dim = cfg.conv_dim();
         let a_log = w.vector(&format!("{prefix}.A_log"), &[heads])?;
@@ -42,7 +48,12 @@ impl Mamba {
             d: w.vector(&format!("{prefix}.D"), &[heads])?,
             dt_bias: w.vector(&format!("{prefix}.dt_bias"), &[heads])?,
             norm: w.vector(&format!("{prefix}.norm.weight"), &[cfg.intermediate_size()])?,
-            out_proj: w.linear(&format!("{prefix}.out_proj"), hidden, cfg.intermediate_size(), cfg.proj_bias)?,
+            out_proj: w.linear(
+                &format!("{prefix}.out_proj"),
+                hidden,
+                cfg.intermediate_size(),
+                cfg.proj_bias,
+            )?,
         })
     }
 
@@ -75,7 +86,14 @@ impl Mamba {
         drop(proj);
 
         let mut conv = vec![0.0; xbc.len()];
-        causal_conv1d_silu(&xbc, cu_seqlens, &self.conv_weight, self.conv_bias.as_deref(), cfg.conv_kernel, &mut conv)?;
+        causal_conv1d_silu(
+            &xbc,
+            cu_seqlens,
+            &self.conv_weight,
+            self.conv_bias.as_deref(),
+            cfg.conv_kernel,
+            &mut conv,
+        )?;
         drop(xbc);
 
         // The scan wants x, B and C as separate contiguous arrays.

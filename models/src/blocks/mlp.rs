@@ -13,7 +13,13 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     /// Loads `{prefix}.up_proj` `[intermediate, width]` and `{prefix}.down_proj` `[width, intermediate]`.
-    pub(crate) fn load(w: &mut WeightLoader<'_>, prefix: &str, width: usize, intermediate: usize, bias: bool) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        w: &mut WeightLoader<'_>,
+        prefix: &str,
+        width: usize,
+        intermediate: usize,
+        bias: bool,
+    ) -> Result<Self, LoadError> {
         Ok(Self {
             up: w.linear(&format!("{prefix}.up_proj"), intermediate, width, bias)?,
             down: w.linear(&format!("{prefix}.down_proj"), width, intermediate, bias)?,

@@ -29,7 +29,13 @@ impl Mixer {
         Ok(match config.blocks[layer] {
             BlockKind::Mamba => Self::Mamba(mamba::Mamba::load(w, &prefix, &config.mamba, hidden, config.norm_eps)?),
             BlockKind::Attention => Self::Attention(attention::Attention::load(w, &prefix, &config.attention, hidden)?),
-            BlockKind::Mlp => Self::Mlp(mlp::Mlp::load(w, &prefix, hidden, config.mlp.intermediate_size, config.mlp.bias)?),
+            BlockKind::Mlp => Self::Mlp(mlp::Mlp::load(
+                w,
+                &prefix,
+                hidden,
+                config.mlp.intermediate_size,
+                config.mlp.bias,
+            )?),
             BlockKind::Moe => Self::Moe(moe::Moe::load(w, &prefix, &config.moe, hidden)?),
         })
     }

@@ -31,7 +31,12 @@ pub(crate) struct Route {
 }
 
 impl Moe {
-    pub(crate) fn load(w: &mut WeightLoader<'_>, prefix: &str, cfg: &MoeConfig, hidden: usize) -> Result<Self, LoadError> {
+    pub(crate) fn load(
+        w: &mut WeightLoader<'_>,
+        prefix: &str,
+        cfg: &MoeConfig,
+        hidden: usize,
+    ) -> Result<Self, LoadError> {
         let width = cfg.expert_width(hidden);
         let latent = match cfg.latent_size {
             Some(latent) => Some((
@@ -43,9 +48,29 @@ impl Moe {
         let experts_prefix = format!("{prefix}.experts");
         let experts = (0..cfg.num_experts)
             .map(|e| {
-                let up = w.expert_matrix(&experts_prefix, "up_proj", e, cfg.num_experts, cfg.expert_intermediate_size, width)?;
-                let down = w.expert_matrix(&experts_prefix, "down_proj", e, cfg.num_experts, width, cfg.expert_intermediate_size)?;
-                Ok(Mlp::from_parts(Linear { weight: up, bias: None }, Linear { weight: down, bias: None }))
+                let up = w.expert_matrix(
+                    &experts_prefix,
+                    "up_proj",
+                    e,
+                    cfg.num_experts,
+                    cfg.expert_intermediate_size,
+                    width,
+                )?;
+                let down = w.expert_matrix(
+                    &experts_prefix,
+                    "down_proj",
+                    e,
+                    cfg.num_experts,
+                    width,
+                    cfg.expert_intermediate_size,
+                )?;
+                Ok(Mlp::from_parts(
+                    Linear { weight: up, bias: None },
+                    Linear {
+                        weight: down,
+                        bias: None,
+                    },
+                ))
             })
             .collect::<Result<Vec<_>, LoadError>>()?;
         Ok(Self {
@@ -53,13 +78,22 @@ impl Moe {
             router: w.matrix(&format!("{prefix}.gate.weight"), cfg.num_experts, hidden)?,
             correction_bias: w.vector(&format!("{prefix}.gate.e_score_correction_bias"), &[cfg.num_experts])?,
             experts,
-            shared: Mlp::load(w, &format!("{prefix}.shared_experts"), hidden, cfg.shared_intermediate_size, cfg.bias)?,
+            shared: Mlp::load(
+                w,
+                &format!("{prefix}.shared_experts"),
+                hidden,
+                cfg.shared_intermediate_size,
+                cfg.bias,
+            )?,
             latent,
         })
     }
 
     pub(crate) fn size_in_bytes(&self) -> usize {
-        let latent = self.latent.as_ref().map_or(0, |(a, b)| a.size_in_bytes() + b.size_in_bytes());
+        let latent = self
+            .latent
+            .as_ref()
+            .map_or(0, |(a, b)| a.size_in_bytes() + b.size_in_bytes());
         self.router.size_in_bytes()
             + self.experts.iter().map(Mlp::size_in_bytes).sum::<usize>()
             + self.shared.size_in_bytes()

@@ -27,20 +27,34 @@ struct ShapeResult {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let shapes = args.shapes.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let shapes = args
+        .shapes
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let scratch;
     let dir: PathBuf = match &args.model {
         Some(dir) => dir.clone(),
         None => {
-            let config = std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+            let config = std::fs::read_to_string(&args.config)
+                .with_context(|| format!("cannot read {}", args.config.display()))?;
             scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
-            let dtype = if args.dtype == "f32" { SyntheticDType::F32 } else { SyntheticDType::BF16 };
-            eprintln!("writing random {} weights for {} ...", args.dtype, args.config.display());
+            let dtype = if args.dtype == "f32" {
+                SyntheticDType::F32
+            } else {
+                SyntheticDType::BF16
+            };
+            eprintln!(
+                "writing random {} weights for {} ...",
+                args.dtype,
+                args.config.display()
+            );
             write_random_checkpoint(&config, scratch.path(), dtype, 0x6d61_7263)?;
             scratch.path().to_owned()
         }
     };
-    let model = NemotronH::load(&dir, LoadOptions::default()).with_context(|| format!("cannot load {}", dir.display()))?;
+    let model =
+        NemotronH::load(&dir, LoadOptions::default()).with_context(|| format!("cannot load {}", dir.display()))?;
     let config = model.config();
     let threads = rayon::current_num_threads();
     println!(
@@ -49,7 +63,10 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         config.hidden_size,
         model.weight_bytes() as f64 / 1e6
     );
-    println!("{:>12} {:>11} {:>11} {:>11} {:>12}", "batch", "median ms", "min ms", "max ms", "tokens/s");
+    println!(
+        "{:>12} {:>11} {:>11} {:>11} {:>12}",
+        "batch", "median ms", "min ms", "max ms", "tokens/s"
+    );
 
     let layer = config.num_layers();
     let mut results = Vec::new();
@@ -85,7 +102,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         results.push(result);
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -105,7 +123,9 @@ fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
 fn synthetic_batch(sequences: usize, length: usize, vocab: usize) -> PackedBatch {
     let mut batch = PackedBatch::new();
     for s in 0..sequences {
-        let ids: Vec<u32> = (0..length).map(|t| ((s * 7919 + t * 104_729 + 13) % vocab) as u32).collect();
+        let ids: Vec<u32> = (0..length)
+            .map(|t| ((s * 7919 + t * 104_729 + 13) % vocab) as u32)
+            .collect();
         batch.push(&ids);
     }
     batch

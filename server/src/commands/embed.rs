@@ -70,7 +70,10 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let model = load_model(&dir, layer)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
-    let bar = bar(total_tokens as u64, "{elapsed_precise} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})");
+    let bar = bar(
+        total_tokens as u64,
+        "{elapsed_precise} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})",
+    );
 
     let partial = partial_path(&args.output);
     let written = write_all(&model, &items, layer, args, &partial, &bar);
@@ -79,7 +82,8 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    std::fs::rename(&partial, &args.output).with_context(|| format!("cannot move output into {}", args.output.display()))?;
+    std::fs::rename(&partial, &args.output)
+        .with_context(|| format!("cannot move output into {}", args.output.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "embedded {} items ({total_tokens} tokens) at layer {layer} in {seconds:.2} s: {:.0} tokens/s, {:.1} items/s",
@@ -116,7 +120,14 @@ fn partial_path(output: &Path) -> PathBuf {
 
 /// Runs the items in packed batches of at most `max_batch_tokens` (an item longer than that
 /// runs alone) and writes one line per item, in order.
-fn write_all(model: &NemotronH, items: &[Item], layer: usize, args: &EmbedArgs, path: &Path, bar: &ProgressBar) -> anyhow::Result<()> {
+fn write_all(
+    model: &NemotronH,
+    items: &[Item],
+    layer: usize,
+    args: &EmbedArgs,
+    path: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::new(file);
     let hidden = model.hidden_size();
@@ -142,7 +153,13 @@ fn write_all(model: &NemotronH, items: &[Item], layer: usize, args: &EmbedArgs, 
                 )?,
                 pooling => {
                     let embedding = pooling::pool(rows, hidden, pooling).unwrap_or_default();
-                    serde_json::to_writer(&mut out, &EmbeddingLine { id: &item.id, embedding: &embedding })?
+                    serde_json::to_writer(
+                        &mut out,
+                        &EmbeddingLine {
+                            id: &item.id,
+                            embedding: &embedding,
+                        },
+                    )?
                 }
             }
             out.write_all(b"\n")?;
@@ -150,6 +167,7 @@ fn write_all(model: &NemotronH, items: &[Item], layer: usize, args: &EmbedArgs, 
         bar.inc(tokens as u64);
         start = end;
     }
-    out.flush().with_context(|| format!("cannot write {}", path.display()))?;
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -110,10 +110,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
 fn lane_mask(cols: usize, v: usize) -> (__m256i, usize) {
     let valid = cols.saturating_sub(v * L).min(L);
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    (
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes),
-        valid,
-    )
+    (_mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes), valid)
 }
 
 /// `R` rows x `V` vectors of 8 columns, the vectors running on across panels (4 per panel).

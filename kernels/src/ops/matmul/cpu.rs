@@ -57,9 +57,7 @@ impl CpuIsa {
             CpuIsa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx512 => is_x86_feature_detected!("avx512f"),
@@ -156,14 +154,7 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 /// `y = x · wᵀ (+ bias)` on the CPU with the given ISA path; arguments are already validated.
-pub(crate) fn matmul(
-    isa: CpuIsa,
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub(crate) fn matmul(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
     assert!(isa.is_available(), "{isa:?} is not supported by this CPU");
     if m == 0 {
         return;
@@ -175,14 +166,7 @@ pub(crate) fn matmul(
     }
 }
 
-fn by_isa<W: Weight>(
-    isa: CpuIsa,
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+fn by_isa<W: Weight>(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
     match isa {
         CpuIsa::Scalar => run::<super::scalar::Scalar, W>(x, m, w, bias, y),
         #[cfg(target_arch = "x86_64")]
@@ -194,13 +178,7 @@ fn by_isa<W: Weight>(
     }
 }
 
-fn run<I: Isa, W: Weight>(
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+fn run<I: Isa, W: Weight>(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
     if m <= STREAM_MAX_M {
         stream::<I, W>(x, m, w, bias, y);
     } else {
@@ -227,13 +205,7 @@ fn pack_x(x: &[f32], k: usize, rows: Range<usize>, ks: Range<usize>, mr: usize, 
 
 /// Few rows: every panel is read once, straight from the packed weights (widened in
 /// registers), with the whole of x (packed once, small) against a group of panels.
-fn stream<I: Isa, W: Weight>(
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+fn stream<I: Isa, W: Weight>(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());
     let packed_x;
     let xp: &[f32] = if m == 1 {
@@ -324,13 +296,7 @@ thread_local! {
 /// Many rows: GotoBLAS-style blocking. A task owns an m-block of rows and a chunk of panels;
 /// for each k-block it packs its x block (L2) and sweeps the panels, widening each panel's
 /// k-block into an f32 buffer (L1) that all row tiles of the block reuse.
-fn blocked<I: Isa, W: Weight>(
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+fn blocked<I: Isa, W: Weight>(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
     let panels = w.panels();
     let (mc, chunk) = plan(m, panels, rayon::current_num_threads(), I::MR);
     let (mblocks, chunks) = (m.div_ceil(mc), panels.div_ceil(chunk));

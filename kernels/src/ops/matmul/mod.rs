@@ -29,26 +29,14 @@ use crate::error::KernelError;
 /// pool (call it inside `pool.install` to choose the threads). Each output element is the
 /// fused multiply-add chain over `k` in increasing order from `+0.0`, then `+ bias`, so a row's
 /// result is bit-identical whatever the batch around it and the number of threads.
-pub fn matmul(
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) -> Result<(), KernelError> {
+pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) -> Result<(), KernelError> {
     validate(x, m, w, bias, y)?;
     cpu::matmul(cpu::CpuIsa::detected(), x, m, w, bias, y);
     Ok(())
 }
 
 /// Checks every length against `m` and the weights' `[n, k]`.
-fn validate(
-    x: &[f32],
-    m: usize,
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    y: &[f32],
-) -> Result<(), KernelError> {
+fn validate(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &[f32]) -> Result<(), KernelError> {
     const OP: &str = "matmul";
     let (n, k) = (w.rows(), w.cols());
     let check = |what, expected: Option<usize>, found| match expected {

@@ -47,12 +47,7 @@ impl PackedMatrix {
     /// straight from a safetensors file. `bytes` need not be aligned.
     ///
     /// Fails if `n` or `k` is zero or if `bytes.len() != n * k * dtype.size_in_bytes()`.
-    pub fn from_bytes(
-        dtype: WeightDType,
-        n: usize,
-        k: usize,
-        bytes: &[u8],
-    ) -> Result<Self, KernelError> {
+    pub fn from_bytes(dtype: WeightDType, n: usize, k: usize, bytes: &[u8]) -> Result<Self, KernelError> {
         let expected = checked_len(n, k, dtype.size_in_bytes())?;
         if bytes.len() != expected {
             return Err(KernelError::WeightByteLength {
@@ -156,9 +151,8 @@ impl PackedMatrix {
             .for_each(|(p, lines)| {
                 // SAFETY: `Line` is 64 plain bytes with no padding, so its storage can be viewed
                 // as bytes; the slice covers exactly the lines of this chunk.
-                let dst: &mut [u8] = unsafe {
-                    std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 64)
-                };
+                let dst: &mut [u8] =
+                    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 64) };
                 for c in 0..NR.min(n - p * NR) {
                     let row = p * NR + c;
                     for kk in 0..k {

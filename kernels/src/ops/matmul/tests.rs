@@ -21,14 +21,8 @@ fn packed(dtype: WeightDType, n: usize, k: usize, seed: u32) -> PackedMatrix {
     let v = values(n * k, seed);
     let bytes: Vec<u8> = match dtype {
         WeightDType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        WeightDType::BF16 => v
-            .iter()
-            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-            .collect(),
-        WeightDType::F16 => v
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect(),
+        WeightDType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+        WeightDType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
     };
     PackedMatrix::from_bytes(dtype, n, k, &bytes).unwrap()
 }
@@ -41,13 +35,7 @@ fn isa_paths_agree_bitwise() {
         .collect();
     // Shapes cover the streaming path (m <= 48, every tile height), the blocked path with
     // several k-blocks, and column edges inside a panel and inside a vector.
-    for &(m, n, k) in &[
-        (1, 130, 70),
-        (3, 7, 1),
-        (11, 45, 33),
-        (48, 100, 300),
-        (61, 97, 530),
-    ] {
+    for &(m, n, k) in &[(1, 130, 70), (3, 7, 1), (11, 45, 33), (48, 100, 300), (61, 97, 530)] {
         for dtype in [WeightDType::F32, WeightDType::BF16, WeightDType::F16] {
             let w = packed(dtype, n, k, 3);
             let x = values(m * k, 4);
@@ -58,11 +46,7 @@ fn isa_paths_agree_bitwise() {
                 let mut got = vec![f32::NAN; m * n];
                 cpu::matmul(isa, &x, m, &w, Some(&bias), &mut got);
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(
-                        a.to_bits(),
-                        b.to_bits(),
-                        "{isa:?} {dtype} m={m} n={n} k={k} at {i}"
-                    );
+                    assert_eq!(a.to_bits(), b.to_bits(), "{isa:?} {dtype} m={m} n={n} k={k} at {i}");
                 }
             }
         }
