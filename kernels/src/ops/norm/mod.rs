@@ -47,7 +47,10 @@ mod tests {
     fn reference(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         let ms = x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len() as f64;
         let scale = 1.0 / (ms + f64::from(eps)).sqrt();
-        x.iter().zip(w).map(|(v, w)| (f64::from(*v) * scale * f64::from(*w)) as f32).collect()
+        x.iter()
+            .zip(w)
+            .map(|(v, w)| (f64::from(*v) * scale * f64::from(*w)) as f32)
+            .collect()
     }
 
     #[test]
@@ -74,7 +77,10 @@ mod tests {
         let mut got = y.clone();
         gated_group_rms_norm(&mut got, &z, &w, group, 1e-6).unwrap();
         let gated: Vec<f32> = y.iter().zip(&z).map(|(y, z)| y * z / (1.0 + (-z).exp())).collect();
-        let expected: Vec<f32> = gated.chunks(group).flat_map(|g| reference(g, &w[..group], 1e-6)).collect();
+        let expected: Vec<f32> = gated
+            .chunks(group)
+            .flat_map(|g| reference(g, &w[..group], 1e-6))
+            .collect();
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{g} vs {e}");
         }
