@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{Isa, Tile, Weight};
+use super::cpu::{Isa, PREFETCH_BYTES, Tile, Weight};
 use super::packed::NR;
 use crate::dtype::WeightDType;
 
@@ -111,6 +111,8 @@ unsafe fn by_shape<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         (10, 1),
         (11, 1),
         (12, 1),
+        (13, 1),
+        (14, 1),
         (1, 2),
         (2, 2),
         (3, 2),
@@ -147,19 +149,17 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
     // lanes `mask` enables (masked-off lanes are never touched, so pointers past the end of
     // y are fine).
     unsafe {
-        if t.accumulate {
-            for r in 0..R {
-                for v in 0..V {
-                    let at = t.y.wrapping_add(r * t.ldy + v * L);
-                    acc[r][v] = _mm512_maskz_loadu_ps(mask[v], at);
-                }
-            }
-        }
         let mut x = t.x;
+        let ahead = PREFETCH_BYTES / size_of::<W>();
         for kk in 0..t.kc {
             let mut wv = [_mm512_setzero_ps(); V];
             for v in 0..V {
                 wv[v] = load(wp[v].add(kk * NR));
+                // One prefetch per cache line of the weight stream (a 16-lane vector is a
+                // whole line of f32, half a line of bf16 / f16).
+                if (v * L * size_of::<W>()).is_multiple_of(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(kk * NR + ahead).cast());
+                }
             }
             for r in 0..R {
                 let xb = _mm512_set1_ps(*x.add(r));

@@ -17,6 +17,7 @@ mod packed;
 mod scalar;
 #[cfg(test)]
 mod tests;
+mod xpack;
 
 pub use packed::PackedMatrix;
 
