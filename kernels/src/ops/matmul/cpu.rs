@@ -55,12 +55,23 @@ pub(crate) enum CpuIsa {
 }
 
 impl CpuIsa {
-    /// The best path this CPU runs, detected once.
+    /// The path [`crate::matmul`] takes, chosen once: the best this CPU runs, or the one named
+    /// by `MARC_MATMUL_ISA` (`avx512`, `avx2` or `scalar`) if this CPU runs it. Forcing a
+    /// slower path is for benchmarking and debugging; results are the same bits either way.
     pub(crate) fn detected() -> CpuIsa {
         static ISA: OnceLock<CpuIsa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            [CpuIsa::Avx512, CpuIsa::Avx2]
+            let forced = std::env::var("MARC_MATMUL_ISA").ok().and_then(|name| {
+                match name.to_ascii_lowercase().as_str() {
+                    "avx512" => Some(CpuIsa::Avx512),
+                    "avx2" => Some(CpuIsa::Avx2),
+                    "scalar" => Some(CpuIsa::Scalar),
+                    _ => None,
+                }
+            });
+            forced
                 .into_iter()
+                .chain([CpuIsa::Avx512, CpuIsa::Avx2])
                 .find(|isa| isa.is_available())
                 .unwrap_or(CpuIsa::Scalar)
         })
