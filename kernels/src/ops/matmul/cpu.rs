@@ -27,9 +27,10 @@ use crate::dtype::WeightDType;
 const GROUP_BYTES: usize = 1 << 20;
 /// Most panels in one group (a task's share of the columns).
 const GROUP_MAX_PANELS: usize = 8;
-/// Fewest panels in a group when x is a single row tile: more panels give the few-row kernels
-/// more independent FMA chains, and with one tile there is no reuse to size for.
-const GROUP_MIN_PANELS_ONE_TILE: usize = 4;
+/// Panels in a group when x is a single row tile: with no reuse to size for, as many as the
+/// few-row kernels take at once (their independent FMA chains hide the FMA latency), and no
+/// more, so that the weight stream splits into many tasks.
+const GROUP_PANELS_ONE_TILE: usize = 4;
 /// Row tiles from which a task widens its bf16/f16 group to f32 once, instead of widening
 /// in registers once per tile.
 const WIDEN_MIN_TILES: usize = 5;
@@ -250,10 +251,11 @@ fn run<I: Isa, W: Weight>(
         buf.slice(m * k)
     };
 
-    let mut group = (GROUP_BYTES / (k * NR * 4)).clamp(1, GROUP_MAX_PANELS);
-    if tiles == 1 {
-        group = group.max(GROUP_MIN_PANELS_ONE_TILE);
-    }
+    let group = if tiles == 1 {
+        GROUP_PANELS_ONE_TILE
+    } else {
+        (GROUP_BYTES / (k * NR * 4)).clamp(1, GROUP_MAX_PANELS)
+    };
     let groups = panels.div_ceil(group);
     // Split the rows too when there are too few groups to keep every thread busy.
     let wanted = if threads > 1 {
