@@ -39,11 +39,14 @@ fn isa_paths_agree_bitwise() {
         .into_iter()
         .filter(|isa| isa.is_available())
         .collect();
-    // Shapes cover the streaming path (m <= 48, every tile height), the blocked path with
-    // several k-blocks, and column edges inside a panel and inside a vector.
+    // Shapes cover every kernel shape of both SIMD paths (1..12 rows, 1, 2 and 4 panels, AVX2
+    // half panels), one and many row tiles (weights widened in registers or once per group),
+    // and column edges inside a panel and inside a vector.
     for &(m, n, k) in &[
         (1, 130, 70),
+        (2, 200, 9),
         (3, 7, 1),
+        (5, 64, 17),
         (11, 45, 33),
         (48, 100, 300),
         (61, 97, 530),
