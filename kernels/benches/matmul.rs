@@ -1,7 +1,10 @@
 //! `matmul` throughput on the shapes the model runs, for f32 and bf16 weights.
 //!
 //! Throughput is counted as 2·m·n·k elements per call, so criterion's `elem/s` reads as FLOP/s.
-//! Threads: the global rayon pool (set `RAYON_NUM_THREADS` to choose).
+//! Threads: the global rayon pool, `RAYON_NUM_THREADS` (default: one per CPU), with the bench
+//! thread as one of its workers, as the model's calls run inside `pool.install`: from outside
+//! the pool every call would also pay for handing the job over and waking the caller (~10 us,
+//! which dominates m = 1).
 
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
@@ -44,6 +47,10 @@ fn weights(dtype: WeightDType, n: usize, k: usize) -> PackedMatrix {
 }
 
 fn bench(c: &mut Criterion) {
+    rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global()
+        .expect("global thread pool");
     for dtype in [WeightDType::BF16, WeightDType::F32] {
         let mut group = c.benchmark_group(format!("matmul_{}", dtype.name().to_lowercase()));
         group
