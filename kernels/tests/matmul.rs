@@ -75,8 +75,8 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 
 #[test]
 fn matches_f64_reference_on_odd_shapes() {
-    // (m, n, k): ones, non-multiples of every tile size, k across k-blocks (256), m on both
-    // sides of the streaming/blocked switch (48).
+    // (m, n, k): ones, and non-multiples of every tile size (12 / 6 rows, 32 columns, 16 / 8
+    // lanes), single and many row tiles, one and several panel groups.
     let shapes = [
         (1, 1, 1),
         (1, 1, 37),
@@ -88,6 +88,7 @@ fn matches_f64_reference_on_odd_shapes() {
         (49, 95, 513),
         (130, 70, 129),
         (200, 33, 1000),
+        (70, 300, 2100), // several panel groups, each widened once (bf16/f16)
     ];
     for (s, &(m, n, k)) in shapes.iter().enumerate() {
         for dtype in DTYPES {

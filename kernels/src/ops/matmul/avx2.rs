@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{Isa, Tile, Weight};
+use super::cpu::{Isa, PREFETCH_BYTES, Tile, Weight};
 use super::packed::NR;
 use crate::dtype::WeightDType;
 
@@ -127,23 +127,16 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
     // is followed by kc lines of NR elements, and y / bias are accessed only in enabled lanes
     // (masked loads and stores never touch disabled lanes).
     unsafe {
-        if t.accumulate {
-            for v in 0..V {
-                let (mask, valid) = lane_mask(t.cols, v);
-                if valid == 0 {
-                    continue;
-                }
-                for r in 0..R {
-                    let at = t.y.wrapping_add(r * t.ldy + v * L);
-                    acc[r][v] = _mm256_maskload_ps(at, mask);
-                }
-            }
-        }
         let mut x = t.x;
+        let ahead = PREFETCH_BYTES / size_of::<W>();
         for kk in 0..t.kc {
             let mut wv = [_mm256_setzero_ps(); V];
             for v in 0..V {
                 wv[v] = load(wp[v].add(kk * NR));
+                // One prefetch per cache line of the weight stream.
+                if (v * L * size_of::<W>()).is_multiple_of(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(kk * NR + ahead).cast());
+                }
             }
             for r in 0..R {
                 let xb = _mm256_broadcast_ss(&*x.add(r));

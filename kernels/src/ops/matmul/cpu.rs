@@ -2,29 +2,45 @@
 //!
 //! Every output element `y[i, j]` is computed as one chain of fused multiply-adds
 //! `acc = fma(x[i, kk], w[j, kk], acc)` for `kk = 0, 1, .., k-1`, starting from `+0.0`, then
-//! `acc + bias[j]`. Vector lanes hold different `j`, never different `kk`, and k-blocks carry
-//! `acc` through `y` exactly (an f32 store and reload), so the result does not depend on the
-//! tile an element falls in, on the batch size, on the thread count or on the ISA: an FMA is
-//! exactly rounded wherever it runs. Threads split the work by rows and columns only.
+//! `acc + bias[j]`, accumulated in a register from the first k to the last. Vector lanes hold
+//! different `j`, never different `kk`, so the result does not depend on the tile an element
+//! falls in, on the batch size, on the thread count or on the ISA: an FMA is exactly rounded
+//! wherever it runs. Threads split the work by columns (and rows) only, never by k.
+//!
+//! Loop structure: x is packed once into k-major tiles of `MR` rows. A task owns a group of
+//! panels (sized to stay in L2, widened to f32 once if that pays) and a range of row tiles, and
+//! runs every tile against the group over all of k; y is written exactly once.
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
 use super::packed::{NR, PackedMatrix};
+use super::xpack::pack_x;
 use crate::dtype::WeightDType;
 
-/// Rows of `x` at or below which the streaming path runs: weights are read once, straight from
-/// the packed matrix, and widened in registers (the decode / few-token MoE expert case).
-const STREAM_MAX_M: usize = 48;
-/// Panels that the streaming path keeps hot in L2 while it walks the row tiles of x.
-const STREAM_PANELS: usize = 4;
-/// k-block of the blocked path: an f32 panel block (KC x NR x 4 = 32 KiB) stays in L1d.
-const KC: usize = 256;
-/// Upper bound on the rows of an x block of the blocked path (MC x KC x 4 = 192 KiB in L2).
-const MC_MAX: usize = 192;
+/// Bytes of weights (counted as f32) that a task keeps hot in L2 while the row tiles of x
+/// stream past them: the weights are the larger operand per k-step (NR values against MR), so
+/// they are the ones to reuse from cache, and x the one to stream.
+const GROUP_BYTES: usize = 1 << 20;
+/// Most panels in one group (a task's share of the columns).
+const GROUP_MAX_PANELS: usize = 8;
+/// Panels in a group when x is a single row tile: with no reuse to size for, as many as the
+/// few-row kernels take at once (their independent FMA chains hide the FMA latency), and no
+/// more, so that the weight stream splits into many tasks.
+const GROUP_PANELS_ONE_TILE: usize = 4;
+/// Row tiles from which a task widens its bf16/f16 group to f32 once, instead of widening
+/// in registers once per tile.
+const WIDEN_MIN_TILES: usize = 5;
+/// How far ahead in a weight stream the SIMD kernels prefetch: enough to cover L3 latency
+/// when a group's panels are first read (later tiles find them in L2 and lose nothing).
+pub(super) const PREFETCH_BYTES: usize = 2048;
+/// Tasks per pool thread to aim for, so that work stealing can even out the load.
+const TASKS_PER_THREAD: usize = 4;
+/// Elements of x from which it is packed in parallel.
+const PARALLEL_PACK_MIN: usize = 1 << 16;
 
 /// The instruction sets the CPU matmul has a code path for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +56,24 @@ pub(crate) enum CpuIsa {
 }
 
 impl CpuIsa {
-    /// The best path this CPU runs, detected once.
+    /// The path [`crate::matmul`] takes, chosen once: the best this CPU runs, or the one named
+    /// by `MARC_MATMUL_ISA` (`avx512`, `avx2` or `scalar`) if this CPU runs it. Forcing a
+    /// slower path is for benchmarking and debugging; results are the same bits either way.
     pub(crate) fn detected() -> CpuIsa {
         static ISA: OnceLock<CpuIsa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            [CpuIsa::Avx512, CpuIsa::Avx2]
+            let forced =
+                std::env::var("MARC_MATMUL_ISA")
+                    .ok()
+                    .and_then(|name| match name.to_ascii_lowercase().as_str() {
+                        "avx512" => Some(CpuIsa::Avx512),
+                        "avx2" => Some(CpuIsa::Avx2),
+                        "scalar" => Some(CpuIsa::Scalar),
+                        _ => None,
+                    });
+            forced
                 .into_iter()
+                .chain([CpuIsa::Avx512, CpuIsa::Avx2])
                 .find(|isa| isa.is_available())
                 .unwrap_or(CpuIsa::Scalar)
         })
@@ -112,9 +140,7 @@ pub(super) struct Tile<W> {
     pub(super) ldy: usize,
     /// Columns of y that exist from the group's first column (may exceed the group's width).
     pub(super) cols: usize,
-    /// Continue the chains from the values in y (a later k-block) instead of from +0.0.
-    pub(super) accumulate: bool,
-    /// When non-null, `bias[c]` is added once the chain is complete (last k-block only).
+    /// When non-null, `bias[c]` is added once the chain is complete.
     pub(super) bias: *const f32,
 }
 
@@ -179,100 +205,120 @@ fn by_isa<W: Weight>(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: O
 }
 
 fn run<I: Isa, W: Weight>(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
-    if m <= STREAM_MAX_M {
-        stream::<I, W>(x, m, w, bias, y);
-    } else {
-        blocked::<I, W>(x, m, w, bias, y);
-    }
-}
+    let k = w.cols();
+    let panels = w.panels();
+    let tiles = m.div_ceil(I::MR);
+    let threads = rayon::current_num_threads();
 
-/// Copies rows `rows` of x, columns `ks`, into tiles of `mr` rows, each
-/// k-major (`[kc][tile rows]`), so that a micro-kernel reads one short contiguous run per k-step.
-fn pack_x(x: &[f32], k: usize, rows: Range<usize>, ks: Range<usize>, mr: usize, dst: &mut [f32]) {
-    let (i0, rows) = (rows.start, rows.len());
-    let (k0, kc) = (ks.start, ks.len());
-    for t0 in (0..rows).step_by(mr) {
-        let tr = mr.min(rows - t0);
-        let tile = &mut dst[t0 * kc..(t0 + tr) * kc];
-        for r in 0..tr {
-            let src = &x[(i0 + t0 + r) * k + k0..][..kc];
-            for (kk, &v) in src.iter().enumerate() {
-                tile[kk * tr + r] = v;
-            }
-        }
-    }
-}
-
-/// Few rows: every panel is read once, straight from the packed weights (widened in
-/// registers), with the whole of x (packed once, small) against a group of panels.
-fn stream<I: Isa, W: Weight>(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
-    let (n, k) = (w.rows(), w.cols());
-    let packed_x;
+    let mut pooled = None;
     let xp: &[f32] = if m == 1 {
         x // one row is already k-major
     } else {
-        packed_x = {
-            let mut buf = vec![0.0; m * k];
-            pack_x(x, k, 0..m, 0..k, I::MR, &mut buf);
-            buf
-        };
-        &packed_x
-    };
-    let panels = w.panels();
-    let threads = rayon::current_num_threads();
-    // Enough groups for the pool to balance (4 per thread), each a multiple of STREAM_PANELS.
-    let group = panels
-        .div_ceil(4 * threads)
-        .next_multiple_of(STREAM_PANELS)
-        .min(panels.next_multiple_of(STREAM_PANELS));
-    let ps = w.panel_stride();
-    let yp = SharedMut(y.as_mut_ptr());
-    let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
-    let bias = SharedMut(bias.cast_mut());
-    let body = |g: usize| {
-        let (yp, bias) = (yp.get(), bias.get());
-        let wp = w.data_ptr::<W>();
-        let p_end = panels.min((g + 1) * group);
-        for p in (g * group..p_end).step_by(STREAM_PANELS) {
-            let sub = STREAM_PANELS.min(p_end - p);
-            for i0 in (0..m).step_by(I::MR) {
-                let rows = I::MR.min(m - i0);
-                let t = Tile {
-                    x: xp[i0 * k..].as_ptr(),
-                    x_stride: rows,
-                    w: wp.wrapping_add(p * ps),
-                    panel_stride: ps,
-                    kc: k,
-                    y: yp.wrapping_add(i0 * n + p * NR),
-                    ldy: n,
-                    cols: n - p * NR,
-                    accumulate: false,
-                    bias: if bias.is_null() {
-                        bias
-                    } else {
-                        bias.wrapping_add(p * NR)
-                    },
-                };
-                // SAFETY: the ISA was checked available; x tile, panels p..p+sub, rows
-                // i0..i0+rows and columns p*NR.. (clipped to n by `cols`) are all in bounds,
-                // and no other group writes these columns.
-                unsafe { I::tile(rows, sub, &t) };
-            }
+        let buf = pooled.insert(PooledBuf::take(m * k));
+        let dst = buf.slice(m * k);
+        if m * k < PARALLEL_PACK_MIN {
+            pack_x(x, k, 0..m, I::MR, dst);
+        } else {
+            let per_chunk = tiles.div_ceil(TASKS_PER_THREAD * threads) * I::MR;
+            dst.par_chunks_mut(per_chunk * k).enumerate().for_each(|(c, d)| {
+                let i0 = c * per_chunk;
+                pack_x(x, k, i0..m.min(i0 + per_chunk), I::MR, d);
+            });
         }
+        buf.slice(m * k)
+    };
+
+    let group = if tiles == 1 {
+        GROUP_PANELS_ONE_TILE
+    } else {
+        (GROUP_BYTES / (k * NR * 4)).clamp(1, GROUP_MAX_PANELS)
     };
     let groups = panels.div_ceil(group);
-    if groups == 1 {
-        body(0);
+    // Split the rows too when there are too few groups to keep every thread busy.
+    let wanted = if threads > 1 { TASKS_PER_THREAD * threads } else { 1 };
+    let tiles_per_task = tiles.div_ceil(wanted.div_ceil(groups).clamp(1, tiles));
+    let splits = tiles.div_ceil(tiles_per_task);
+
+    let yp = SharedMut(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (g, s) = (t / splits, t % splits);
+        let panel_range = g * group..panels.min((g + 1) * group);
+        let tile_range = s * tiles_per_task..tiles.min((s + 1) * tiles_per_task);
+        let job = Job {
+            xp,
+            m,
+            w,
+            bias,
+            y: yp.get(),
+            panel_range,
+            tile_range,
+        };
+        job.run::<I, W>();
+    };
+    if groups * splits == 1 {
+        task(0);
     } else {
-        (0..groups).into_par_iter().for_each(body);
+        (0..groups * splits).into_par_iter().for_each(task);
     }
 }
 
-/// Per-thread scratch of the blocked path, reused across calls.
-#[derive(Default)]
-struct Scratch {
-    x: Vec<Aligned>,
-    w: Vec<Aligned>,
+/// One task: a group of panels against a range of row tiles.
+struct Job<'a> {
+    xp: &'a [f32],
+    m: usize,
+    w: &'a PackedMatrix,
+    bias: Option<&'a [f32]>,
+    y: *mut f32,
+    panel_range: Range<usize>,
+    tile_range: Range<usize>,
+}
+
+impl Job<'_> {
+    fn run<I: Isa, W: Weight>(&self) {
+        let ps = self.w.panel_stride();
+        let (p0, np) = (self.panel_range.start, self.panel_range.len());
+        let src = self.w.data_ptr::<W>().wrapping_add(p0 * ps);
+        if W::DTYPE == WeightDType::F32 || self.tile_range.len() < WIDEN_MIN_TILES {
+            self.sweep::<I, W>(src);
+            return;
+        }
+        SCRATCH.with(|cell| {
+            // Nothing below re-enters rayon, so the borrow is never held already; fall back to
+            // a fresh buffer rather than panic if that ever changes.
+            let mut fresh = Vec::new();
+            let mut held = cell.try_borrow_mut();
+            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), np * ps);
+            // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
+            // np * ps elements from src, and buf as many f32.
+            unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) };
+            self.sweep::<I, f32>(buf.as_ptr());
+        });
+    }
+
+    /// Every row tile of the task against the group's panels, starting at `w`.
+    fn sweep<I: Isa, V: Weight>(&self, w: *const V) {
+        let (n, k) = (self.w.rows(), self.w.cols());
+        let p0 = self.panel_range.start;
+        for t in self.tile_range.clone() {
+            let i0 = t * I::MR;
+            let rows = I::MR.min(self.m - i0);
+            let tile = Tile {
+                x: self.xp[i0 * k..].as_ptr(),
+                x_stride: rows,
+                w,
+                panel_stride: self.w.panel_stride(),
+                kc: k,
+                y: self.y.wrapping_add(i0 * n + p0 * NR),
+                ldy: n,
+                cols: n - p0 * NR,
+                bias: self.bias.map_or(std::ptr::null(), |b| b[p0 * NR..].as_ptr()),
+            };
+            // SAFETY: the ISA is available; the x tile holds k * rows packed values, w the
+            // group's panels (k * NR values each, panel_stride apart), and y rows i0.. (< m)
+            // and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
+            unsafe { I::tile(rows, self.panel_range.len(), &tile) };
+        }
+    }
 }
 
 /// 16 f32, 64-byte aligned: the unit of scratch allocation.
@@ -280,7 +326,7 @@ struct Scratch {
 #[derive(Clone, Copy)]
 struct Aligned([f32; 16]);
 
-/// A 64-byte aligned f32 slice of at least `len` elements backed by `buf`.
+/// A 64-byte aligned f32 slice of `len` elements backed by `buf`, grown if needed.
 fn aligned(buf: &mut Vec<Aligned>, len: usize) -> &mut [f32] {
     if buf.len() * 16 < len {
         buf.resize(len.div_ceil(16), Aligned([0.0; 16]));
@@ -290,110 +336,40 @@ fn aligned(buf: &mut Vec<Aligned>, len: usize) -> &mut [f32] {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::default();
+    /// Per-thread buffer for a widened group of panels, reused across calls.
+    static SCRATCH: RefCell<Vec<Aligned>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Many rows: GotoBLAS-style blocking. A task owns an m-block of rows and a chunk of panels;
-/// for each k-block it packs its x block (L2) and sweeps the panels, widening each panel's
-/// k-block into an f32 buffer (L1) that all row tiles of the block reuse.
-fn blocked<I: Isa, W: Weight>(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
-    let panels = w.panels();
-    let (mc, chunk) = plan(m, panels, rayon::current_num_threads(), I::MR);
-    let (mblocks, chunks) = (m.div_ceil(mc), panels.div_ceil(chunk));
-    let yp = SharedMut(y.as_mut_ptr());
-    let task = |t: usize| {
-        let (mb, cb) = (t / chunks, t % chunks);
-        let rows = mc.min(m - mb * mc);
-        let panel_range = cb * chunk..panels.min((cb + 1) * chunk);
-        SCRATCH.with(|cell| {
-            let mut fresh = Scratch::default();
-            // The borrow cannot be held already (nothing below re-enters rayon), but fall back
-            // to a fresh buffer rather than panic if that ever changes.
-            let mut held = cell.try_borrow_mut();
-            let scratch = held.as_deref_mut().unwrap_or(&mut fresh);
-            block::<I, W>(x, w, bias, yp.get(), mb * mc, rows, panel_range, scratch);
-        });
-    };
-    if mblocks * chunks == 1 {
-        task(0);
-    } else {
-        (0..mblocks * chunks).into_par_iter().for_each(task);
+/// Buffers for packed x, shared by all calls so that steady-state calls neither allocate nor
+/// fault in fresh pages; a call takes one and gives it back when done.
+static X_POOL: Mutex<Vec<Vec<Aligned>>> = Mutex::new(Vec::new());
+/// Buffers kept in [`X_POOL`] at most (about one per concurrent call).
+const X_POOL_MAX: usize = 4;
+
+/// A buffer taken from [`X_POOL`], returned on drop.
+struct PooledBuf(Vec<Aligned>);
+
+impl PooledBuf {
+    fn take(len: usize) -> Self {
+        let mut pool = X_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        // The largest buffer, so that a small call does not strand a big one.
+        let best = (0..pool.len()).max_by_key(|&i| pool[i].len());
+        let mut buf = PooledBuf(best.map(|i| pool.swap_remove(i)).unwrap_or_default());
+        drop(pool);
+        aligned(&mut buf.0, len);
+        buf
+    }
+
+    fn slice(&mut self, len: usize) -> &mut [f32] {
+        aligned(&mut self.0, len)
     }
 }
 
-/// Rows per m-block and panels per chunk: about two equal tasks per thread (a multiple of the
-/// thread count when it can be), m-blocks no taller than [`MC_MAX`], chunks as wide as possible
-/// so that x is packed few times.
-fn plan(m: usize, panels: usize, threads: usize, mr: usize) -> (usize, usize) {
-    let mb0 = m.div_ceil(MC_MAX);
-    let (mblocks, chunks) = if threads <= 1 {
-        (mb0, 1)
-    } else if mb0 >= 2 * threads {
-        (mb0.next_multiple_of(threads), 1)
-    } else {
-        let mut chunks = (2 * threads).div_ceil(mb0).min(panels);
-        while !(mb0 * chunks).is_multiple_of(threads) && chunks < panels {
-            chunks += 1;
-        }
-        (mb0, chunks)
-    };
-    let mc = m.div_ceil(mblocks).next_multiple_of(mr);
-    (mc, panels.div_ceil(chunks))
-}
-
-/// One task of the blocked path: rows `i0..i0+rows`, panels `panel_range`, all of k.
-#[allow(clippy::too_many_arguments)]
-fn block<I: Isa, W: Weight>(
-    x: &[f32],
-    w: &PackedMatrix,
-    bias: Option<&[f32]>,
-    yp: *mut f32,
-    i0: usize,
-    rows: usize,
-    panel_range: Range<usize>,
-    scratch: &mut Scratch,
-) {
-    let (n, k) = (w.rows(), w.cols());
-    let wp = w.data_ptr::<W>();
-    let ps = w.panel_stride();
-    let xbuf = aligned(&mut scratch.x, rows.next_multiple_of(I::MR) * KC);
-    let wbuf = aligned(&mut scratch.w, KC * NR);
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let last = k0 + kc == k;
-        pack_x(x, k, i0..i0 + rows, k0..k0 + kc, I::MR, xbuf);
-        for p in panel_range.clone() {
-            let src = wp.wrapping_add(p * ps + k0 * NR);
-            let panel: *const f32 = if W::DTYPE == WeightDType::F32 {
-                src.cast()
-            } else {
-                // SAFETY: the ISA is available (checked by `matmul`); src holds kc * NR
-                // elements (a k-block of one panel) and wbuf holds KC * NR >= kc * NR.
-                unsafe { I::widen(src, kc * NR, wbuf.as_mut_ptr()) };
-                wbuf.as_ptr()
-            };
-            for t0 in (0..rows).step_by(I::MR) {
-                let tr = I::MR.min(rows - t0);
-                let t = Tile {
-                    x: xbuf[t0 * kc..].as_ptr(),
-                    x_stride: tr,
-                    w: panel,
-                    panel_stride: 0,
-                    kc,
-                    y: yp.wrapping_add((i0 + t0) * n + p * NR),
-                    ldy: n,
-                    cols: n - p * NR,
-                    accumulate: k0 > 0,
-                    bias: match bias {
-                        Some(b) if last => b[p * NR..].as_ptr(),
-                        _ => std::ptr::null(),
-                    },
-                };
-                // SAFETY: the ISA is available; the x tile holds kc * tr packed values, the
-                // panel kc * NR weights, and y rows i0+t0.. (< m) and columns p*NR.. (clipped
-                // to n by `cols`) belong to this task alone.
-                unsafe { I::tile(tr, 1, &t) };
-            }
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let mut pool = X_POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < X_POOL_MAX {
+            pool.push(std::mem::take(&mut self.0));
         }
     }
 }

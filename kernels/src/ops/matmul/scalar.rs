@@ -26,11 +26,6 @@ impl Isa for Scalar {
                 for r in 0..rows {
                     let y = t.y.add(r * t.ldy + c0);
                     let mut acc = [0.0f32; NR];
-                    if t.accumulate {
-                        for (c, a) in acc[..cols].iter_mut().enumerate() {
-                            *a = *y.add(c);
-                        }
-                    }
                     for kk in 0..t.kc {
                         let xv = *t.x.add(kk * t.x_stride + r);
                         let line = w.add(kk * NR);

@@ -33,9 +33,18 @@ fn isa_paths_agree_bitwise() {
         .into_iter()
         .filter(|isa| isa.is_available())
         .collect();
-    // Shapes cover the streaming path (m <= 48, every tile height), the blocked path with
-    // several k-blocks, and column edges inside a panel and inside a vector.
-    for &(m, n, k) in &[(1, 130, 70), (3, 7, 1), (11, 45, 33), (48, 100, 300), (61, 97, 530)] {
+    // Shapes cover every kernel shape of both SIMD paths (1..12 rows, 1, 2 and 4 panels, AVX2
+    // half panels), one and many row tiles (weights widened in registers or once per group),
+    // and column edges inside a panel and inside a vector.
+    for &(m, n, k) in &[
+        (1, 130, 70),
+        (2, 200, 9),
+        (3, 7, 1),
+        (5, 64, 17),
+        (11, 45, 33),
+        (48, 100, 300),
+        (61, 97, 530),
+    ] {
         for dtype in [WeightDType::F32, WeightDType::BF16, WeightDType::F16] {
             let w = packed(dtype, n, k, 3);
             let x = values(m * k, 4);
