@@ -121,6 +121,21 @@ pub(crate) fn sequences_longest_first(cu_seqlens: &[usize]) -> Vec<(usize, usize
     seqs
 }
 
+/// Units of work to aim for per pool thread, so rayon can even out unequal sequence lengths.
+const UNITS_PER_THREAD: usize = 4;
+
+/// How many heads of one group (the heads sharing B/C, or one key/value head) a unit of work takes,
+/// given `pairs` (sequence, group) pairs of `per_group` heads each.
+///
+/// A whole group shares its per-group work (`C B^T`, the transposed keys), so groups are split only
+/// when the pairs alone cannot keep the current pool busy. Callers compute every head the same way
+/// whatever unit it lands in, so this choice (and the thread count behind it) changes no bit.
+pub(crate) fn heads_per_unit(pairs: usize, per_group: usize) -> usize {
+    let wanted = UNITS_PER_THREAD * rayon::current_num_threads();
+    let splits = wanted.div_ceil(pairs.max(1)).clamp(1, per_group.max(1));
+    per_group.div_ceil(splits)
+}
+
 /// An output buffer that parallel units of work write through, each into its own disjoint ranges.
 ///
 /// The packed layout interleaves heads inside each token row, so a (sequence, head) unit owns a

@@ -20,10 +20,7 @@ use rayon::prelude::*;
 use super::SsdShape;
 use crate::ops::seq_gemm::{Mat, MatMut, gemm, gemm_lower_k, gemm_lower_n};
 use crate::ops::seq_math::{exp, simd_fn};
-use crate::ops::varlen::{DisjointOut, sequences_longest_first};
-
-/// Units of work to aim for per pool thread, so rayon can even out unequal sequence lengths.
-const UNITS_PER_THREAD: usize = 4;
+use crate::ops::varlen::{DisjointOut, heads_per_unit, sequences_longest_first};
 
 /// Validated operands shared by all units.
 struct Ctx<'a> {
@@ -61,14 +58,8 @@ pub(super) fn ssd_scan(
 ) {
     let per_group = shape.num_heads / shape.n_groups;
     let seqs = sequences_longest_first(cu_seqlens);
-    // Split a group's heads only when (sequence, group) pairs alone cannot keep the pool busy. Each
-    // head's arithmetic is the same in any split, so this choice (and the thread count behind it)
-    // cannot change a bit of the output.
-    let pairs = (seqs.len() * shape.n_groups).max(1);
-    let wanted = UNITS_PER_THREAD * rayon::current_num_threads();
-    let splits = wanted.div_ceil(pairs).clamp(1, per_group);
-    let block = per_group.div_ceil(splits);
-    let mut units = Vec::with_capacity(seqs.len() * shape.n_groups * splits);
+    let block = heads_per_unit(seqs.len() * shape.n_groups, per_group);
+    let mut units = Vec::with_capacity(seqs.len() * shape.num_heads.div_ceil(block));
     for &(start, len) in &seqs {
         for group in 0..shape.n_groups {
             for offset in (0..per_group).step_by(block) {
@@ -123,10 +114,12 @@ simd_fn! {
     fn scan_unit(ctx: &Ctx<'_>, unit: &Unit, y: DisjointOut<'_>) {
         let SsdShape { num_heads, head_dim: p, n_groups, state_size: n, chunk_size } = ctx.shape;
         let q = chunk_size.min(unit.len);
+        // Columns of B^T and C B^T padded to whole vector groups, so their tiles need no edges.
+        let qp = q.next_multiple_of(16);
         let (gn, hp) = (n_groups * n, num_heads * p);
         let mut s = Scratch {
-            b_t: vec![0.0; n * q],
-            cb: vec![0.0; q * q],
+            b_t: vec![0.0; n * qp],
+            cb: vec![0.0; q * qp],
             m: vec![0.0; q * q],
             states: vec![0.0; unit.heads * n * p],
             y: vec![0.0; q * p],
@@ -143,12 +136,13 @@ simd_fn! {
             let carries = c0 + l < unit.len;
             for t in 0..l {
                 for (k, &v) in ctx.b[(t0 + t) * gn + g_off..][..n].iter().enumerate() {
-                    s.b_t[k * q + t] = v;
+                    s.b_t[k * qp + t] = v;
                 }
             }
             let c_chunk = Mat { data: &ctx.c[t0 * gn + g_off..], ld: gn };
-            let b_t = Mat { data: &s.b_t, ld: q };
-            gemm_lower_n::<false>(l, l, n, 0, c_chunk, b_t, MatMut { data: &mut s.cb, ld: q });
+            let b_t = Mat { data: &s.b_t, ld: qp };
+            // Columns l.. of b_t hold zeros or the previous chunk's values: computed, never read.
+            gemm_lower_n::<false>(l, qp, n, 0, c_chunk, b_t, MatMut { data: &mut s.cb, ld: qp });
 
             for i in 0..unit.heads {
                 let h = unit.first_head + i;
@@ -168,7 +162,7 @@ simd_fn! {
                     }
                     s.seg[t] = 0.0;
                     let row = &mut s.m[t * q..t * q + t + 1];
-                    let cb_row = &s.cb[t * q..t * q + t + 1];
+                    let cb_row = &s.cb[t * qp..t * qp + t + 1];
                     for (((mv, &cbv), &sv), &dtv) in row.iter_mut().zip(cb_row).zip(&s.seg).zip(&s.dt) {
                         *mv = cbv * exp(sv) * dtv;
                     }

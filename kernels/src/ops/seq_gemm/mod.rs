@@ -6,9 +6,14 @@
 //! never depends on the tiling, so tile sizes, edges and the split into calls cannot change a bit.
 //!
 //! The layout favours broadcast-FMA: `b` rows are contiguous, so a tile of `R` rows by 64 columns
-//! keeps `4 R` vector accumulators in registers and reads one row of `b` per step of `k`.
-//! Everything is `#[inline(always)]` so it is compiled for the instruction set of the calling
-//! `simd_fn!` clone.
+//! keeps `4 R` vector accumulators in registers and reads one row of `b` per step of `k`. The tiles
+//! exist twice: AVX-512 intrinsics (`avx512.rs`), whose registers do not depend on how LLVM unrolls
+//! and scalar-replaces arrays inside a large caller, and portable Rust for other CPUs
+//! (`portable.rs`), chosen per row block at run time.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
 
 /// Columns per vector group (one AVX-512 register of `f32`).
 const W: usize = 16;
@@ -29,7 +34,7 @@ pub(crate) struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// The submatrix whose (0, 0) is this one's (i, j).
     #[inline(always)]
-    fn at(self, i: usize, j: usize) -> Mat<'a> {
+    pub(super) fn at(self, i: usize, j: usize) -> Mat<'a> {
         Mat {
             data: &self.data[i * self.ld + j..],
             ld: self.ld,
@@ -48,7 +53,7 @@ pub(crate) struct MatMut<'a> {
 impl MatMut<'_> {
     /// The submatrix whose (0, 0) is this one's (i, j), reborrowed.
     #[inline(always)]
-    fn at(&mut self, i: usize, j: usize) -> MatMut<'_> {
+    pub(super) fn at(&mut self, i: usize, j: usize) -> MatMut<'_> {
         MatMut {
             data: &mut self.data[i * self.ld + j..],
             ld: self.ld,
@@ -56,85 +61,18 @@ impl MatMut<'_> {
     }
 }
 
-/// `ROWS` rows by `G * W` columns: the register tile.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // Index loops over the fixed-size tile unroll fully.
-fn tile<const ROWS: usize, const G: usize, const ACC: bool>(
-    k: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    c: MatMut<'_>,
-) {
-    let mut acc = [[[0.0f32; W]; G]; ROWS];
-    if ACC {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            for (g, acc_g) in acc_r.iter_mut().enumerate() {
-                acc_g.copy_from_slice(&c.data[r * c.ld + g * W..][..W]);
-            }
-        }
-    }
-    let a_rows: [&[f32]; ROWS] = std::array::from_fn(|r| &a.data[r * a.ld..r * a.ld + k]);
-    for p in 0..k {
-        let (b_row, _) = b.data[p * b.ld..p * b.ld + G * W].as_chunks::<W>();
-        for r in 0..ROWS {
-            let av = a_rows[r][p];
-            for g in 0..G {
-                for l in 0..W {
-                    acc[r][g][l] = av.mul_add(b_row[g][l], acc[r][g][l]);
-                }
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (g, acc_g) in acc_r.iter().enumerate() {
-            c.data[r * c.ld + g * W..][..W].copy_from_slice(acc_g);
-        }
-    }
-}
-
-/// `ROWS` rows by `width < W` columns: the right edge, through a zero-padded copy of each `b` row.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // Index loops over the fixed-size tile unroll fully.
-fn tile_edge<const ROWS: usize, const ACC: bool>(
-    k: usize,
-    width: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    c: MatMut<'_>,
-) {
-    let mut acc = [[0.0f32; W]; ROWS];
-    if ACC {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            acc_r[..width].copy_from_slice(&c.data[r * c.ld..][..width]);
-        }
-    }
-    let a_rows: [&[f32]; ROWS] = std::array::from_fn(|r| &a.data[r * a.ld..r * a.ld + k]);
-    let mut b_row = [0.0f32; W];
-    for p in 0..k {
-        b_row[..width].copy_from_slice(&b.data[p * b.ld..][..width]);
-        for r in 0..ROWS {
-            let av = a_rows[r][p];
-            for l in 0..W {
-                acc[r][l] = av.mul_add(b_row[l], acc[r][l]);
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        c.data[r * c.ld..][..width].copy_from_slice(&acc_r[..width]);
-    }
-}
-
-/// `ROWS` rows of `c` (columns `0..n`) from `ROWS` rows of `a` and `k` rows of `b`.
+/// `ROWS` rows of `c` (columns `0..n`) from `ROWS` rows of `a` and `k` rows of `b`, on the best
+/// kernel for this CPU (the two give identical bits: both are fused multiply-add chains).
 #[inline(always)]
 fn row_block<const ROWS: usize, const ACC: bool>(
     k: usize,
     n: usize,
     a: Mat<'_>,
     b: Mat<'_>,
-    mut c: MatMut<'_>,
+    c: MatMut<'_>,
 ) {
     if k == 0 {
-        // An empty chain: the start value. Also keeps the slicing below away from empty `b`.
+        // An empty chain: the start value. Also keeps the kernels' slicing away from an empty `b`.
         if !ACC {
             for r in 0..ROWS {
                 c.data[r * c.ld..r * c.ld + n].fill(0.0);
@@ -142,18 +80,13 @@ fn row_block<const ROWS: usize, const ACC: bool>(
         }
         return;
     }
-    let mut j = 0;
-    while j + V * W <= n {
-        tile::<ROWS, V, ACC>(k, a, b.at(0, j), c.at(0, j));
-        j += V * W;
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::seq_math::has_avx512() {
+        // SAFETY: the CPU has the features `avx512::row_block` is compiled for (checked above).
+        unsafe { avx512::row_block::<ROWS, ACC>(k, n, a, b, c) };
+        return;
     }
-    while j + W <= n {
-        tile::<ROWS, 1, ACC>(k, a, b.at(0, j), c.at(0, j));
-        j += W;
-    }
-    if j < n {
-        tile_edge::<ROWS, ACC>(k, n - j, a, b.at(0, j), c.at(0, j));
-    }
+    portable::row_block::<ROWS, ACC>(k, n, a, b, c);
 }
 
 /// `c[i][j] (+)= sum_{k < kk} a[i][k] * b[k][j]` for `i < m`, `j < n`.
@@ -179,6 +112,9 @@ pub(crate) fn gemm<const ACC: bool>(
 
 /// Like [`gemm`], but only `c[i][j]` with `j <= i + diag` is guaranteed (a lower-triangular result,
 /// e.g. causal attention scores); some entries above that band are computed too, some are not.
+///
+/// A row block's column count is rounded up to whole vector groups (within `n`), so callers that
+/// can afford the extra columns should pass `n` padded to a multiple of 16 and avoid edge tiles.
 #[inline(always)]
 pub(crate) fn gemm_lower_n<const ACC: bool>(
     m: usize,
@@ -191,11 +127,23 @@ pub(crate) fn gemm_lower_n<const ACC: bool>(
 ) {
     let mut i = 0;
     while i + R <= m {
-        row_block::<R, ACC>(kk, n.min(i + R + diag), a.at(i, 0), b, c.at(i, 0));
+        row_block::<R, ACC>(
+            kk,
+            n.min((i + R + diag).next_multiple_of(W)),
+            a.at(i, 0),
+            b,
+            c.at(i, 0),
+        );
         i += R;
     }
     while i < m {
-        row_block::<1, ACC>(kk, n.min(i + 1 + diag), a.at(i, 0), b, c.at(i, 0));
+        row_block::<1, ACC>(
+            kk,
+            n.min((i + 1 + diag).next_multiple_of(W)),
+            a.at(i, 0),
+            b,
+            c.at(i, 0),
+        );
         i += 1;
     }
 }
