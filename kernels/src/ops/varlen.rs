@@ -136,6 +136,34 @@ pub(crate) fn heads_per_unit(pairs: usize, per_group: usize) -> usize {
     per_group.div_ceil(splits)
 }
 
+thread_local! {
+    /// Per-thread scratch reused by [`with_scratch`].
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` elements with unspecified contents, reusing this thread's
+/// buffer from earlier calls.
+///
+/// Units of work need up to a few hundred KiB; allocating that per unit goes through `mmap` and
+/// page faults, which serialise threads in the kernel. The buffer is taken out of the thread-local
+/// while `f` runs, so a nested call (should `f` ever re-enter) just allocates its own.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    result
+}
+
+/// Splits the first `len` elements off `buf` (for carving one scratch slice into several).
+pub(crate) fn carve<'a>(buf: &mut &'a mut [f32], len: usize) -> &'a mut [f32] {
+    let (head, tail) = std::mem::take(buf).split_at_mut(len);
+    *buf = tail;
+    head
+}
+
 /// An output buffer that parallel units of work write through, each into its own disjoint ranges.
 ///
 /// The packed layout interleaves heads inside each token row, so a (sequence, head) unit owns a

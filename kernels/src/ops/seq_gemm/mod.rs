@@ -21,6 +21,8 @@ const W: usize = 16;
 const V: usize = 4;
 /// Rows per full tile. 4 rows x 4 groups = 16 accumulators, half the AVX-512 register file.
 const R: usize = 4;
+/// Rows of `b` per panel in [`gemm_lower_k`]: 64 rows of 64 floats is 16 KiB, a third of L1.
+const KC: usize = 64;
 
 /// A row-major matrix read with leading dimension `ld`: element (i, j) is `data[i * ld + j]`.
 #[derive(Clone, Copy)]
@@ -151,6 +153,10 @@ pub(crate) fn gemm_lower_n<const ACC: bool>(
 /// `c[i][j] (+)= sum_{k <= i + diag} a[i][k] * b[k][j]`: a lower-triangular `a` (e.g. causal
 /// attention probabilities) whose entries above the band are never read, nor are the rows of `b`
 /// they would multiply, so values there (even NaN) cannot leak into the result.
+///
+/// `k` runs in panels of [`KC`] rows of `b`, each applied to every row of `c` before the next, so
+/// a panel stays in L1 while all row tiles reuse it (`k` can be thousands of keys). Each element's
+/// chain still runs over `k` ascending, just paused at panel edges.
 #[inline(always)]
 pub(crate) fn gemm_lower_k<const ACC: bool>(
     m: usize,
@@ -160,19 +166,45 @@ pub(crate) fn gemm_lower_k<const ACC: bool>(
     b: Mat<'_>,
     mut c: MatMut<'_>,
 ) {
-    let mut i = 0;
-    while i + R <= m {
-        // Every row of the block reads k < i + diag + 1; row i + r then reads r more.
-        let shared = i + diag + 1;
-        row_block::<R, ACC>(shared, n, a.at(i, 0), b, c.at(i, 0));
-        for r in 1..R {
-            row_block::<1, true>(r, n, a.at(i + r, shared), b.at(shared, 0), c.at(i + r, 0));
-        }
-        i += R;
+    if m == 0 {
+        return;
     }
-    while i < m {
-        row_block::<1, ACC>(i + diag + 1, n, a.at(i, 0), b, c.at(i, 0));
-        i += 1;
+    // Row i reads k < end(i).
+    let end = |i: usize| i + diag + 1;
+    let mut k0 = 0;
+    while k0 < end(m - 1) {
+        let k1 = (k0 + KC).min(end(m - 1));
+        // The first panel starts the chains (from c, or from zero); later ones continue them.
+        let fresh = k0 == 0 && !ACC;
+        let mut i = 0;
+        while i < m {
+            let rows = if i + R <= m { R } else { 1 };
+            // Every row of the tile reads k < end(i); row i + r then reads r more.
+            let shared = end(i).min(k1);
+            if shared > k0 {
+                let (a, b, c) = (a.at(i, k0), b.at(k0, 0), c.at(i, 0));
+                match (rows == R, fresh) {
+                    (true, true) => row_block::<R, false>(shared - k0, n, a, b, c),
+                    (true, false) => row_block::<R, true>(shared - k0, n, a, b, c),
+                    (false, true) => row_block::<1, false>(shared - k0, n, a, b, c),
+                    (false, false) => row_block::<1, true>(shared - k0, n, a, b, c),
+                }
+            }
+            for r in 1..rows {
+                let (from, to) = (shared.max(k0), end(i + r).min(k1));
+                if to > from {
+                    row_block::<1, true>(
+                        to - from,
+                        n,
+                        a.at(i + r, from),
+                        b.at(from, 0),
+                        c.at(i + r, 0),
+                    );
+                }
+            }
+            i += rows;
+        }
+        k0 = k1;
     }
 }
 
@@ -181,125 +213,110 @@ mod tests {
     use super::*;
 
     fn fill(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 20) as f32 / 4096.0
-                    - 0.5
-            })
-            .collect()
+        let hash = |i: usize| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 20;
+        (0..len).map(|i| hash(i) as f32 / 4096.0 - 0.5).collect()
     }
 
     /// The same chain, one element at a time.
-    fn naive(i: usize, j: usize, k0: usize, k1: usize, a: Mat<'_>, b: Mat<'_>, start: f32) -> f32 {
-        (k0..k1).fold(start, |acc, p| {
+    fn naive(i: usize, j: usize, k1: usize, a: Mat<'_>, b: Mat<'_>, start: f32) -> f32 {
+        (0..k1).fold(start, |acc, p| {
             a.data[i * a.ld + p].mul_add(b.data[p * b.ld + j], acc)
         })
     }
 
-    #[test]
-    fn all_shapes_match_the_naive_chain_bitwise() {
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (4, 64, 8),
-            (7, 83, 13),
-            (9, 16, 0),
-            (13, 130, 70),
-            (3, 5, 2),
-        ] {
-            let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
-            let a = fill(m * lda, 1);
-            let b = fill(k.max(1) * ldb, 2);
-            let c0 = fill(m * ldc, 3);
-            let (am, bm) = (Mat { data: &a, ld: lda }, Mat { data: &b, ld: ldb });
+    fn mat(data: &[f32], ld: usize) -> Mat<'_> {
+        Mat { data, ld }
+    }
 
-            let mut c = c0.clone();
-            gemm::<true>(
-                m,
-                n,
-                k,
-                am,
-                bm,
-                MatMut {
-                    data: &mut c,
-                    ld: ldc,
-                },
-            );
-            let mut z = c0.clone();
-            gemm::<false>(
-                m,
-                n,
-                k,
-                am,
-                bm,
-                MatMut {
-                    data: &mut z,
-                    ld: ldc,
-                },
-            );
-            for i in 0..m {
-                for j in 0..n {
+    fn out(data: &mut [f32], ld: usize) -> MatMut<'_> {
+        MatMut { data, ld }
+    }
+
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (4, 64, 8),
+        (7, 83, 13),
+        (9, 16, 0),
+        (13, 130, 70),
+        (3, 5, 2),
+        (150, 70, 3),
+    ];
+
+    #[test]
+    fn gemm_and_lower_n_match_the_naive_chain_bitwise() {
+        for (m, n, k) in SHAPES {
+            let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
+            let (a, b, c0) = (fill(m * lda, 1), fill(k.max(1) * ldb, 2), fill(m * ldc, 3));
+            let (am, bm) = (mat(&a, lda), mat(&b, ldb));
+            let (mut c, mut z) = (c0.clone(), c0.clone());
+            gemm::<true>(m, n, k, am, bm, out(&mut c, ldc));
+            gemm::<false>(m, n, k, am, bm, out(&mut z, ldc));
+            for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                let at = i * ldc + j;
+                assert_eq!(c[at].to_bits(), naive(i, j, k, am, bm, c0[at]).to_bits());
+                assert_eq!(z[at].to_bits(), naive(i, j, k, am, bm, 0.0).to_bits());
+            }
+            for diag in [0, 2] {
+                let mut c = c0.clone();
+                gemm_lower_n::<false>(m, n, k, diag, am, bm, out(&mut c, ldc));
+                for (i, j) in (0..m).flat_map(|i| (0..n.min(i + diag + 1)).map(move |j| (i, j))) {
                     assert_eq!(
                         c[i * ldc + j].to_bits(),
-                        naive(i, j, 0, k, am, bm, c0[i * ldc + j]).to_bits()
-                    );
-                    assert_eq!(
-                        z[i * ldc + j].to_bits(),
-                        naive(i, j, 0, k, am, bm, 0.0).to_bits()
+                        naive(i, j, k, am, bm, 0.0).to_bits()
                     );
                 }
             }
+        }
+    }
 
+    #[test]
+    fn lower_k_matches_the_naive_chain_bitwise() {
+        // m up to 150 with diag 2 runs k over three panels of KC.
+        for (m, n, _) in SHAPES {
             for diag in [0, 2] {
-                let mut c = c0.clone();
-                gemm_lower_n::<false>(
-                    m,
-                    n,
-                    k,
-                    diag,
-                    am,
-                    bm,
-                    MatMut {
-                        data: &mut c,
-                        ld: ldc,
-                    },
-                );
+                let (kk, ldc) = (m + diag, n + 2);
+                let (a, b, c0) = (fill(m * (kk + 1), 4), fill(kk * n, 5), fill(m * ldc, 6));
+                let (am, bm) = (mat(&a, kk + 1), mat(&b, n));
+                // Entries above the band are never read: poison them.
+                let mut a_nan = a.clone();
                 for i in 0..m {
-                    for j in 0..n.min(i + diag + 1) {
-                        assert_eq!(
-                            c[i * ldc + j].to_bits(),
-                            naive(i, j, 0, k, am, bm, 0.0).to_bits()
-                        );
-                    }
+                    a_nan[i * (kk + 1) + i + diag + 1..(i + 1) * (kk + 1)].fill(f32::NAN);
                 }
-                // Lower in k: `a` is m x (m + diag), `b` is (m + diag) x n.
-                let kk = m + diag;
-                let a = fill(m * (kk + 1), 4);
-                let b = fill(kk * n, 5);
-                let (am, bm) = (
-                    Mat {
-                        data: &a,
-                        ld: kk + 1,
-                    },
-                    Mat { data: &b, ld: n },
-                );
-                let mut c = c0.clone();
-                gemm_lower_k::<true>(
-                    m,
-                    n,
-                    diag,
-                    am,
-                    bm,
-                    MatMut {
-                        data: &mut c,
-                        ld: ldc,
-                    },
-                );
-                for i in 0..m {
-                    for j in 0..n {
-                        let want = naive(i, j, 0, i + diag + 1, am, bm, c0[i * ldc + j]);
-                        assert_eq!(c[i * ldc + j].to_bits(), want.to_bits());
-                    }
+                let (mut c, mut z) = (c0.clone(), c0.clone());
+                gemm_lower_k::<true>(m, n, diag, mat(&a_nan, kk + 1), bm, out(&mut c, ldc));
+                gemm_lower_k::<false>(m, n, diag, am, bm, out(&mut z, ldc));
+                for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                    let at = i * ldc + j;
+                    assert_eq!(
+                        c[at].to_bits(),
+                        naive(i, j, i + diag + 1, am, bm, c0[at]).to_bits()
+                    );
+                    assert_eq!(
+                        z[at].to_bits(),
+                        naive(i, j, i + diag + 1, am, bm, 0.0).to_bits()
+                    );
                 }
+            }
+        }
+    }
+
+    /// The portable kernel (what CPUs without AVX-512 run) against the naive chain, whatever this
+    /// machine dispatches to.
+    #[test]
+    fn portable_kernel_matches_the_naive_chain_bitwise() {
+        for (m, n, k) in [(4, 83, 13), (1, 130, 70), (4, 16, 1)] {
+            let (lda, ldb, ldc) = (k + 1, n + 3, n + 1);
+            let (a, b, c0) = (fill(m * lda, 7), fill(k * ldb, 8), fill(m * ldc, 9));
+            let (am, bm) = (mat(&a, lda), mat(&b, ldb));
+            let mut c = c0.clone();
+            if m == 4 {
+                portable::row_block::<4, true>(k, n, am, bm, out(&mut c, ldc));
+            } else {
+                portable::row_block::<1, true>(k, n, am, bm, out(&mut c, ldc));
+            }
+            for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                let at = i * ldc + j;
+                assert_eq!(c[at].to_bits(), naive(i, j, k, am, bm, c0[at]).to_bits());
             }
         }
     }
