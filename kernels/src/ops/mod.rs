@@ -1,6 +1,6 @@
 //! Ops, one folder each: `mod.rs` validates the arguments once and dispatches to `cpu.rs`.
 //!
-//! The packed variable-length sequence ops ([`causal_conv1d`], [`ssd_scan`], [`attention`]) take a
+//! The packed variable-length sequence ops ([`causal_conv1d`], [`mod@ssd_scan`], [`attention`]) take a
 //! batch as its sequences' tokens concatenated, with `cu_seqlens` marking where each one starts.
 
 pub mod attention;

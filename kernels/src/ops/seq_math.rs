@@ -4,8 +4,8 @@
 //! Everything here is plain Rust written so that LLVM vectorises it when it is inlined into a
 //! function compiled for AVX-512 or AVX2 (see [`simd_fn!`]). No function reorders floating-point
 //! operations by vector width: lane `l` of a reduction always holds the elements with index
-//! `l mod 16` of its slice, and lanes are combined in one fixed tree. So a result depends only on the
-//! data of its slice, never on where the slice sits in a batch, which keeps the ops batch-invariant.
+//! `l mod 16` of its slice, and lanes are combined in one fixed tree. So a result depends only on the data
+//! of its slice, never on where the slice sits in a batch, which keeps the ops batch-invariant.
 
 /// Elements per vector group in the reductions (one AVX-512 register of `f32`).
 pub(crate) const LANES: usize = 16;

@@ -2,8 +2,8 @@
 //!
 //! A batch is several sequences' tokens concatenated along the token axis; `cu_seqlens` holds
 //! `num_seqs + 1` cumulative offsets starting at 0, non-decreasing, the last one equal to the total
-//! number of tokens `T`. This module validates that convention and the slice lengths derived from it,
-//! and gives the CPU kernels a way to write disjoint parts of one output from several threads.
+//! number of tokens `T`. This module validates that convention and the slice lengths derived from
+//! it, and gives the CPU kernels a way to write disjoint parts of one output from several threads.
 
 use std::marker::PhantomData;
 

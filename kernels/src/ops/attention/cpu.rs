@@ -1,11 +1,12 @@
 //! CPU implementation of [`super::causal_attention`].
 //!
-//! A unit of work is (sequence, key/value head, block of the query heads that read it). It transposes
-//! the key head to `[D, L]` once for all of them, then, per query head, walks the queries in blocks
-//! of [`Q_BLOCK`] rows: scores `S = Q K^T` for the causal band only,
-//! an exact two-pass softmax per row (maximum, then `exp` and sum), and `O = P V` reading only
-//! `k <= i` so future tokens are never touched. Both products are register-tiled broadcast-FMA
-//! (see `seq_gemm`), so the work is matrix-like and vectorised across keys and channels.
+//! A unit of work is (sequence, key/value head, block of the query heads that read it). It packs
+//! the key head once, transposed into contiguous `[D, 64]` panels, and the value head into a
+//! contiguous `[L, D]`, for all of its query heads. Per query head it then walks the queries in
+//! blocks of [`Q_BLOCK`] rows: scores `S = Q K^T` on the causal band only, an exact two-pass
+//! softmax per row (maximum, then `exp` and sum), and `O = P V` reading only keys `<= i`, so future
+//! tokens are never touched. Both products are register-tiled broadcast-FMA (see `seq_gemm`),
+//! vectorised across keys and channels; scratch is `O(L * D)` per unit, never `L x L`.
 
 use rayon::prelude::*;
 
@@ -69,7 +70,7 @@ pub(super) fn causal_attention(
             }
         }
     }
-    // PyTorch computes head_dim ** -0.5 in double and multiplies in f32.
+    // head_dim^-0.5 rounded once to f32, as a Python float scale becomes in PyTorch.
     let scale = (1.0 / (shape.head_dim as f64).sqrt()) as f32;
     let ctx = Ctx {
         shape: *shape,
@@ -123,10 +124,9 @@ simd_fn! {
         let kv_off = unit.kv_head * d;
         let padded = len.next_multiple_of(PANEL);
 
-        // Packing makes the tiles read contiguous 16 KiB panels: with the packed layout's row
-        // strides (1-8 KiB), the rows of one tile fall into a few L1 sets and evict each other.
-        // Key by key: each key row is read once, contiguously, and scattered into its panel,
-        // which stays in L1 (reading down a column instead would walk the strided rows D times).
+        // Packing makes the tiles read contiguous 16 KiB panels: at the packed batch's row strides
+        // (1-8 KiB) the rows of one tile fall into a few L1 sets and evict each other. Each key row
+        // is read once, contiguously, and scattered into its panel, which stays in L1.
         for (p, panel) in s.k_panels.chunks_exact_mut(d * PANEL).enumerate() {
             let keys = (len - p * PANEL).min(PANEL);
             for j in 0..keys {
@@ -156,9 +156,12 @@ simd_fn! {
                 // starts past q0 is needed only from row `first` on, with its own diagonal.
                 for p in 0..(q0 + rows).div_ceil(PANEL) {
                     let first = (p * PANEL).saturating_sub(q0);
-                    let queries = Mat { data: &ctx.q[(start + q0 + first) * q_width + q_off..], ld: q_width };
-                    let keys = Mat { data: &s.k_panels[p * d * PANEL..(p + 1) * d * PANEL], ld: PANEL };
-                    let dst = MatMut { data: &mut s.scores[first * padded + p * PANEL..], ld: padded };
+                    let q_at = (start + q0 + first) * q_width + q_off;
+                    let queries = Mat { data: &ctx.q[q_at..], ld: q_width };
+                    let panel = &s.k_panels[p * d * PANEL..(p + 1) * d * PANEL];
+                    let keys = Mat { data: panel, ld: PANEL };
+                    let at = first * padded + p * PANEL;
+                    let dst = MatMut { data: &mut s.scores[at..], ld: padded };
                     let diag = q0 + first - p * PANEL;
                     gemm_lower_n::<false>(rows - first, PANEL, d, diag, queries, keys, dst);
                 }

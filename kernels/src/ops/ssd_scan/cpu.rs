@@ -4,16 +4,21 @@
 //! shorter). With `a_t = dt_t A` and, inside a chunk, `cum[t] = a_0 + ... + a_t` and
 //! `seg[t, s] = a_{s+1} + ... + a_t` (Mamba-2's `segsum`), a chunk computes, per head:
 //!
-//! * `Y = exp(cum) * (C S_in) + M X` with `M[t, s] = (C B^T)[t, s] exp(seg[t, s]) dt_s` for `s <= t`:
-//!   the carried state's contribution plus the intra-chunk one as a masked, decayed matrix;
-//! * `S_out = exp(cum[Q-1]) S_in + B^T (w * X)` with `w_s = exp(seg[Q-1, s]) dt_s`: the state carried
-//!   to the next chunk, kept as `[N, P]` per head;
+//! * `Y = exp(cum) * (C S_in) + M X` with `M[t, s] = (C B^T)[t, s] exp(seg[t, s]) dt_s` for
+//!   `s <= t`: the carried state's contribution plus the intra-chunk one as a masked, decayed
+//!   matrix;
+//! * `S_out = exp(cum[Q-1]) S_in + B^T (w * X)` with `w_s = exp(seg[Q-1, s]) dt_s`: the state
+//!   carried to the next chunk, kept as `[N, P]` per head;
 //! * `y = D x + Y`.
 //!
-//! `seg` is accumulated as running sums from each `s`, not as `cum[t] - cum[s]`: every exponent is a
-//! sum of non-positive terms (no overflow) and suffers no cancellation between two large cumulative
-//! sums, which would cost precision under strong decay. `C B^T` depends only on the group, so a unit of
-//! work is (sequence, group, block of that group's heads) and computes it once per chunk.
+//! Decays are `exp` of segment sums, never a product `exp(cum[t]) * exp(-cum[s])` (which
+//! overflows). `seg` is accumulated as running sums from each `s`, as Mamba-2's stable `segsum`
+//! does (a cumsum of the masked `a`), rather than as the difference `cum[t] - cum[s]` of its
+//! `segsum_unstable`: each exponent is a sum of non-positive terms, without the cancellation
+//! between two large cumulative sums that costs precision under strong decay.
+//!
+//! `C B^T` depends only on the group, so a unit of work is (sequence, group, block of that group's
+//! heads) and computes it once per chunk. Each head's arithmetic is the same in any unit.
 
 use rayon::prelude::*;
 
@@ -195,7 +200,8 @@ simd_fn! {
                     s.seg[t] = 0.0;
                     let row = &mut s.m[t * qp..t * qp + w];
                     let cb_row = &s.cb[t * qp..t * qp + w];
-                    for (((mv, &cbv), &sv), &dtv) in row.iter_mut().zip(cb_row).zip(s.seg.iter()).zip(s.dt.iter()) {
+                    let terms = cb_row.iter().zip(s.seg.iter()).zip(s.dt.iter());
+                    for (mv, ((&cbv, &sv), &dtv)) in row.iter_mut().zip(terms) {
                         *mv = cbv * exp(sv) * dtv;
                     }
                 }
