@@ -146,9 +146,8 @@ fn scan_unit(ctx: &Ctx<'_>, unit: &Unit, y: DisjointOut<'_>) {
             seg: carve(&mut buf, qp),
             f: carve(&mut buf, qp),
         };
-        // The state starts at zero; everything else is written before it is read (columns l.. of
-        // b_t excepted: they feed entries of C B^T that are never read).
-        s.states.fill(0.0);
+        // Everything is written before it is read (the state by the first chunk's update), except
+        // scratch that feeds only results nobody reads (columns l.. of b_t, M above the diagonal).
         scan_chunks(ctx, unit, y, s);
     });
 }
@@ -252,12 +251,17 @@ simd_fn! {
                             *o = w * xv;
                         }
                     }
-                    let decay = exp(s.cum[l - 1]);
-                    for v in state.iter_mut() {
-                        *v *= decay;
-                    }
                     let wx = Mat { data: s.wx, ld: p };
-                    gemm::<true>(n, p, l, b_t, wx, MatMut { data: state, ld: p });
+                    if has_state {
+                        let decay = exp(s.cum[l - 1]);
+                        for v in state.iter_mut() {
+                            *v *= decay;
+                        }
+                        gemm::<true>(n, p, l, b_t, wx, MatMut { data: state, ld: p });
+                    } else {
+                        // The first chunk starts from the zero state: chains start from +0.
+                        gemm::<false>(n, p, l, b_t, wx, MatMut { data: state, ld: p });
+                    }
                 }
             }
         }
