@@ -131,6 +131,18 @@ fn conv_matches_reference() {
 }
 
 #[test]
+fn conv_kernel_longer_than_sequences() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (ch, k) = (3, 9);
+    let cu = cu_of(&[1, 4, 2]);
+    let x = uniform(&mut rng, 7 * ch, -2.0, 2.0);
+    let w = uniform(&mut rng, ch * k, -1.0, 1.0);
+    let mut out = vec![f32::NAN; x.len()];
+    causal_conv1d_silu(&x, &cu, &w, None, k, &mut out).unwrap();
+    assert!(rel_l2(&out, &conv_reference(&x, &cu, &w, None, k)) <= 1e-6);
+}
+
+#[test]
 fn conv_is_batch_invariant() {
     let (ch, k) = (2560 + 21, 4);
     let mut rng = StdRng::seed_from_u64(2);
@@ -270,14 +282,40 @@ fn ssd_matches_recurrence() {
 }
 
 #[test]
+fn ssd_degenerate_shapes() {
+    let mut rng = StdRng::seed_from_u64(8);
+    // One of everything, chunk 1 (every token its own chunk), and a chunk longer than the sequence.
+    for shape in [
+        ssd_shape(1, 1, 1, 1, 1),
+        ssd_shape(2, 3, 1, 2, 1),
+        ssd_shape(3, 2, 3, 1, 1000),
+    ] {
+        let case = SsdCase::new(&mut rng, shape, (0.5, 4.0));
+        let lens = [5, 1, 0, 17];
+        let seqs: Vec<Seq> = lens.iter().map(|&l| case.seq(&mut rng, l, (0.01, 0.5))).collect();
+        let parts: Vec<Vec<f32>> = (0..4)
+            .map(|i| seqs.iter().flat_map(|s| s.parts[i].clone()).collect())
+            .collect();
+        let cu = cu_of(&lens);
+        let err = rel_l2(&case.run(&cu, &parts), &case.reference(&cu, &parts));
+        assert!(err <= 1e-5, "{shape:?}: rel L2 {err}");
+    }
+}
+
+#[test]
 fn ssd_is_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(4);
-    let case = SsdCase::new(&mut rng, ssd_shape(8, 16, 2, 16, 16), (1.0, 8.0));
-    let seqs: Vec<Seq> = [33, 1, 0, 16, 70]
-        .iter()
-        .map(|&l| case.seq(&mut rng, l, (0.01, 0.3)))
-        .collect();
-    assert_batch_invariant(&seqs, 8 * 16, &|cu, parts| case.run(cu, parts));
+    // A small shape, and the bench shape (full 64-wide tiles, chunk 64).
+    for (shape, lens) in [
+        (ssd_shape(8, 16, 2, 16, 16), [33, 1, 0, 16, 70]),
+        (ssd_shape(32, 64, 4, 64, 64), [130, 1, 0, 64, 65]),
+    ] {
+        let case = SsdCase::new(&mut rng, shape, (1.0, 8.0));
+        let seqs: Vec<Seq> = lens.iter().map(|&l| case.seq(&mut rng, l, (0.01, 0.3))).collect();
+        assert_batch_invariant(&seqs, shape.num_heads * shape.head_dim, &|cu, parts| {
+            case.run(cu, parts)
+        });
+    }
 }
 
 // ---------------------------------------------------------------- causal_attention
@@ -380,14 +418,27 @@ fn attention_matches_reference() {
 #[test]
 fn attention_is_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(6);
-    let shape = AttentionShape {
-        num_heads: 8,
-        num_kv_heads: 2,
-        head_dim: 24,
-    };
-    let seqs: Vec<Seq> = [40, 1, 0, 33, 97]
-        .iter()
-        .map(|&l| attention_seq(&mut rng, &shape, l))
-        .collect();
-    assert_batch_invariant(&seqs, 8 * 24, &|cu, parts| run_attention(&shape, cu, parts));
+    let shapes = [
+        (
+            AttentionShape {
+                num_heads: 8,
+                num_kv_heads: 2,
+                head_dim: 24,
+            },
+            [40, 1, 0, 33, 97],
+        ),
+        (
+            AttentionShape {
+                num_heads: 16,
+                num_kv_heads: 4,
+                head_dim: 64,
+            },
+            [150, 1, 0, 64, 65],
+        ),
+    ];
+    for (shape, lens) in shapes {
+        let seqs: Vec<Seq> = lens.iter().map(|&l| attention_seq(&mut rng, &shape, l)).collect();
+        let width = shape.num_heads * shape.head_dim;
+        assert_batch_invariant(&seqs, width, &|cu, parts| run_attention(&shape, cu, parts));
+    }
 }

@@ -1,7 +1,8 @@
 //! Ops, one folder each: `mod.rs` validates the arguments once and dispatches to `cpu.rs`.
 //!
-//! The packed variable-length sequence ops ([`mod@causal_conv1d`], [`mod@ssd_scan`], [`mod@attention`]) take a
-//! batch as its sequences' tokens concatenated, with `cu_seqlens` marking where each one starts.
+//! The packed variable-length sequence ops ([`mod@causal_conv1d`], [`mod@ssd_scan`],
+//! [`mod@attention`]) take a batch as its sequences' tokens concatenated, with `cu_seqlens` marking
+//! where each one starts.
 
 pub mod activation;
 pub mod attention;

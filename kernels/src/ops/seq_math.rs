@@ -4,8 +4,8 @@
 //! Everything here is plain Rust written so that LLVM vectorises it when it is inlined into a
 //! function compiled for AVX-512 or AVX2 (see [`simd_fn!`]). No function reorders floating-point
 //! operations by vector width: lane `l` of a reduction always holds the elements with index
-//! `l mod 16` of its slice, and lanes are combined in one fixed tree. So a result depends only on the
-//! data of its slice, never on where the slice sits in a batch, which keeps the ops batch-invariant.
+//! `l mod 16` of its slice, and lanes are combined in one fixed tree. So a result depends only on the data
+//! of its slice, never on where the slice sits in a batch, which keeps the ops batch-invariant.
 
 /// Elements per vector group in the reductions (one AVX-512 register of `f32`).
 pub(crate) const LANES: usize = 16;
@@ -132,8 +132,11 @@ pub(crate) fn max(x: &[f32]) -> f32 {
             acc[l] = pick(acc[l], chunk[l]);
         }
     }
-    for (l, &v) in rest.iter().enumerate() {
-        acc[l] = pick(acc[l], v);
+    // The tail as one padded vector (`-inf` never wins) rather than a scalar loop.
+    let mut tail = [f32::NEG_INFINITY; LANES];
+    tail[..rest.len()].copy_from_slice(rest);
+    for l in 0..LANES {
+        acc[l] = pick(acc[l], tail[l]);
     }
     tree(acc, pick)
 }
@@ -149,10 +152,17 @@ pub(crate) fn exp_in_place_sum(x: &mut [f32], scale: f32, shift: f32) -> f32 {
             acc[l] += chunk[l];
         }
     }
-    for (l, v) in rest.iter_mut().enumerate() {
-        *v = exp(v.mul_add(scale, shift));
-        acc[l] += *v;
+    // The tail as one padded vector rather than a scalar loop of `exp`. Padding lanes add +0 to
+    // sums of positive terms (which start at +0), so the sum's bits are as if they were skipped.
+    let len = rest.len();
+    let mut tail = [0.0f32; LANES];
+    tail[..len].copy_from_slice(rest);
+    for l in 0..LANES {
+        let e = exp(tail[l].mul_add(scale, shift));
+        tail[l] = e;
+        acc[l] += if l < len { e } else { 0.0 };
     }
+    rest.copy_from_slice(&tail[..len]);
     tree(acc, |a, b| a + b)
 }
 

@@ -2,8 +2,8 @@
 //!
 //! A batch is several sequences' tokens concatenated along the token axis; `cu_seqlens` holds
 //! `num_seqs + 1` cumulative offsets starting at 0, non-decreasing, the last one equal to the total
-//! number of tokens `T`. This module validates that convention and the slice lengths derived from it,
-//! and gives the CPU kernels a way to write disjoint parts of one output from several threads.
+//! number of tokens `T`. This module validates that convention and the slice lengths derived from
+//! it, and gives the CPU kernels a way to write disjoint parts of one output from several threads.
 
 use std::marker::PhantomData;
 
@@ -107,6 +107,49 @@ pub(crate) fn sequences_longest_first(cu_seqlens: &[usize]) -> Vec<(usize, usize
         .collect();
     seqs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     seqs
+}
+
+/// Units of work to aim for per pool thread, so rayon can even out unequal sequence lengths.
+const UNITS_PER_THREAD: usize = 4;
+
+/// How many heads of one group (the heads sharing B/C, or one key/value head) a unit of work takes,
+/// given `pairs` (sequence, group) pairs of `per_group` heads each.
+///
+/// A whole group shares its per-group work (`C B^T`, the transposed keys), so groups are split only
+/// when the pairs alone cannot keep the current pool busy. Callers compute every head the same way
+/// whatever unit it lands in, so this choice (and the thread count behind it) changes no bit.
+pub(crate) fn heads_per_unit(pairs: usize, per_group: usize) -> usize {
+    let wanted = UNITS_PER_THREAD * rayon::current_num_threads();
+    let splits = wanted.div_ceil(pairs.max(1)).clamp(1, per_group.max(1));
+    per_group.div_ceil(splits)
+}
+
+thread_local! {
+    /// Per-thread scratch reused by [`with_scratch`].
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` elements with unspecified contents, reusing this thread's
+/// buffer from earlier calls.
+///
+/// Units of work need up to a few hundred KiB; allocating that per unit goes through `mmap` and
+/// page faults, which serialise threads in the kernel. The buffer is taken out of the thread-local
+/// while `f` runs, so a nested call (should `f` ever re-enter) just allocates its own.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    result
+}
+
+/// Splits the first `len` elements off `buf` (for carving one scratch slice into several).
+pub(crate) fn carve<'a>(buf: &mut &'a mut [f32], len: usize) -> &'a mut [f32] {
+    let (head, tail) = std::mem::take(buf).split_at_mut(len);
+    *buf = tail;
+    head
 }
 
 /// An output buffer that parallel units of work write through, each into its own disjoint ranges.

@@ -28,7 +28,8 @@ pub struct AttentionShape {
 ///
 /// Each (sequence, query head) is computed by one fixed sequence of operations that depends only on
 /// that sequence's tokens, so results are bitwise independent of batching and of the rayon thread
-/// count. Scratch per (sequence, head) is `O(L * D)`, never `L x L`. Runs on the current rayon pool.
+/// count. Scratch per (sequence, head) is `O(L * D)`, never `L x L`. Runs on the current rayon
+/// pool.
 pub fn causal_attention(
     shape: &AttentionShape,
     cu_seqlens: &[usize],

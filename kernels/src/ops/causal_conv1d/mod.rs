@@ -20,9 +20,9 @@ use super::varlen;
 /// * `kernel_size`: `K`.
 /// * `out`: `[T, C]`, overwritten.
 ///
-/// Each output element is one fixed `mul_add` chain over `j` ascending (skipping the taps before its
-/// sequence start), so results are bitwise independent of batching and of the rayon thread count.
-/// Runs on the current rayon pool.
+/// Each output element is one fixed `mul_add` chain over `j` ascending (skipping the taps before
+/// its sequence start), so results are bitwise independent of batching and of the rayon thread
+/// count. Runs on the current rayon pool.
 pub fn causal_conv1d_silu(
     x: &[f32],
     cu_seqlens: &[usize],

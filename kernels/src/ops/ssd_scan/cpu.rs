@@ -4,26 +4,28 @@
 //! shorter). With `a_t = dt_t A` and, inside a chunk, `cum[t] = a_0 + ... + a_t` and
 //! `seg[t, s] = a_{s+1} + ... + a_t` (Mamba-2's `segsum`), a chunk computes, per head:
 //!
-//! * `Y = exp(cum) * (C S_in) + M X` with `M[t, s] = (C B^T)[t, s] exp(seg[t, s]) dt_s` for `s <= t`:
-//!   the carried state's contribution plus the intra-chunk one as a masked, decayed matrix;
-//! * `S_out = exp(cum[Q-1]) S_in + B^T (w * X)` with `w_s = exp(seg[Q-1, s]) dt_s`: the state carried
-//!   to the next chunk, kept as `[N, P]` per head;
+//! * `Y = exp(cum) * (C S_in) + M X` with `M[t, s] = (C B^T)[t, s] exp(seg[t, s]) dt_s` for
+//!   `s <= t`: the carried state's contribution plus the intra-chunk one as a masked, decayed
+//!   matrix;
+//! * `S_out = exp(cum[Q-1]) S_in + B^T (w * X)` with `w_s = exp(seg[Q-1, s]) dt_s`: the state
+//!   carried to the next chunk, kept as `[N, P]` per head;
 //! * `y = D x + Y`.
 //!
-//! `seg` is accumulated as running sums from each `s`, not as `cum[t] - cum[s]`: every exponent is a
-//! sum of non-positive terms (no overflow) and suffers no cancellation between two large cumulative
-//! sums, which would cost precision under strong decay. `C B^T` depends only on the group, so a unit of
-//! work is (sequence, group, block of that group's heads) and computes it once per chunk.
+//! Decays are `exp` of segment sums, never a product `exp(cum[t]) * exp(-cum[s])` (which
+//! overflows). `seg` is accumulated as running sums from each `s`, as Mamba-2's stable `segsum`
+//! does (a cumsum of the masked `a`), rather than as the difference `cum[t] - cum[s]` of its
+//! `segsum_unstable`: each exponent is a sum of non-positive terms, without the cancellation
+//! between two large cumulative sums that costs precision under strong decay.
+//!
+//! `C B^T` depends only on the group, so a unit of work is (sequence, group, block of that group's
+//! heads) and computes it once per chunk. Each head's arithmetic is the same in any unit.
 
 use rayon::prelude::*;
 
 use super::SsdShape;
 use crate::ops::seq_gemm::{Mat, MatMut, gemm, gemm_lower_k, gemm_lower_n};
 use crate::ops::seq_math::{exp, simd_fn};
-use crate::ops::varlen::{DisjointOut, sequences_longest_first};
-
-/// Units of work to aim for per pool thread, so rayon can even out unequal sequence lengths.
-const UNITS_PER_THREAD: usize = 4;
+use crate::ops::varlen::{DisjointOut, carve, heads_per_unit, sequences_longest_first, with_scratch};
 
 /// Validated operands shared by all units.
 struct Ctx<'a> {
@@ -61,14 +63,8 @@ pub(super) fn ssd_scan(
 ) {
     let per_group = shape.num_heads / shape.n_groups;
     let seqs = sequences_longest_first(cu_seqlens);
-    // Split a group's heads only when (sequence, group) pairs alone cannot keep the pool busy. Each
-    // head's arithmetic is the same in any split, so this choice (and the thread count behind it)
-    // cannot change a bit of the output.
-    let pairs = (seqs.len() * shape.n_groups).max(1);
-    let wanted = UNITS_PER_THREAD * rayon::current_num_threads();
-    let splits = wanted.div_ceil(pairs).clamp(1, per_group);
-    let block = per_group.div_ceil(splits);
-    let mut units = Vec::with_capacity(seqs.len() * shape.n_groups * splits);
+    let block = heads_per_unit(seqs.len() * shape.n_groups, per_group);
+    let mut units = Vec::with_capacity(seqs.len() * shape.num_heads.div_ceil(block));
     for &(start, len) in &seqs {
         for group in 0..shape.n_groups {
             for offset in (0..per_group).step_by(block) {
@@ -96,59 +92,88 @@ pub(super) fn ssd_scan(
     units.par_iter().for_each(|unit| scan_unit(&ctx, unit, y));
 }
 
-/// Scratch of one unit, sized by the chunk, never by the sequence.
-struct Scratch {
-    /// The chunk's B transposed to `[N, Q]`.
-    b_t: Vec<f32>,
-    /// `C B^T`, `[Q, Q]`, lower triangle.
-    cb: Vec<f32>,
-    /// The masked, decayed, dt-scaled `M`, `[Q, Q]`, lower triangle.
-    m: Vec<f32>,
+/// Scratch of one unit, sized by the chunk and the unit's heads, never by the sequence.
+struct Scratch<'a> {
+    /// The chunk's B transposed to `[N, Q]` (padded to `qp` columns).
+    b_t: &'a mut [f32],
+    /// `C B^T`, `[Q, qp]`, lower triangle.
+    cb: &'a mut [f32],
+    /// The masked, decayed, dt-scaled `M`, `[Q, qp]`, lower triangle.
+    m: &'a mut [f32],
     /// Per head `[N, P]` carried state.
-    states: Vec<f32>,
+    states: &'a mut [f32],
+    /// The head's x over the chunk, packed to `[Q, P]`: the packed rows are 8 KiB apart at the
+    /// bench shape, which maps a whole chunk onto a few L1 sets.
+    x: &'a mut [f32],
     /// The chunk's `Y`, `[Q, P]`.
-    y: Vec<f32>,
+    y: &'a mut [f32],
     /// `w * X`, `[Q, P]`.
-    wx: Vec<f32>,
-    /// The head's dt over the chunk.
-    dt: Vec<f32>,
+    wx: &'a mut [f32],
+    /// The head's dt over the chunk (`qp` long, like the three below).
+    dt: &'a mut [f32],
     /// `cum[t]`.
-    cum: Vec<f32>,
+    cum: &'a mut [f32],
     /// `seg[t, s]` for the current row `t`.
-    seg: Vec<f32>,
+    seg: &'a mut [f32],
+    /// Per-token factors: `exp(cum[t])`, then `w_t`.
+    f: &'a mut [f32],
+}
+
+/// Scans one unit's heads over its sequence, chunk by chunk, writing their columns of `y`.
+fn scan_unit(ctx: &Ctx<'_>, unit: &Unit, y: DisjointOut<'_>) {
+    let SsdShape {
+        head_dim: p,
+        state_size: n,
+        chunk_size,
+        ..
+    } = ctx.shape;
+    let q = chunk_size.min(unit.len);
+    let qp = q.next_multiple_of(16);
+    let len = n * qp + 2 * q * qp + unit.heads * n * p + 3 * q * p + 4 * qp;
+    with_scratch(len, |mut buf| {
+        let s = Scratch {
+            b_t: carve(&mut buf, n * qp),
+            cb: carve(&mut buf, q * qp),
+            m: carve(&mut buf, q * qp),
+            states: carve(&mut buf, unit.heads * n * p),
+            x: carve(&mut buf, q * p),
+            y: carve(&mut buf, q * p),
+            wx: carve(&mut buf, q * p),
+            dt: carve(&mut buf, qp),
+            cum: carve(&mut buf, qp),
+            seg: carve(&mut buf, qp),
+            f: carve(&mut buf, qp),
+        };
+        // Everything is written before it is read (the state by the first chunk's update), except
+        // scratch that feeds only results nobody reads (columns l.. of b_t, M above the diagonal).
+        scan_chunks(ctx, unit, y, s);
+    });
 }
 
 simd_fn! {
-    /// Scans one unit's heads over its sequence, chunk by chunk, writing their columns of `y`.
-    fn scan_unit(ctx: &Ctx<'_>, unit: &Unit, y: DisjointOut<'_>) {
+    /// The body of [`scan_unit`] on its scratch.
+    fn scan_chunks(ctx: &Ctx<'_>, unit: &Unit, y: DisjointOut<'_>, s: Scratch<'_>) {
         let SsdShape { num_heads, head_dim: p, n_groups, state_size: n, chunk_size } = ctx.shape;
         let q = chunk_size.min(unit.len);
+        let qp = q.next_multiple_of(16);
         let (gn, hp) = (n_groups * n, num_heads * p);
-        let mut s = Scratch {
-            b_t: vec![0.0; n * q],
-            cb: vec![0.0; q * q],
-            m: vec![0.0; q * q],
-            states: vec![0.0; unit.heads * n * p],
-            y: vec![0.0; q * p],
-            wx: vec![0.0; q * p],
-            dt: vec![0.0; q],
-            cum: vec![0.0; q],
-            seg: vec![0.0; q],
-        };
         let g_off = unit.group * n;
         for c0 in (0..unit.len).step_by(q) {
             let l = q.min(unit.len - c0);
             let t0 = unit.start + c0;
             let has_state = c0 > 0;
             let carries = c0 + l < unit.len;
+            // Token by token: each B row is read once, contiguously, and scattered into b_t, which
+            // stays in L1 (reading down a column would walk the 1 KiB-strided rows N times).
             for t in 0..l {
                 for (k, &v) in ctx.b[(t0 + t) * gn + g_off..][..n].iter().enumerate() {
-                    s.b_t[k * q + t] = v;
+                    s.b_t[k * qp + t] = v;
                 }
             }
             let c_chunk = Mat { data: &ctx.c[t0 * gn + g_off..], ld: gn };
-            let b_t = Mat { data: &s.b_t, ld: q };
-            gemm_lower_n::<false>(l, l, n, 0, c_chunk, b_t, MatMut { data: &mut s.cb, ld: q });
+            let b_t = Mat { data: s.b_t, ld: qp };
+            // Columns l.. of b_t hold zeros or the previous chunk's values: computed, never read.
+            gemm_lower_n::<false>(l, qp, n, 0, c_chunk, b_t, MatMut { data: s.cb, ld: qp });
 
             for i in 0..unit.heads {
                 let h = unit.first_head + i;
@@ -157,38 +182,47 @@ simd_fn! {
                     *v = ctx.dt[(t0 + t) * num_heads + h];
                 }
                 // Row t of M from seg[t, .], updated in place from row t - 1: seg[t, s] =
-                // seg[t - 1, s] + a_t for s < t, and seg[t, t] = 0.
+                // seg[t - 1, s] + a_t for s < t, and seg[t, t] = 0. Rows run to whole vectors
+                // (`w`): the entries past t are scratch that nothing reads (seg[s] for s > t is
+                // reset at step s), and it spares a scalar tail of `exp` on every row.
                 let mut cum = 0.0f32;
                 for t in 0..l {
                     let a_t = s.dt[t] * a_h;
                     cum += a_t;
                     s.cum[t] = cum;
-                    for v in &mut s.seg[..t] {
+                    let w = (t + 1).next_multiple_of(16);
+                    for v in &mut s.seg[..w] {
                         *v += a_t;
                     }
                     s.seg[t] = 0.0;
-                    let row = &mut s.m[t * q..t * q + t + 1];
-                    let cb_row = &s.cb[t * q..t * q + t + 1];
-                    for (((mv, &cbv), &sv), &dtv) in row.iter_mut().zip(cb_row).zip(&s.seg).zip(&s.dt) {
+                    let row = &mut s.m[t * qp..t * qp + w];
+                    let cb_row = &s.cb[t * qp..t * qp + w];
+                    let terms = cb_row.iter().zip(s.seg.iter()).zip(s.dt.iter());
+                    for (mv, ((&cbv, &sv), &dtv)) in row.iter_mut().zip(terms) {
                         *mv = cbv * exp(sv) * dtv;
                     }
                 }
 
                 let state = &mut s.states[i * n * p..(i + 1) * n * p];
-                let x_head = Mat { data: &ctx.x[t0 * hp + h * p..], ld: hp };
-                let m = Mat { data: &s.m, ld: q };
+                for (t, row) in s.x[..l * p].chunks_exact_mut(p).enumerate() {
+                    row.copy_from_slice(&ctx.x[(t0 + t) * hp + h * p..][..p]);
+                }
+                let x_head = Mat { data: s.x, ld: p };
+                let m = Mat { data: s.m, ld: qp };
                 if has_state {
                     let state_m = Mat { data: state, ld: p };
-                    gemm::<false>(l, p, n, c_chunk, state_m, MatMut { data: &mut s.y, ld: p });
-                    for (row, &cv) in s.y.chunks_exact_mut(p).zip(&s.cum[..l]) {
-                        let decay = exp(cv);
+                    gemm::<false>(l, p, n, c_chunk, state_m, MatMut { data: s.y, ld: p });
+                    for (f, &cv) in s.f.iter_mut().zip(s.cum.iter()) {
+                        *f = exp(cv);
+                    }
+                    for (row, &decay) in s.y[..l * p].chunks_exact_mut(p).zip(s.f.iter()) {
                         for v in row {
                             *v *= decay;
                         }
                     }
-                    gemm_lower_k::<true>(l, p, 0, m, x_head, MatMut { data: &mut s.y, ld: p });
+                    gemm_lower_k::<true>(l, p, 0, m, x_head, MatMut { data: s.y, ld: p });
                 } else {
-                    gemm_lower_k::<false>(l, p, 0, m, x_head, MatMut { data: &mut s.y, ld: p });
+                    gemm_lower_k::<false>(l, p, 0, m, x_head, MatMut { data: s.y, ld: p });
                 }
 
                 let d_h = ctx.d[h];
@@ -197,7 +231,7 @@ simd_fn! {
                     // SAFETY: this unit is the only one writing head h's columns of the sequence's
                     // rows, and this is the only live slice it holds.
                     let out = unsafe { y.range(at, p) };
-                    let x_row = &ctx.x[at..at + p];
+                    let x_row = &s.x[t * p..(t + 1) * p];
                     for ((o, &xv), &yv) in out.iter_mut().zip(x_row).zip(&s.y[t * p..(t + 1) * p]) {
                         *o = d_h.mul_add(xv, yv);
                     }
@@ -205,19 +239,27 @@ simd_fn! {
 
                 if carries {
                     // seg now holds seg[l - 1, .]: the decay from each token to the chunk's end.
-                    for t in 0..l {
-                        let w = exp(s.seg[t]) * s.dt[t];
-                        let x_row = &ctx.x[(t0 + t) * hp + h * p..][..p];
-                        for (o, &xv) in s.wx[t * p..(t + 1) * p].iter_mut().zip(x_row) {
+                    for ((f, &sv), &dtv) in s.f.iter_mut().zip(s.seg.iter()).zip(s.dt.iter()) {
+                        *f = exp(sv) * dtv;
+                    }
+                    for ((wx_row, x_row), &w) in
+                        s.wx[..l * p].chunks_exact_mut(p).zip(s.x.chunks_exact(p)).zip(s.f.iter())
+                    {
+                        for (o, &xv) in wx_row.iter_mut().zip(x_row) {
                             *o = w * xv;
                         }
                     }
-                    let decay = exp(s.cum[l - 1]);
-                    for v in state.iter_mut() {
-                        *v *= decay;
+                    let wx = Mat { data: s.wx, ld: p };
+                    if has_state {
+                        let decay = exp(s.cum[l - 1]);
+                        for v in state.iter_mut() {
+                            *v *= decay;
+                        }
+                        gemm::<true>(n, p, l, b_t, wx, MatMut { data: state, ld: p });
+                    } else {
+                        // The first chunk starts from the zero state: chains start from +0.
+                        gemm::<false>(n, p, l, b_t, wx, MatMut { data: state, ld: p });
                     }
-                    let wx = Mat { data: &s.wx, ld: p };
-                    gemm::<true>(n, p, l, b_t, wx, MatMut { data: state, ld: p });
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! The Mamba-2 selective state-space scan in its chunked SSD form, over packed variable-length
 //! sequences.
 //!
-//! Per head `h` (reading group `g = h / (H / G)`), channel `p` and state `n`, with the state zero at
-//! every sequence start:
-//! `s_t[p, n] = exp(dt_t[h] A[h]) s_{t-1}[p, n] + dt_t[h] B_t[g, n] x_t[h, p]` and
-//! `y_t[h, p] = sum_n C_t[g, n] s_t[p, n] + D[h] x_t[h, p]`.
+//! Per head `h` (reading group `g = h / (H / G)`), channel `p` and state `n`, with the state zero
+//! at every sequence start:
+//!
+//! * `s_t[p, n] = exp(dt_t[h] A[h]) s_{t-1}[p, n] + dt_t[h] B_t[g, n] x_t[h, p]`
+//! * `y_t[h, p] = sum_n C_t[g, n] s_t[p, n] + D[h] x_t[h, p]`
+//!
 //! See `cpu.rs` for how the chunked form evaluates it.
 
 mod cpu;
