@@ -21,5 +21,5 @@ pub mod weights;
 pub use batch::PackedBatch;
 pub use config::{BlockKind, NemotronHConfig};
 pub use error::{ForwardError, LoadError};
-pub use model::{LoadOptions, LoadProgress, NemotronH};
+pub use model::{BlockTimings, LoadOptions, LoadProgress, NemotronH};
 pub use pooling::Pooling;

@@ -2,13 +2,14 @@
 //! loaded only as deep as the deepest layer that will be asked for.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use marc_kernels::ops::norm::rms_norm;
 
 use crate::batch::PackedBatch;
 use crate::blocks::Mixer;
 use crate::checkpoint::{Checkpoint, layer_of};
-use crate::config::{NemotronHConfig, config_path};
+use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::{ForwardError, LoadError};
 use crate::weights::{EmbeddingTable, WeightLoader};
 
@@ -27,6 +28,25 @@ pub struct LoadProgress {
     pub done: u64,
     /// Bytes to consume.
     pub total: u64,
+}
+
+/// Wall time spent per block kind, summed over calls.
+#[derive(Clone, Debug, Default)]
+pub struct BlockTimings {
+    /// `(kind, total time, blocks run)` for each kind seen, in first-seen order.
+    pub by_kind: Vec<(BlockKind, Duration, usize)>,
+}
+
+impl BlockTimings {
+    fn add(&mut self, kind: BlockKind, elapsed: Duration) {
+        match self.by_kind.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some((_, total, count)) => {
+                *total += elapsed;
+                *count += 1;
+            }
+            None => self.by_kind.push((kind, elapsed, 1)),
+        }
+    }
 }
 
 struct Block {
@@ -118,6 +138,17 @@ impl NemotronH {
     /// order asked. Layer numbering is transformers' `hidden_states`: 0 = embeddings, `L` = output
     /// of block `L`, `num_layers` = after `norm_f`. Only blocks up to the deepest layer asked run.
     pub fn hidden_states(&self, batch: &PackedBatch, layers: &[usize]) -> Result<Vec<Vec<f32>>, ForwardError> {
+        self.hidden_states_timed(batch, layers, None)
+    }
+
+    /// Like [`NemotronH::hidden_states`], adding each block's wall time to `timings` by block kind
+    /// (for `marc bench --profile`).
+    pub fn hidden_states_timed(
+        &self,
+        batch: &PackedBatch,
+        layers: &[usize],
+        mut timings: Option<&mut BlockTimings>,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let deepest = layers.iter().copied().max().unwrap_or(0);
         if deepest > self.max_layer() {
             return Err(ForwardError::LayerNotLoaded {
@@ -138,10 +169,14 @@ impl NemotronH {
         let mut normed = vec![0.0f32; tokens * hidden];
         for layer in 0..=deepest {
             if layer > 0 {
+                let started = Instant::now();
                 let block = &self.blocks[layer - 1];
                 rms_norm(&h, &block.norm, self.config.norm_eps, &mut normed)?;
                 let mixed = block.mixer.forward(&normed, cu_seqlens)?;
                 marc_kernels::ops::activation::add_in_place(&mut h, &mixed);
+                if let Some(t) = timings.as_deref_mut() {
+                    t.add(self.config.blocks[layer - 1], started.elapsed());
+                }
             }
             if !layers.contains(&layer) {
                 continue;

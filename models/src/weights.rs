@@ -147,6 +147,37 @@ impl<'a> WeightLoader<'a> {
         })
     }
 
+    /// A Linear weight `[sum(parts), cols]` (and bias) split by output rows into one Linear per
+    /// part: a projection whose outputs feed different consumers (Mamba's `in_proj` -> z, xBC, dt)
+    /// then writes each part contiguously. Each output is computed exactly as unsplit.
+    pub(crate) fn linear_split<const N: usize>(
+        &mut self,
+        prefix: &str,
+        parts: [usize; N],
+        cols: usize,
+        bias: bool,
+    ) -> Result<[Linear; N], LoadError> {
+        let rows: usize = parts.iter().sum();
+        let t = self.fetch(&format!("{prefix}.weight"), &[rows, cols])?;
+        let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
+        let row_bytes = cols * float_dtype(&t)?.size_in_bytes();
+        let mut linears = Vec::with_capacity(N);
+        let mut first = 0;
+        for part in parts {
+            let slice = TensorRef {
+                bytes: &t.bytes[first * row_bytes..(first + part) * row_bytes],
+                ..t
+            };
+            linears.push(Linear {
+                weight: pack(&slice, part, cols)?,
+                bias: bias.as_ref().map(|b| b[first..first + part].to_vec()),
+            });
+            first += part;
+        }
+        let mut linears = linears.into_iter();
+        Ok(std::array::from_fn(|_| linears.next().expect("one Linear was pushed per part")))
+    }
+
     /// Routed expert `expert`'s `proj` (`up_proj` / `down_proj`) weight under `prefix`
     /// (`layers.N.mixer.experts`): NVIDIA's one tensor per expert, or transformers' stacked
     /// `[num_experts, rows, cols]` tensor.

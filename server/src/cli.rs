@@ -78,6 +78,9 @@ pub(crate) struct BenchArgs {
     /// Timed iterations per shape (after warm-up).
     #[arg(long, default_value_t = 20)]
     pub(crate) iterations: usize,
+    /// Also print the time spent per block kind.
+    #[arg(long)]
+    pub(crate) profile: bool,
     /// Write the results as JSON here too.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,

@@ -18,4 +18,4 @@ mod varlen;
 pub use attention::{AttentionShape, causal_attention};
 pub use causal_conv1d::causal_conv1d_silu;
 pub use seq_error::SeqOpError;
-pub use ssd_scan::{SsdShape, ssd_scan};
+pub use ssd_scan::{SsdShape, ssd_scan, ssd_scan_xbc};

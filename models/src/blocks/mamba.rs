@@ -6,7 +6,7 @@ use marc_kernels::KernelError;
 use marc_kernels::ops::activation::softplus;
 use marc_kernels::ops::causal_conv1d::causal_conv1d_silu;
 use marc_kernels::ops::norm::gated_group_rms_norm;
-use marc_kernels::ops::ssd_scan::{SsdShape, ssd_scan};
+use marc_kernels::ops::ssd_scan::{SsdShape, ssd_scan_xbc};
 
 use crate::config::MambaConfig;
 use crate::error::LoadError;
@@ -15,7 +15,10 @@ use crate::weights::{Linear, WeightLoader};
 pub(crate) struct Mamba {
     cfg: MambaConfig,
     eps: f32,
-    in_proj: Linear,
+    /// `in_proj` split by output rows into its three consumers, so each lands contiguous.
+    z_proj: Linear,
+    xbc_proj: Linear,
+    dt_proj: Linear,
     /// `[conv_dim, kernel]` (the checkpoint's `[conv_dim, 1, kernel]` without the unit axis).
     conv_weight: Vec<f32>,
     conv_bias: Option<Vec<f32>>,
@@ -36,90 +39,58 @@ impl Mamba {
         eps: f32,
     ) -> Result<Self, LoadError> {
         let heads = cfg.num_heads;
-        let conv_dim = cfg.conv_dim();
+        let (inner, conv_dim) = (cfg.intermediate_size(), cfg.conv_dim());
+        let [z_proj, xbc_proj, dt_proj] =
+            w.linear_split(&format!("{prefix}.in_proj"), [inner, conv_dim, heads], hidden, cfg.proj_bias)?;
         let a_log = w.vector(&format!("{prefix}.A_log"), &[heads])?;
         Ok(Self {
             cfg: cfg.clone(),
             eps,
-            in_proj: w.linear(&format!("{prefix}.in_proj"), cfg.in_proj_size(), hidden, cfg.proj_bias)?,
+            z_proj,
+            xbc_proj,
+            dt_proj,
             conv_weight: w.vector(&format!("{prefix}.conv1d.weight"), &[conv_dim, 1, cfg.conv_kernel])?,
             conv_bias: w.optional_vector(&format!("{prefix}.conv1d.bias"), conv_dim, cfg.conv_bias)?,
             a: a_log.iter().map(|v| -v.exp()).collect(),
             d: w.vector(&format!("{prefix}.D"), &[heads])?,
             dt_bias: w.vector(&format!("{prefix}.dt_bias"), &[heads])?,
-            norm: w.vector(&format!("{prefix}.norm.weight"), &[cfg.intermediate_size()])?,
-            out_proj: w.linear(
-                &format!("{prefix}.out_proj"),
-                hidden,
-                cfg.intermediate_size(),
-                cfg.proj_bias,
-            )?,
+            norm: w.vector(&format!("{prefix}.norm.weight"), &[inner])?,
+            out_proj: w.linear(&format!("{prefix}.out_proj"), hidden, inner, cfg.proj_bias)?,
         })
     }
 
     pub(crate) fn size_in_bytes(&self) -> usize {
-        self.in_proj.size_in_bytes() + self.out_proj.size_in_bytes() + 4 * self.conv_weight.len()
+        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj].iter().map(|l| l.size_in_bytes()).sum::<usize>()
+            + 4 * self.conv_weight.len()
     }
 
     pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Vec<f32>, KernelError> {
         let cfg = &self.cfg;
-        let tokens = x.len() / self.in_proj.weight.cols();
-        let (inner, conv_dim, heads) = (cfg.intermediate_size(), cfg.conv_dim(), cfg.num_heads);
-        let proj = self.in_proj.apply(x, tokens)?;
-
-        // Split each projected row into z, xBC and dt; dt is discretised on the way.
-        let mut z = Vec::with_capacity(tokens * inner);
-        let mut xbc = Vec::with_capacity(tokens * conv_dim);
-        let mut dt = Vec::with_capacity(tokens * heads);
-        for row in proj.chunks_exact(cfg.in_proj_size()) {
-            let (z_row, rest) = row.split_at(inner);
-            let (xbc_row, dt_row) = rest.split_at(conv_dim);
-            z.extend_from_slice(z_row);
-            xbc.extend_from_slice(xbc_row);
-            dt.extend(
-                dt_row
-                    .iter()
-                    .zip(&self.dt_bias)
-                    .map(|(v, bias)| softplus(v + bias).max(cfg.dt_min)),
-            );
+        let tokens = x.len() / self.z_proj.weight.cols();
+        let z = self.z_proj.apply(x, tokens)?;
+        let xbc = self.xbc_proj.apply(x, tokens)?;
+        let mut dt = self.dt_proj.apply(x, tokens)?;
+        for row in dt.chunks_exact_mut(cfg.num_heads) {
+            for (v, bias) in row.iter_mut().zip(&self.dt_bias) {
+                *v = softplus(*v + bias).max(cfg.dt_min);
+            }
         }
-        drop(proj);
 
         let mut conv = vec![0.0; xbc.len()];
-        causal_conv1d_silu(
-            &xbc,
-            cu_seqlens,
-            &self.conv_weight,
-            self.conv_bias.as_deref(),
-            cfg.conv_kernel,
-            &mut conv,
-        )?;
+        causal_conv1d_silu(&xbc, cu_seqlens, &self.conv_weight, self.conv_bias.as_deref(), cfg.conv_kernel, &mut conv)?;
         drop(xbc);
 
-        // The scan wants x, B and C as separate contiguous arrays.
-        let bc_width = cfg.n_groups * cfg.state_size;
-        let mut xs = Vec::with_capacity(tokens * inner);
-        let mut b = Vec::with_capacity(tokens * bc_width);
-        let mut c = Vec::with_capacity(tokens * bc_width);
-        for row in conv.chunks_exact(conv_dim) {
-            let (x_row, rest) = row.split_at(inner);
-            let (b_row, c_row) = rest.split_at(bc_width);
-            xs.extend_from_slice(x_row);
-            b.extend_from_slice(b_row);
-            c.extend_from_slice(c_row);
-        }
-        drop(conv);
-
         let shape = SsdShape {
-            num_heads: heads,
+            num_heads: cfg.num_heads,
             head_dim: cfg.head_dim,
             n_groups: cfg.n_groups,
             state_size: cfg.state_size,
             chunk_size: cfg.chunk_size,
         };
-        let mut y = vec![0.0; tokens * inner];
-        ssd_scan(&shape, cu_seqlens, &xs, &dt, &self.a, &b, &c, &self.d, &mut y)?;
-        gated_group_rms_norm(&mut y, &z, &self.norm, inner / cfg.n_groups, self.eps)?;
+        let mut y = vec![0.0; z.len()];
+        ssd_scan_xbc(&shape, cu_seqlens, &conv, &dt, &self.a, &self.d, &mut y)?;
+        drop(conv);
+        gated_group_rms_norm(&mut y, &z, &self.norm, cfg.intermediate_size() / cfg.n_groups, self.eps)?;
         self.out_proj.apply(&y, tokens)
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use marc_models::synthetic::{SyntheticDType, write_random_checkpoint};
-use marc_models::{LoadOptions, NemotronH, PackedBatch};
+use marc_models::{BlockTimings, LoadOptions, NemotronH, PackedBatch};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
@@ -73,9 +73,11 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for (sequences, length) in shapes {
         let batch = synthetic_batch(sequences, length, config.vocab_size);
         let mut times = Vec::with_capacity(args.iterations);
+        let mut timings = BlockTimings::default();
         for i in 0..WARMUP + args.iterations.max(1) {
             let started = Instant::now();
-            let states = model.hidden_state(&batch, layer)?;
+            let profile = (args.profile && i >= WARMUP).then_some(&mut timings);
+            let states = model.hidden_states_timed(&batch, &[layer], profile)?;
             std::hint::black_box(states);
             if i >= WARMUP {
                 times.push(started.elapsed().as_secs_f64() * 1e3);
@@ -99,6 +101,14 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             result.max_ms,
             result.tokens_per_second
         );
+        for (kind, total, count) in &timings.by_kind {
+            println!(
+                "{:>12} {:>11.2} ms per forward in {} {kind:?} blocks",
+                "",
+                total.as_secs_f64() * 1e3 / times.len() as f64,
+                count / times.len()
+            );
+        }
         results.push(result);
     }
     if let Some(path) = &args.json {

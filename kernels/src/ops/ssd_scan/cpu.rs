@@ -30,7 +30,11 @@ use crate::ops::varlen::{DisjointOut, carve, heads_per_unit, sequences_longest_f
 /// Validated operands shared by all units.
 struct Ctx<'a> {
     shape: SsdShape,
+    /// Row `t` of x starts at `x[t * x_stride]`.
     x: &'a [f32],
+    x_stride: usize,
+    /// Row `t` of B (and of C) starts at `b[t * bc_stride]` (`c[t * bc_stride]`).
+    bc_stride: usize,
     dt: &'a [f32],
     a: &'a [f32],
     b: &'a [f32],
@@ -48,12 +52,14 @@ struct Unit {
     heads: usize,
 }
 
-/// Arguments as validated by [`super::ssd_scan`].
+/// Arguments as validated by [`super::ssd_scan`]; x, B and C rows are `x_stride` and
+/// `bc_stride` floats apart.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn ssd_scan(
     shape: &SsdShape,
     cu_seqlens: &[usize],
-    x: &[f32],
+    (x, x_stride): (&[f32], usize),
+    bc_stride: usize,
     dt: &[f32],
     a: &[f32],
     b: &[f32],
@@ -82,6 +88,8 @@ pub(super) fn ssd_scan(
     let ctx = Ctx {
         shape: *shape,
         x,
+        x_stride,
+        bc_stride,
         dt,
         a,
         b,
@@ -156,7 +164,8 @@ simd_fn! {
         let SsdShape { num_heads, head_dim: p, n_groups, state_size: n, chunk_size } = ctx.shape;
         let q = chunk_size.min(unit.len);
         let qp = q.next_multiple_of(16);
-        let (gn, hp) = (n_groups * n, num_heads * p);
+        let (gn, hp) = (ctx.bc_stride, num_heads * p);
+        debug_assert!(gn >= n_groups * n);
         let g_off = unit.group * n;
         for c0 in (0..unit.len).step_by(q) {
             let l = q.min(unit.len - c0);
@@ -205,7 +214,7 @@ simd_fn! {
 
                 let state = &mut s.states[i * n * p..(i + 1) * n * p];
                 for (t, row) in s.x[..l * p].chunks_exact_mut(p).enumerate() {
-                    row.copy_from_slice(&ctx.x[(t0 + t) * hp + h * p..][..p]);
+                    row.copy_from_slice(&ctx.x[(t0 + t) * ctx.x_stride + h * p..][..p]);
                 }
                 let x_head = Mat { data: s.x, ld: p };
                 let m = Mat { data: s.m, ld: qp };

@@ -67,6 +67,44 @@ pub fn ssd_scan(
     varlen::check_len("c", c, bc_len)?;
     varlen::check_len("d", d, heads)?;
     varlen::check_len("y", y, x.len())?;
-    cpu::ssd_scan(shape, cu_seqlens, x, dt, a, b, c, d, y);
+    let bc_stride = groups * state;
+    cpu::ssd_scan(shape, cu_seqlens, (x, x_width), bc_stride, dt, a, b, c, d, y);
+    Ok(())
+}
+
+/// [`ssd_scan`] reading x, B and C straight from the causal convolution's output, as Mamba-2 lays
+/// it out: `xbc` is `[T, H * P + 2 * G * N]`, each row `[x | B | C]`. Saves splitting the
+/// convolution output into three arrays; the results are the same bits as [`ssd_scan`]'s.
+pub fn ssd_scan_xbc(
+    shape: &SsdShape,
+    cu_seqlens: &[usize],
+    xbc: &[f32],
+    dt: &[f32],
+    a: &[f32],
+    d: &[f32],
+    y: &mut [f32],
+) -> Result<(), SeqOpError> {
+    let heads = varlen::nonzero("num_heads", shape.num_heads)?;
+    let head_dim = varlen::nonzero("head_dim", shape.head_dim)?;
+    let groups = varlen::nonzero("n_groups", shape.n_groups)?;
+    let state = varlen::nonzero("state_size", shape.state_size)?;
+    varlen::nonzero("chunk_size", shape.chunk_size)?;
+    varlen::divide("num_heads", heads, "n_groups", groups)?;
+
+    let x_width = varlen::mul("x", heads, head_dim)?;
+    let bc_width = varlen::mul("b", groups, state)?;
+    let row = varlen::mul("xbc", bc_width, 2)?
+        .checked_add(x_width)
+        .ok_or(SeqOpError::Overflow { arg: "xbc" })?;
+    let tokens = varlen::token_count("xbc", xbc, row)?;
+    varlen::check_cu_seqlens(cu_seqlens, tokens, "xbc")?;
+    varlen::check_len("dt", dt, varlen::mul("dt", tokens, heads)?)?;
+    varlen::check_len("a", a, heads)?;
+    varlen::check_len("d", d, heads)?;
+    varlen::check_len("y", y, varlen::mul("y", tokens, x_width)?)?;
+    // Empty when there are no tokens.
+    let b = xbc.get(x_width..).unwrap_or_default();
+    let c = xbc.get(x_width + bc_width..).unwrap_or_default();
+    cpu::ssd_scan(shape, cu_seqlens, (xbc, row), row, dt, a, b, c, d, y);
     Ok(())
 }
