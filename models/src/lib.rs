@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod pooling;
+pub mod scratch;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;

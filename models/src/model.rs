@@ -11,6 +11,7 @@ use crate::blocks::Mixer;
 use crate::checkpoint::{Checkpoint, layer_of};
 use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::{ForwardError, LoadError};
+use crate::scratch;
 use crate::weights::{EmbeddingTable, WeightLoader};
 
 /// What to load.
@@ -161,12 +162,12 @@ impl NemotronH {
         let tokens = batch.num_tokens();
         let cu_seqlens = batch.cu_seqlens();
 
-        let mut h = vec![0.0f32; tokens * hidden];
+        let mut h = scratch::take(tokens * hidden);
         for (row, &id) in h.chunks_exact_mut(hidden).zip(batch.tokens()) {
             self.embeddings.row_into(id as usize, row);
         }
         let mut outputs: Vec<Option<Vec<f32>>> = vec![None; layers.len()];
-        let mut normed = vec![0.0f32; tokens * hidden];
+        let mut normed = scratch::take(tokens * hidden);
         for layer in 0..=deepest {
             if layer > 0 {
                 let started = Instant::now();
@@ -187,7 +188,7 @@ impl NemotronH {
                     rms_norm(&h, norm_f, self.config.norm_eps, &mut out)?;
                     out
                 }
-                _ => h.clone(),
+                _ => h.to_vec(),
             };
             for (slot, _) in outputs.iter_mut().zip(layers).filter(|(_, l)| **l == layer) {
                 *slot = Some(state.clone());

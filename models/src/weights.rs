@@ -8,6 +8,7 @@ use safetensors::Dtype;
 
 use crate::checkpoint::{Checkpoint, TensorRef};
 use crate::error::LoadError;
+use crate::scratch::{self, Buffer};
 
 /// Receives the number of checkpoint bytes consumed so far.
 pub type ProgressFn<'a> = dyn FnMut(u64) + 'a;
@@ -175,7 +176,9 @@ impl<'a> WeightLoader<'a> {
             first += part;
         }
         let mut linears = linears.into_iter();
-        Ok(std::array::from_fn(|_| linears.next().expect("one Linear was pushed per part")))
+        Ok(std::array::from_fn(|_| {
+            linears.next().expect("one Linear was pushed per part")
+        }))
     }
 
     /// Routed expert `expert`'s `proj` (`up_proj` / `down_proj`) weight under `prefix`
@@ -249,9 +252,9 @@ impl Linear {
         marc_kernels::matmul(x, m, &self.weight, self.bias.as_deref(), y)
     }
 
-    /// Like [`Linear::forward`], allocating the output.
-    pub fn apply(&self, x: &[f32], m: usize) -> Result<Vec<f32>, marc_kernels::KernelError> {
-        let mut y = vec![0.0; m * self.out_features()];
+    /// Like [`Linear::forward`], into a pooled buffer.
+    pub fn apply(&self, x: &[f32], m: usize) -> Result<Buffer, marc_kernels::KernelError> {
+        let mut y = scratch::take(m * self.out_features());
         self.forward(x, m, &mut y)?;
         Ok(y)
     }

@@ -6,6 +6,7 @@ use marc_kernels::ops::attention::{AttentionShape, causal_attention};
 
 use crate::config::AttentionConfig;
 use crate::error::LoadError;
+use crate::scratch::{self, Buffer};
 use crate::weights::{Linear, WeightLoader};
 
 pub(crate) struct Attention {
@@ -46,12 +47,12 @@ impl Attention {
             .sum()
     }
 
-    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Vec<f32>, KernelError> {
+    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Buffer, KernelError> {
         let tokens = x.len() / self.q.weight.cols();
         let q = self.q.apply(x, tokens)?;
         let k = self.k.apply(x, tokens)?;
         let v = self.v.apply(x, tokens)?;
-        let mut context = vec![0.0; q.len()];
+        let mut context = scratch::take(q.len());
         causal_attention(&self.shape, cu_seqlens, &q, &k, &v, &mut context)?;
         self.o.apply(&context, tokens)
     }

@@ -10,6 +10,7 @@ use marc_kernels::ops::ssd_scan::{SsdShape, ssd_scan_xbc};
 
 use crate::config::MambaConfig;
 use crate::error::LoadError;
+use crate::scratch::{self, Buffer};
 use crate::weights::{Linear, WeightLoader};
 
 pub(crate) struct Mamba {
@@ -40,8 +41,12 @@ impl Mamba {
     ) -> Result<Self, LoadError> {
         let heads = cfg.num_heads;
         let (inner, conv_dim) = (cfg.intermediate_size(), cfg.conv_dim());
-        let [z_proj, xbc_proj, dt_proj] =
-            w.linear_split(&format!("{prefix}.in_proj"), [inner, conv_dim, heads], hidden, cfg.proj_bias)?;
+        let [z_proj, xbc_proj, dt_proj] = w.linear_split(
+            &format!("{prefix}.in_proj"),
+            [inner, conv_dim, heads],
+            hidden,
+            cfg.proj_bias,
+        )?;
         let a_log = w.vector(&format!("{prefix}.A_log"), &[heads])?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -60,11 +65,14 @@ impl Mamba {
     }
 
     pub(crate) fn size_in_bytes(&self) -> usize {
-        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj].iter().map(|l| l.size_in_bytes()).sum::<usize>()
+        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj]
+            .iter()
+            .map(|l| l.size_in_bytes())
+            .sum::<usize>()
             + 4 * self.conv_weight.len()
     }
 
-    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Vec<f32>, KernelError> {
+    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Buffer, KernelError> {
         let cfg = &self.cfg;
         let tokens = x.len() / self.z_proj.weight.cols();
         let z = self.z_proj.apply(x, tokens)?;
@@ -76,8 +84,15 @@ impl Mamba {
             }
         }
 
-        let mut conv = vec![0.0; xbc.len()];
-        causal_conv1d_silu(&xbc, cu_seqlens, &self.conv_weight, self.conv_bias.as_deref(), cfg.conv_kernel, &mut conv)?;
+        let mut conv = scratch::take(xbc.len());
+        causal_conv1d_silu(
+            &xbc,
+            cu_seqlens,
+            &self.conv_weight,
+            self.conv_bias.as_deref(),
+            cfg.conv_kernel,
+            &mut conv,
+        )?;
         drop(xbc);
 
         let shape = SsdShape {
@@ -87,7 +102,7 @@ impl Mamba {
             state_size: cfg.state_size,
             chunk_size: cfg.chunk_size,
         };
-        let mut y = vec![0.0; z.len()];
+        let mut y = scratch::take(z.len());
         ssd_scan_xbc(&shape, cu_seqlens, &conv, &dt, &self.a, &self.d, &mut y)?;
         drop(conv);
         gated_group_rms_norm(&mut y, &z, &self.norm, cfg.intermediate_size() / cfg.n_groups, self.eps)?;

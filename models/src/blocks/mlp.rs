@@ -4,6 +4,7 @@ use marc_kernels::KernelError;
 use marc_kernels::ops::activation::relu2_in_place;
 
 use crate::error::LoadError;
+use crate::scratch::Buffer;
 use crate::weights::{Linear, WeightLoader};
 
 pub(crate) struct Mlp {
@@ -36,7 +37,7 @@ impl Mlp {
     }
 
     /// `x`: `[m, width]` -> `[m, width]`.
-    pub(crate) fn forward(&self, x: &[f32]) -> Result<Vec<f32>, KernelError> {
+    pub(crate) fn forward(&self, x: &[f32]) -> Result<Buffer, KernelError> {
         let m = x.len() / self.up.weight.cols();
         let mut h = self.up.apply(x, m)?;
         relu2_in_place(&mut h);

@@ -11,6 +11,7 @@ use marc_kernels::KernelError;
 
 use crate::config::{BlockKind, NemotronHConfig};
 use crate::error::LoadError;
+use crate::scratch::Buffer;
 use crate::weights::WeightLoader;
 
 /// One block's mixer.
@@ -51,7 +52,7 @@ impl Mixer {
     }
 
     /// Runs the mixer on `x` `[tokens, hidden]` whose sequences are delimited by `cu_seqlens`.
-    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Vec<f32>, KernelError> {
+    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Buffer, KernelError> {
         match self {
             Self::Mamba(m) => m.forward(x, cu_seqlens),
             Self::Attention(a) => a.forward(x, cu_seqlens),

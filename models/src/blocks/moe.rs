@@ -7,10 +7,12 @@
 
 use marc_kernels::ops::activation::sigmoid;
 use marc_kernels::{KernelError, PackedMatrix};
+use rayon::prelude::*;
 
 use super::mlp::Mlp;
 use crate::config::MoeConfig;
 use crate::error::LoadError;
+use crate::scratch::{self, Buffer};
 use crate::weights::{Linear, WeightLoader};
 
 pub(crate) struct Moe {
@@ -100,12 +102,12 @@ impl Moe {
             + latent
     }
 
-    pub(crate) fn forward(&self, x: &[f32]) -> Result<Vec<f32>, KernelError> {
+    pub(crate) fn forward(&self, x: &[f32]) -> Result<Buffer, KernelError> {
         let hidden = self.router.cols();
         let tokens = x.len() / hidden;
         let top_k = self.cfg.top_k;
 
-        let mut scores = vec![0.0; tokens * self.cfg.num_experts];
+        let mut scores = scratch::take(tokens * self.cfg.num_experts);
         marc_kernels::matmul(x, tokens, &self.router, None, &mut scores)?;
         let routes: Vec<Route> = scores
             .chunks_exact_mut(self.cfg.num_experts)
@@ -132,18 +134,24 @@ impl Moe {
                 assignments[e].push((t, slot));
             }
         }
-        let mut slots = vec![0.0; tokens * top_k * width];
-        let mut gathered = Vec::new();
-        for (expert, assigned) in self.experts.iter().zip(&assignments) {
-            if assigned.is_empty() {
-                continue;
-            }
-            gathered.clear();
-            for &(t, _) in assigned {
-                gathered.extend_from_slice(&expert_input[t * width..(t + 1) * width]);
-            }
-            let out = expert.forward(&gathered)?;
-            for (row, &(t, slot)) in out.chunks_exact(width).zip(assigned) {
+        // Experts run concurrently: at small batches each has a handful of rows, and one parallel
+        // region over experts costs far less than a synchronised GEMM per expert. Each expert's
+        // rows are computed the same way whichever thread runs it.
+        let outputs = assignments
+            .par_iter()
+            .enumerate()
+            .filter(|(_, assigned)| !assigned.is_empty())
+            .map(|(e, assigned)| {
+                let mut gathered = scratch::take(assigned.len() * width);
+                for (row, &(t, _)) in gathered.chunks_exact_mut(width).zip(assigned) {
+                    row.copy_from_slice(&expert_input[t * width..(t + 1) * width]);
+                }
+                Ok((e, self.experts[e].forward(&gathered)?))
+            })
+            .collect::<Result<Vec<_>, KernelError>>()?;
+        let mut slots = scratch::take(tokens * top_k * width);
+        for (e, out) in &outputs {
+            for (row, &(t, slot)) in out.chunks_exact(width).zip(&assignments[*e]) {
                 let weight = routes[t].weights[slot];
                 let dst = &mut slots[(t * top_k + slot) * width..][..width];
                 for (d, v) in dst.iter_mut().zip(row) {
@@ -151,7 +159,7 @@ impl Moe {
                 }
             }
         }
-        let mut routed = vec![0.0; tokens * width];
+        let mut routed = scratch::take_zeroed(tokens * width);
         for (acc, token_slots) in routed.chunks_exact_mut(width).zip(slots.chunks_exact(top_k * width)) {
             for slot in token_slots.chunks_exact(width) {
                 marc_kernels::ops::activation::add_in_place(acc, slot);
