@@ -153,3 +153,45 @@ fn truncated_load_matches_full_model() {
     );
     assert!(cut.hidden_state(&batch, middle + 1).is_err());
 }
+
+/// A model cut at a middle layer never opens the shards that hold only deeper layers: here the
+/// last shard is replaced by garbage and the cut model still loads and matches the reference.
+#[test]
+fn truncated_load_never_reads_deeper_shards() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/moe_bf16_legacy");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("model-00003-of-00003.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
+    // Shard 2 holds layers 2..=5 (block indices), shard 3 layers 5..; hidden state 4 = output of block 3.
+    let cut = NemotronH::load(dir.path(), LoadOptions { max_layer: Some(4) }).unwrap();
+    let reference = read_reference(&source, cut.config().num_layers() + 1);
+    let (ids, expected) = &reference[1];
+    let got = cut.hidden_state(&PackedBatch::from_sequences(&[ids]), 4).unwrap();
+    assert!(relative_l2(&got, &expected[4]) <= TOLERANCE);
+    // Asking for the full depth reaches the broken shard and names it.
+    let err = NemotronH::load(dir.path(), LoadOptions::default()).err().unwrap();
+    assert!(err.to_string().contains("model-00003-of-00003.safetensors"), "{err}");
+}
+
+/// bf16 weights stay bf16 in memory: the loaded model is no larger than its checkpoint.
+#[test]
+fn bf16_weights_are_not_widened_in_memory() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let model = NemotronH::load(&case, LoadOptions::default()).unwrap();
+    let on_disk = std::fs::metadata(case.join("model.safetensors")).unwrap().len() as usize;
+    // The checkpoint also holds lm_head ([vocab, hidden] bf16), which the engine never loads.
+    let lm_head = model.config().vocab_size * model.hidden_size() * 2;
+    let loaded = model.weight_bytes();
+    assert!(
+        loaded as f64 <= (on_disk - lm_head) as f64 * 1.1,
+        "{loaded} bytes in memory for {} bytes of bf16 weights",
+        on_disk - lm_head
+    );
+}
