@@ -50,25 +50,13 @@ pub fn ssd_scan(
     d: &[f32],
     y: &mut [f32],
 ) -> Result<(), SeqOpError> {
-    let heads = varlen::nonzero("num_heads", shape.num_heads)?;
-    let head_dim = varlen::nonzero("head_dim", shape.head_dim)?;
-    let groups = varlen::nonzero("n_groups", shape.n_groups)?;
-    let state = varlen::nonzero("state_size", shape.state_size)?;
-    varlen::nonzero("chunk_size", shape.chunk_size)?;
-    varlen::divide("num_heads", heads, "n_groups", groups)?;
-
-    let x_width = varlen::mul("x", heads, head_dim)?;
-    let tokens = varlen::token_count("x", x, x_width)?;
-    varlen::check_cu_seqlens(cu_seqlens, tokens, "x")?;
-    varlen::check_len("dt", dt, varlen::mul("dt", tokens, heads)?)?;
-    varlen::check_len("a", a, heads)?;
-    let bc_len = varlen::mul("b", tokens, varlen::mul("b", groups, state)?)?;
+    let widths = Widths::of(shape)?;
+    let tokens = varlen::token_count("x", x, widths.x)?;
+    widths.check_common(cu_seqlens, tokens, "x", dt, a, d, y)?;
+    let bc_len = varlen::mul("b", tokens, widths.bc)?;
     varlen::check_len("b", b, bc_len)?;
     varlen::check_len("c", c, bc_len)?;
-    varlen::check_len("d", d, heads)?;
-    varlen::check_len("y", y, x.len())?;
-    let bc_stride = groups * state;
-    cpu::ssd_scan(shape, cu_seqlens, (x, x_width), bc_stride, dt, a, b, c, d, y);
+    cpu::ssd_scan(shape, cu_seqlens, (x, widths.x), widths.bc, dt, a, b, c, d, y);
     Ok(())
 }
 
@@ -84,27 +72,96 @@ pub fn ssd_scan_xbc(
     d: &[f32],
     y: &mut [f32],
 ) -> Result<(), SeqOpError> {
-    let heads = varlen::nonzero("num_heads", shape.num_heads)?;
-    let head_dim = varlen::nonzero("head_dim", shape.head_dim)?;
-    let groups = varlen::nonzero("n_groups", shape.n_groups)?;
-    let state = varlen::nonzero("state_size", shape.state_size)?;
-    varlen::nonzero("chunk_size", shape.chunk_size)?;
-    varlen::divide("num_heads", heads, "n_groups", groups)?;
-
-    let x_width = varlen::mul("x", heads, head_dim)?;
-    let bc_width = varlen::mul("b", groups, state)?;
-    let row = varlen::mul("xbc", bc_width, 2)?
-        .checked_add(x_width)
+    let widths = Widths::of(shape)?;
+    let row = varlen::mul("xbc", widths.bc, 2)?
+        .checked_add(widths.x)
         .ok_or(SeqOpError::Overflow { arg: "xbc" })?;
     let tokens = varlen::token_count("xbc", xbc, row)?;
-    varlen::check_cu_seqlens(cu_seqlens, tokens, "xbc")?;
-    varlen::check_len("dt", dt, varlen::mul("dt", tokens, heads)?)?;
-    varlen::check_len("a", a, heads)?;
-    varlen::check_len("d", d, heads)?;
-    varlen::check_len("y", y, varlen::mul("y", tokens, x_width)?)?;
+    widths.check_common(cu_seqlens, tokens, "xbc", dt, a, d, y)?;
     // Empty when there are no tokens.
-    let b = xbc.get(x_width..).unwrap_or_default();
-    let c = xbc.get(x_width + bc_width..).unwrap_or_default();
+    let b = xbc.get(widths.x..).unwrap_or_default();
+    let c = xbc.get(widths.x + widths.bc..).unwrap_or_default();
     cpu::ssd_scan(shape, cu_seqlens, (xbc, row), row, dt, a, b, c, d, y);
     Ok(())
+}
+
+/// Row widths implied by a validated shape.
+struct Widths {
+    heads: usize,
+    /// `H * P`: x and y.
+    x: usize,
+    /// `G * N`: B and C.
+    bc: usize,
+}
+
+impl Widths {
+    fn of(shape: &SsdShape) -> Result<Self, SeqOpError> {
+        let heads = varlen::nonzero("num_heads", shape.num_heads)?;
+        let head_dim = varlen::nonzero("head_dim", shape.head_dim)?;
+        let groups = varlen::nonzero("n_groups", shape.n_groups)?;
+        let state = varlen::nonzero("state_size", shape.state_size)?;
+        varlen::nonzero("chunk_size", shape.chunk_size)?;
+        varlen::divide("num_heads", heads, "n_groups", groups)?;
+        Ok(Self {
+            heads,
+            x: varlen::mul("x", heads, head_dim)?,
+            bc: varlen::mul("b", groups, state)?,
+        })
+    }
+
+    /// The checks both entry points share, once the token count is known from `source`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_common(
+        &self,
+        cu_seqlens: &[usize],
+        tokens: usize,
+        source: &'static str,
+        dt: &[f32],
+        a: &[f32],
+        d: &[f32],
+        y: &[f32],
+    ) -> Result<(), SeqOpError> {
+        varlen::check_cu_seqlens(cu_seqlens, tokens, source)?;
+        varlen::check_len("dt", dt, varlen::mul("dt", tokens, self.heads)?)?;
+        varlen::check_len("a", a, self.heads)?;
+        varlen::check_len("d", d, self.heads)?;
+        varlen::check_len("y", y, varlen::mul("y", tokens, self.x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading x, B and C out of the conv output gives exactly the bits of the split arrays.
+    #[test]
+    fn xbc_layout_matches_split_arrays_bitwise() {
+        let shape = SsdShape {
+            num_heads: 4,
+            head_dim: 8,
+            n_groups: 2,
+            state_size: 4,
+            chunk_size: 5,
+        };
+        let (x_w, bc_w) = (32, 8);
+        let row = x_w + 2 * bc_w;
+        let cu = [0, 7, 19];
+        let tokens = 19;
+        let value = |i: usize| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0;
+        let xbc: Vec<f32> = (0..tokens * row).map(value).collect();
+        let dt: Vec<f32> = (0..tokens * 4).map(|i| 0.01 + (i % 7) as f32 / 50.0).collect();
+        let (a, d) = ([-0.5, -1.0, -2.0, -0.1], [1.0, 0.5, -0.5, 2.0]);
+        let split = |from: usize, width: usize| -> Vec<f32> {
+            xbc.chunks_exact(row)
+                .flat_map(|r| r[from..from + width].to_vec())
+                .collect()
+        };
+        let (x, b, c) = (split(0, x_w), split(x_w, bc_w), split(x_w + bc_w, bc_w));
+        let mut y_split = vec![0.0; tokens * x_w];
+        ssd_scan(&shape, &cu, &x, &dt, &a, &b, &c, &d, &mut y_split).unwrap();
+        let mut y_xbc = vec![0.0; tokens * x_w];
+        ssd_scan_xbc(&shape, &cu, &xbc, &dt, &a, &d, &mut y_xbc).unwrap();
+        assert!(y_split.iter().zip(&y_xbc).all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert!(ssd_scan_xbc(&shape, &cu, &xbc[..row * 18], &dt, &a, &d, &mut y_xbc).is_err());
+    }
 }
