@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn bench_config_parses_with_bare_infinity() {
-        let text = include_str!("../../../shared/reference/bench-150m.config.json");
+        let text = include_str!("../configs/bench-150m.json");
         let config = parse(text).unwrap();
         assert_eq!(config.pattern(), "ME*M-EME*M-E");
         assert_eq!(config.mamba.in_proj_size(), 2048 + 2560 + 32);
