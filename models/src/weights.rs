@@ -175,7 +175,9 @@ impl<'a> WeightLoader<'a> {
             first += part;
         }
         let mut linears = linears.into_iter();
-        Ok(std::array::from_fn(|_| linears.next().expect("one Linear was pushed per part")))
+        Ok(std::array::from_fn(|_| {
+            linears.next().expect("one Linear was pushed per part")
+        }))
     }
 
     /// Routed expert `expert`'s `proj` (`up_proj` / `down_proj`) weight under `prefix`

@@ -40,8 +40,12 @@ impl Mamba {
     ) -> Result<Self, LoadError> {
         let heads = cfg.num_heads;
         let (inner, conv_dim) = (cfg.intermediate_size(), cfg.conv_dim());
-        let [z_proj, xbc_proj, dt_proj] =
-            w.linear_split(&format!("{prefix}.in_proj"), [inner, conv_dim, heads], hidden, cfg.proj_bias)?;
+        let [z_proj, xbc_proj, dt_proj] = w.linear_split(
+            &format!("{prefix}.in_proj"),
+            [inner, conv_dim, heads],
+            hidden,
+            cfg.proj_bias,
+        )?;
         let a_log = w.vector(&format!("{prefix}.A_log"), &[heads])?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -60,7 +64,10 @@ impl Mamba {
     }
 
     pub(crate) fn size_in_bytes(&self) -> usize {
-        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj].iter().map(|l| l.size_in_bytes()).sum::<usize>()
+        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj]
+            .iter()
+            .map(|l| l.size_in_bytes())
+            .sum::<usize>()
             + 4 * self.conv_weight.len()
     }
 
@@ -77,7 +84,14 @@ impl Mamba {
         }
 
         let mut conv = vec![0.0; xbc.len()];
-        causal_conv1d_silu(&xbc, cu_seqlens, &self.conv_weight, self.conv_bias.as_deref(), cfg.conv_kernel, &mut conv)?;
+        causal_conv1d_silu(
+            &xbc,
+            cu_seqlens,
+            &self.conv_weight,
+            self.conv_bias.as_deref(),
+            cfg.conv_kernel,
+            &mut conv,
+        )?;
         drop(xbc);
 
         let shape = SsdShape {

@@ -1,7 +1,8 @@
 //! Every ISA path this CPU runs gives the same bits as the scalar path.
 
+use super::MatmulPrecision;
 use super::cpu::{self, CpuIsa};
-use super::packed::PackedMatrix;
+use super::packed::{Layout, PackedMatrix};
 use crate::dtype::WeightDType;
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -24,7 +25,7 @@ fn packed(dtype: WeightDType, n: usize, k: usize, seed: u32) -> PackedMatrix {
         WeightDType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
         WeightDType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
     };
-    PackedMatrix::from_bytes(dtype, n, k, &bytes).unwrap()
+    PackedMatrix::from_bytes_in(Layout::Panels, dtype, n, k, &bytes).unwrap()
 }
 
 #[test]
@@ -50,10 +51,18 @@ fn isa_paths_agree_bitwise() {
             let x = values(m * k, 4);
             let bias = values(n, 5);
             let mut want = vec![0.0; m * n];
-            cpu::matmul(CpuIsa::Scalar, &x, m, &w, Some(&bias), &mut want);
+            cpu::matmul(
+                CpuIsa::Scalar,
+                MatmulPrecision::Exact,
+                &x,
+                m,
+                &w,
+                Some(&bias),
+                &mut want,
+            );
             for &isa in &isas {
                 let mut got = vec![f32::NAN; m * n];
-                cpu::matmul(isa, &x, m, &w, Some(&bias), &mut got);
+                cpu::matmul(isa, MatmulPrecision::Exact, &x, m, &w, Some(&bias), &mut got);
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{isa:?} {dtype} m={m} n={n} k={k} at {i}");
                 }
