@@ -203,10 +203,13 @@ unsafe fn kernel<const R: usize, const P: usize>(
                 if R == 2 {
                     load!("tmm5", a0.add(a_stride + part * TILE));
                 }
+                // B0 first, so that tmm4 is free (for the next part) two ops before the end.
                 dp!("tmm0", "tmm4", "tmm6");
-                dp!("tmm1", "tmm4", "tmm7");
                 if R == 2 {
                     dp!("tmm2", "tmm5", "tmm6");
+                }
+                dp!("tmm1", "tmm4", "tmm7");
+                if R == 2 {
                     dp!("tmm3", "tmm5", "tmm7");
                 }
             }
