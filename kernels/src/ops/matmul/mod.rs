@@ -5,20 +5,22 @@
 //! hands over to the CPU implementation (`cpu.rs`, with one micro-kernel file per ISA).
 //!
 //! Results are bitwise reproducible: row `i` of `y` depends only on row `i` of `x`, never on
-//! `m`, on where the row sits in the batch, on the thread count or on the ISA path taken
-//! (see `cpu.rs` for how).
+//! `m`, on where the row sits in the batch or on the thread count (see `cpu.rs` and `amx.rs`
+//! for how). The AVX-512, AVX2 and scalar paths also give each other's bits; the AMX path
+//! (bf16 weights on CPUs with AMX, the default there) sums in its own fixed order.
 //!
 //! Layout of the CPU implementation:
 //! - `packed.rs`: [`PackedMatrix`], weights in 32-column k-major panels, in their own dtype.
 //! - `xpack.rs`: x packed into k-major tiles of `MR` rows.
-//! - `cpu.rs`: ISA choice (runtime detection; `MARC_MATMUL_ISA=avx2|scalar` forces a slower
-//!   path), cache blocking and the rayon split.
+//! - `cpu.rs`: ISA choice (runtime detection; `MARC_MATMUL_ISA=avx512|avx2|scalar` forces a
+//!   slower path), cache blocking and the rayon split.
+//! - `amx.rs`: the AMX path for bf16 weights (own packing of x and weights, own split).
 //! - `avx512.rs` (12 x 32 register tile), `avx2.rs` (6 x 16), `scalar.rs` (`f32::mul_add`).
 //!
 //! There is deliberately no bf16-activation mode built on `vdpbf16ps`: on the Sapphire Rapids
 //! machines this was written on, `vdpbf16ps zmm` issues one per ~2 cycles (measured: ~110
 //! GFLOP/s per core against ~240 for f32 `vfmadd231ps`), so it would be slower than the exact
-//! f32 path it was meant to speed up. A faster bf16 mode on these CPUs would need AMX.
+//! f32 path it was meant to speed up. The opt-in bf16 mode ([`MatmulPrecision`]) is AMX only.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
