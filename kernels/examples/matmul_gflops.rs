@@ -1,17 +1,23 @@
 //! Best-of-N GFLOP/s of `matmul` on the bench shapes: a quick, noise-robust check while tuning
 //! on a shared machine (criterion's `benches/matmul.rs` is the reference measurement).
 //!
-//! `cargo run -p marc-kernels --release --example matmul_gflops [threads] [reps]`
+//! `cargo run -p marc-kernels --release --example matmul_gflops [threads] [reps] [name filter]`
+//!
+//! `SHAPE=m,k,n` runs one shape; `PRECISION=bf16` selects `MatmulPrecision::Bf16Activations`
+//! (AMX path only); `MARC_MATMUL_ISA=avx512` forces the AVX-512 path.
 
 use std::time::Instant;
 
-use marc_kernels::{PackedMatrix, WeightDType, matmul};
+use marc_kernels::{MatmulPrecision, PackedMatrix, WeightDType, matmul, set_matmul_precision};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let threads: usize = args.next().map_or(2, |a| a.parse().expect("threads"));
     let reps: usize = args.next().map_or(20, |a| a.parse().expect("reps"));
     let only: Option<String> = args.next();
+    if std::env::var("PRECISION").is_ok_and(|p| p == "bf16") {
+        set_matmul_precision(MatmulPrecision::Bf16Activations);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -22,7 +28,8 @@ fn main() {
     });
     let default_shapes = [
         (1, 1024, 1024),
-        (32, 1024, 4432),
+        (4, 512, 512),
+        (32, 1024, 4640),
         (2048, 1024, 2816),
         (2048, 2816, 1024),
         (512, 512, 512),

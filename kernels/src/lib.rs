@@ -12,4 +12,6 @@ pub mod ops;
 
 pub use dtype::WeightDType;
 pub use error::KernelError;
-pub use ops::matmul::{PackedMatrix, matmul};
+pub use ops::matmul::{
+    MatmulPrecision, PackedMatrix, matmul, matmul_precision, matmul_with_precision, set_matmul_precision,
+};

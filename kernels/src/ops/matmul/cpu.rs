@@ -17,7 +17,8 @@ use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::packed::{NR, PackedMatrix};
+use super::MatmulPrecision;
+use super::packed::{Layout, NR, PackedMatrix};
 use super::xpack::pack_x;
 use crate::dtype::WeightDType;
 
@@ -53,12 +54,17 @@ pub(crate) enum CpuIsa {
     /// AVX-512F.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx512,
+    /// AMX-TILE + AMX-BF16 for bf16 weights (packed in [`Layout::AmxBf16`]); AVX-512F for
+    /// the others.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Amx,
 }
 
 impl CpuIsa {
     /// The path [`crate::matmul`] takes, chosen once: the best this CPU runs, or the one named
-    /// by `MARC_MATMUL_ISA` (`avx512`, `avx2` or `scalar`) if this CPU runs it. Forcing a
-    /// slower path is for benchmarking and debugging; results are the same bits either way.
+    /// by `MARC_MATMUL_ISA` (`amx`, `avx512`, `avx2` or `scalar`) if this CPU runs it. Forcing
+    /// a slower path is for benchmarking and debugging. The non-AMX paths give the same bits;
+    /// AMX (bf16 weights only) sums in another fixed order, so its bits differ from theirs.
     pub(crate) fn detected() -> CpuIsa {
         static ISA: OnceLock<CpuIsa> = OnceLock::new();
         *ISA.get_or_init(|| {
@@ -66,6 +72,7 @@ impl CpuIsa {
                 std::env::var("MARC_MATMUL_ISA")
                     .ok()
                     .and_then(|name| match name.to_ascii_lowercase().as_str() {
+                        "amx" => Some(CpuIsa::Amx),
                         "avx512" => Some(CpuIsa::Avx512),
                         "avx2" => Some(CpuIsa::Avx2),
                         "scalar" => Some(CpuIsa::Scalar),
@@ -73,7 +80,7 @@ impl CpuIsa {
                     });
             forced
                 .into_iter()
-                .chain([CpuIsa::Avx512, CpuIsa::Avx2])
+                .chain([CpuIsa::Amx, CpuIsa::Avx512, CpuIsa::Avx2])
                 .find(|isa| isa.is_available())
                 .unwrap_or(CpuIsa::Scalar)
         })
@@ -89,6 +96,8 @@ impl CpuIsa {
             }
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Amx => super::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -165,11 +174,11 @@ pub(super) trait Isa {
 
 /// A raw pointer that tasks share; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 
 impl SharedMut {
     /// The pointer. (A method, so that closures capture the `Send` wrapper, not the field.)
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -180,11 +189,29 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 /// `y = x · wᵀ (+ bias)` on the CPU with the given ISA path; arguments are already validated.
-pub(crate) fn matmul(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
+///
+/// Weights in the AMX layout need `isa == Amx`; `precision` matters only for them (the other
+/// paths are exact f32 FMA chains).
+pub(crate) fn matmul(
+    isa: CpuIsa,
+    precision: MatmulPrecision,
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     assert!(isa.is_available(), "{isa:?} is not supported by this CPU");
     if m == 0 {
         return;
     }
+    if w.layout() == Layout::AmxBf16 {
+        assert_eq!(isa, CpuIsa::Amx, "weights packed for AMX need the AMX path");
+        #[cfg(target_arch = "x86_64")]
+        super::amx::run(precision, x, m, w, bias, y);
+        return;
+    }
+    let _ = precision;
     match w.dtype() {
         WeightDType::F32 => by_isa::<f32>(isa, x, m, w, bias, y),
         WeightDType::BF16 => by_isa::<half::bf16>(isa, x, m, w, bias, y),
@@ -198,7 +225,7 @@ fn by_isa<W: Weight>(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: O
         #[cfg(target_arch = "x86_64")]
         CpuIsa::Avx2 => run::<super::avx2::Avx2, W>(x, m, w, bias, y),
         #[cfg(target_arch = "x86_64")]
-        CpuIsa::Avx512 => run::<super::avx512::Avx512, W>(x, m, w, bias, y),
+        CpuIsa::Avx512 | CpuIsa::Amx => run::<super::avx512::Avx512, W>(x, m, w, bias, y),
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("checked by is_available"),
     }
@@ -347,10 +374,11 @@ static X_POOL: Mutex<Vec<Vec<Aligned>>> = Mutex::new(Vec::new());
 const X_POOL_MAX: usize = 4;
 
 /// A buffer taken from [`X_POOL`], returned on drop.
-struct PooledBuf(Vec<Aligned>);
+pub(super) struct PooledBuf(Vec<Aligned>);
 
 impl PooledBuf {
-    fn take(len: usize) -> Self {
+    /// A buffer of at least `len` f32 from the pool (or a fresh one).
+    pub(super) fn take(len: usize) -> Self {
         let mut pool = X_POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The largest buffer, so that a small call does not strand a big one.
         let best = (0..pool.len()).max_by_key(|&i| pool[i].len());
@@ -360,7 +388,8 @@ impl PooledBuf {
         buf
     }
 
-    fn slice(&mut self, len: usize) -> &mut [f32] {
+    /// The first `len` f32 of the buffer, 64-byte aligned (grown if needed).
+    pub(super) fn slice(&mut self, len: usize) -> &mut [f32] {
         aligned(&mut self.0, len)
     }
 }

@@ -5,21 +5,25 @@
 //! hands over to the CPU implementation (`cpu.rs`, with one micro-kernel file per ISA).
 //!
 //! Results are bitwise reproducible: row `i` of `y` depends only on row `i` of `x`, never on
-//! `m`, on where the row sits in the batch, on the thread count or on the ISA path taken
-//! (see `cpu.rs` for how).
+//! `m`, on where the row sits in the batch or on the thread count (see `cpu.rs` and `amx.rs`
+//! for how). The AVX-512, AVX2 and scalar paths also give each other's bits; the AMX path
+//! (bf16 weights on CPUs with AMX, the default there) sums in its own fixed order.
 //!
 //! Layout of the CPU implementation:
 //! - `packed.rs`: [`PackedMatrix`], weights in 32-column k-major panels, in their own dtype.
 //! - `xpack.rs`: x packed into k-major tiles of `MR` rows.
-//! - `cpu.rs`: ISA choice (runtime detection; `MARC_MATMUL_ISA=avx2|scalar` forces a slower
-//!   path), cache blocking and the rayon split.
+//! - `cpu.rs`: ISA choice (runtime detection; `MARC_MATMUL_ISA=avx512|avx2|scalar` forces a
+//!   slower path), cache blocking and the rayon split.
+//! - `amx.rs`: the AMX path for bf16 weights (own packing of x and weights, own split).
 //! - `avx512.rs` (12 x 32 register tile), `avx2.rs` (6 x 16), `scalar.rs` (`f32::mul_add`).
 //!
 //! There is deliberately no bf16-activation mode built on `vdpbf16ps`: on the Sapphire Rapids
 //! machines this was written on, `vdpbf16ps zmm` issues one per ~2 cycles (measured: ~110
 //! GFLOP/s per core against ~240 for f32 `vfmadd231ps`), so it would be slower than the exact
-//! f32 path it was meant to speed up. A faster bf16 mode on these CPUs would need AMX.
+//! f32 path it was meant to speed up. The opt-in bf16 mode ([`MatmulPrecision`]) is AMX only.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -33,7 +37,39 @@ mod xpack;
 
 pub use packed::PackedMatrix;
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use crate::error::KernelError;
+
+/// How the AMX path treats the f32 activations (other paths are always exact f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// Each activation is split exactly into three bf16 parts; products are exact and summed
+    /// in f32: the accuracy of an f32 dot product. The default.
+    #[default]
+    Exact,
+    /// Activations rounded to bf16 (nearest-even) before multiplying: 3x fewer AMX tile
+    /// multiplies, relative error about 2^-9 per activation. Opt-in only.
+    Bf16Activations,
+}
+
+/// The process-wide precision used by [`matmul`] (0 = Exact, 1 = Bf16Activations).
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the precision [`matmul`] uses from now on, in every thread (default
+/// [`MatmulPrecision::Exact`]). Rows stay bitwise batch- and thread-invariant within one
+/// precision; switching it changes results.
+pub fn set_matmul_precision(precision: MatmulPrecision) {
+    PRECISION.store(precision as u8, Ordering::Relaxed);
+}
+
+/// The precision [`matmul`] currently uses.
+pub fn matmul_precision() -> MatmulPrecision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => MatmulPrecision::Exact,
+        _ => MatmulPrecision::Bf16Activations,
+    }
+}
 
 /// `y[m, n] = x[m, k] · wᵀ (+ bias[n])`.
 ///
@@ -42,9 +78,24 @@ use crate::error::KernelError;
 /// pool (call it inside `pool.install` to choose the threads). Each output element is the
 /// fused multiply-add chain over `k` in increasing order from `+0.0`, then `+ bias`, so a row's
 /// result is bit-identical whatever the batch around it and the number of threads.
+///
+/// On the AMX path (bf16 weights on a CPU with AMX) the sum runs in another fixed order, see
+/// `amx.rs`; the same invariances hold, with the precision set by [`set_matmul_precision`].
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) -> Result<(), KernelError> {
+    matmul_with_precision(x, m, w, bias, y, matmul_precision())
+}
+
+/// [`matmul`] with an explicit [`MatmulPrecision`] for this call.
+pub fn matmul_with_precision(
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    precision: MatmulPrecision,
+) -> Result<(), KernelError> {
     validate(x, m, w, bias, y)?;
-    cpu::matmul(cpu::CpuIsa::detected(), x, m, w, bias, y);
+    cpu::matmul(cpu::CpuIsa::detected(), precision, x, m, w, bias, y);
     Ok(())
 }
 

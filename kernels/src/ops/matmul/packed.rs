@@ -7,14 +7,23 @@
 //! contiguous range. The last panel is padded with zero rows; the columns they produce are never
 //! stored. Elements keep their dtype (bf16 stays 2 bytes), so the packed size is
 //! `ceil(n / NR) * NR * k * size_of(dtype)`.
+//!
+//! bf16 weights on a CPU whose matmul path is AMX ([`Layout::AmxBf16`]) use the same panels,
+//! but inside a panel k is cut into blocks of 32 (zero-padded at the end) and each block holds
+//! two AMX B tiles in VNNI order (see `amx.rs`), so the size is `ceil(n / NR) * NR *
+//! ceil(k / 32) * 32 * 2` bytes.
 
 use rayon::prelude::*;
 
+use super::cpu::CpuIsa;
 use crate::dtype::WeightDType;
 use crate::error::KernelError;
 
 /// Output columns per panel: two 16-lane AVX-512 vectors, four 8-lane AVX2 vectors.
 pub(crate) const NR: usize = 32;
+
+/// k values per block in the AMX layout: one 64-byte tile row of bf16.
+pub(crate) const KB: usize = 32;
 
 /// A cache line: the allocation unit, so that panels start 64-byte aligned.
 #[repr(C, align(64))]
@@ -27,6 +36,7 @@ struct Line([u8; 64]);
 #[derive(Clone)]
 pub struct PackedMatrix {
     dtype: WeightDType,
+    layout: Layout,
     n: usize,
     k: usize,
     data: Vec<Line>,
@@ -36,9 +46,31 @@ impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackedMatrix")
             .field("dtype", &self.dtype)
+            .field("layout", &self.layout)
             .field("rows", &self.n)
             .field("cols", &self.k)
             .finish_non_exhaustive()
+    }
+}
+
+/// How the elements of a panel are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// k-major lines of [`NR`] elements (the AVX-512 / AVX2 / scalar paths).
+    Panels,
+    /// bf16 only: 32-wide k blocks of two VNNI B tiles (the AMX path).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    AmxBf16,
+}
+
+impl Layout {
+    /// The layout the matmul path of this process wants for `dtype`.
+    fn preferred(dtype: WeightDType) -> Layout {
+        if dtype == WeightDType::BF16 && CpuIsa::detected() == CpuIsa::Amx {
+            Layout::AmxBf16
+        } else {
+            Layout::Panels
+        }
     }
 }
 
@@ -48,6 +80,21 @@ impl PackedMatrix {
     ///
     /// Fails if `n` or `k` is zero or if `bytes.len() != n * k * dtype.size_in_bytes()`.
     pub fn from_bytes(dtype: WeightDType, n: usize, k: usize, bytes: &[u8]) -> Result<Self, KernelError> {
+        Self::from_bytes_in(Layout::preferred(dtype), dtype, n, k, bytes)
+    }
+
+    /// [`Self::from_bytes`] into a given layout (`AmxBf16` for bf16 only).
+    pub(crate) fn from_bytes_in(
+        layout: Layout,
+        dtype: WeightDType,
+        n: usize,
+        k: usize,
+        bytes: &[u8],
+    ) -> Result<Self, KernelError> {
+        assert!(
+            layout == Layout::Panels || dtype == WeightDType::BF16,
+            "the AMX layout is for bf16"
+        );
         let expected = checked_len(n, k, dtype.size_in_bytes())?;
         if bytes.len() != expected {
             return Err(KernelError::WeightByteLength {
@@ -58,7 +105,7 @@ impl PackedMatrix {
                 found: bytes.len(),
             });
         }
-        let mut packed = Self::zeroed(dtype, n, k);
+        let mut packed = Self::zeroed(layout, dtype, n, k);
         // Elements are stored in native byte order so kernels can load them directly.
         match dtype {
             WeightDType::F32 => packed.fill::<4>(|row, kk| {
@@ -86,7 +133,7 @@ impl PackedMatrix {
                 found: values.len(),
             });
         }
-        let mut packed = Self::zeroed(WeightDType::F32, n, k);
+        let mut packed = Self::zeroed(Layout::Panels, WeightDType::F32, n, k);
         packed.fill::<4>(|row, kk| values[row * k + kk].to_ne_bytes());
         Ok(packed)
     }
@@ -116,9 +163,23 @@ impl PackedMatrix {
         self.n.div_ceil(NR)
     }
 
-    /// Elements from the start of one panel to the start of the next (`k * NR`).
+    /// Elements from the start of one panel to the start of the next (`k * NR`, with k
+    /// rounded up to a multiple of 32 in the AMX layout).
     pub(crate) fn panel_stride(&self) -> usize {
-        self.k * NR
+        self.padded_k() * NR
+    }
+
+    /// How the elements of a panel are ordered.
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// k as stored: k itself, or rounded up to whole 32-wide blocks in the AMX layout.
+    fn padded_k(&self) -> usize {
+        match self.layout {
+            Layout::Panels => self.k,
+            Layout::AmxBf16 => self.k.div_ceil(KB) * KB,
+        }
     }
 
     /// The start of the packed data, viewed as elements of type `W`.
@@ -129,22 +190,42 @@ impl PackedMatrix {
         self.data.as_ptr().cast()
     }
 
-    fn zeroed(dtype: WeightDType, n: usize, k: usize) -> Self {
-        let bytes = n.div_ceil(NR) * NR * k * dtype.size_in_bytes();
-        PackedMatrix {
+    fn zeroed(layout: Layout, dtype: WeightDType, n: usize, k: usize) -> Self {
+        let mut packed = PackedMatrix {
             dtype,
+            layout,
             n,
             k,
-            data: vec![Line([0; 64]); bytes.div_ceil(64)],
+            data: Vec::new(),
+        };
+        let bytes = packed.size_in_bytes();
+        packed.data = vec![Line([0; 64]); bytes.div_ceil(64)];
+        packed
+    }
+
+    /// Byte offset of element `(c, kk)` (column `c` of its panel, `kk < k`) from the panel start.
+    fn offset<const SZ: usize>(&self, c: usize, kk: usize) -> usize {
+        match self.layout {
+            Layout::Panels => (kk * NR + c) * SZ,
+            // Block kk / 32, B tile c / 16, tile row (kk % 32) / 2, then column c % 16's pair.
+            Layout::AmxBf16 => {
+                let (kb, kr) = (kk / KB, kk % KB);
+                let elem = kb * KB * NR + (c / 16) * 16 * KB + (kr / 2) * KB + (c % 16) * 2 + kr % 2;
+                elem * SZ
+            }
         }
     }
 
     /// Writes element `(row, kk)` of every panel from `read(row, kk)`, panels in parallel.
     fn fill<const SZ: usize>(&mut self, read: impl Fn(usize, usize) -> [u8; SZ] + Sync) {
         let (n, k) = (self.n, self.k);
-        // A panel is k * NR * SZ bytes, a multiple of 64 because NR * SZ is, so panels map
-        // onto whole lines and can be filled independently.
-        let lines_per_panel = k * NR * SZ / 64;
+        // A panel is panel_stride * SZ bytes, a multiple of 64 because NR * SZ is, so panels
+        // map onto whole lines and can be filled independently.
+        let lines_per_panel = self.panel_stride() * SZ / 64;
+        let this = &*self;
+        let offsets: Vec<usize> = (0..k)
+            .flat_map(|kk| (0..NR).map(move |c| this.offset::<SZ>(c, kk)))
+            .collect();
         self.data
             .par_chunks_mut(lines_per_panel)
             .enumerate()
@@ -156,7 +237,7 @@ impl PackedMatrix {
                 for c in 0..NR.min(n - p * NR) {
                     let row = p * NR + c;
                     for kk in 0..k {
-                        let at = (kk * NR + c) * SZ;
+                        let at = offsets[kk * NR + c];
                         dst[at..at + SZ].copy_from_slice(&read(row, kk));
                     }
                 }
