@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use marc_kernels::MatmulPrecision;
 use marc_kernels::ops::norm::rms_norm;
 
 use crate::batch::PackedBatch;
@@ -20,6 +21,9 @@ pub struct LoadOptions {
     /// The deepest hidden state that will be asked for (transformers' `hidden_states[L]`
     /// numbering: 0 = embeddings, `num_layers` = after `norm_f`). `None` loads every block.
     pub max_layer: Option<usize>,
+    /// How GEMMs treat activations: exact f32 (the default), or the opt-in bf16 mode (see
+    /// [`MatmulPrecision::Bf16Activations`]; only AMX machines run it faster).
+    pub precision: MatmulPrecision,
 }
 
 /// Progress of a load: bytes of weights read so far and in all.
@@ -93,7 +97,7 @@ impl NemotronH {
         })?;
         progress(LoadProgress { done: 0, total });
         let mut report = |done: u64| progress(LoadProgress { done, total });
-        let mut w = WeightLoader::new(&checkpoint, &mut report);
+        let mut w = WeightLoader::new(&checkpoint, options.precision, &mut report);
 
         let hidden = config.hidden_size;
         let embeddings = w.embedding("embeddings.weight", config.vocab_size, hidden)?;

@@ -3,7 +3,7 @@
 //! (bf16 stays bf16), and reports the bytes it consumed for the progress display.
 
 use half::{bf16, f16};
-use marc_kernels::{PackedMatrix, WeightDType};
+use marc_kernels::{MatmulPrecision, PackedMatrix, WeightDType};
 use safetensors::Dtype;
 
 use crate::checkpoint::{Checkpoint, TensorRef};
@@ -94,14 +94,20 @@ fn describe(shape: &[usize]) -> String {
 /// Fetches tensors from a checkpoint with checks, counting bytes for progress.
 pub(crate) struct WeightLoader<'a> {
     checkpoint: &'a Checkpoint,
+    precision: MatmulPrecision,
     consumed: u64,
     progress: &'a mut ProgressFn<'a>,
 }
 
 impl<'a> WeightLoader<'a> {
-    pub(crate) fn new(checkpoint: &'a Checkpoint, progress: &'a mut ProgressFn<'a>) -> Self {
+    pub(crate) fn new(
+        checkpoint: &'a Checkpoint,
+        precision: MatmulPrecision,
+        progress: &'a mut ProgressFn<'a>,
+    ) -> Self {
         Self {
             checkpoint,
+            precision,
             consumed: 0,
             progress,
         }
@@ -145,6 +151,7 @@ impl<'a> WeightLoader<'a> {
         Ok(Linear {
             weight: self.matrix(&format!("{prefix}.weight"), rows, cols)?,
             bias: self.optional_vector(&format!("{prefix}.bias"), rows, bias)?,
+            precision: self.precision,
         })
     }
 
@@ -172,6 +179,7 @@ impl<'a> WeightLoader<'a> {
             linears.push(Linear {
                 weight: pack(&slice, part, cols)?,
                 bias: bias.as_ref().map(|b| b[first..first + part].to_vec()),
+                precision: self.precision,
             });
             first += part;
         }
@@ -213,6 +221,23 @@ impl<'a> WeightLoader<'a> {
         pack(&slice, rows, cols)
     }
 
+    /// Routed expert `expert`'s `proj` as a bias-free Linear; see [`WeightLoader::expert_matrix`].
+    pub(crate) fn expert_linear(
+        &mut self,
+        prefix: &str,
+        proj: &str,
+        expert: usize,
+        num_experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Linear, LoadError> {
+        Ok(Linear {
+            weight: self.expert_matrix(prefix, proj, expert, num_experts, rows, cols)?,
+            bias: None,
+            precision: self.precision,
+        })
+    }
+
     /// The embedding table `[vocab, hidden]`, kept in its dtype.
     pub(crate) fn embedding(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<EmbeddingTable, LoadError> {
         let t = self.fetch(name, &[vocab, hidden])?;
@@ -239,6 +264,8 @@ pub struct Linear {
     pub weight: PackedMatrix,
     /// `[out]`.
     pub bias: Option<Vec<f32>>,
+    /// How the GEMM treats activations (exact f32 unless the model was loaded in bf16 mode).
+    pub precision: MatmulPrecision,
 }
 
 impl Linear {
@@ -249,7 +276,7 @@ impl Linear {
 
     /// `y[m, out] = x[m, in] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), marc_kernels::KernelError> {
-        marc_kernels::matmul(x, m, &self.weight, self.bias.as_deref(), y)
+        marc_kernels::matmul_with_precision(x, m, &self.weight, self.bias.as_deref(), y, self.precision)
     }
 
     /// Like [`Linear::forward`], into a pooled buffer.

@@ -250,8 +250,14 @@ fn token_out_of_range_names_id_and_vocabulary() {
 #[test]
 fn layer_beyond_the_model_is_refused() {
     let dir = valid_checkpoint();
-    let err = NemotronH::load(dir.path(), LoadOptions { max_layer: Some(5) })
-        .err()
-        .unwrap();
+    let err = NemotronH::load(
+        dir.path(),
+        LoadOptions {
+            max_layer: Some(5),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert_mentions(&err, &["layer 5", "0..=4"]);
 }

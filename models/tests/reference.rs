@@ -141,6 +141,7 @@ fn truncated_load_matches_full_model() {
         case,
         LoadOptions {
             max_layer: Some(middle),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -170,7 +171,14 @@ fn truncated_load_never_reads_deeper_shards() {
     )
     .unwrap();
     // Shard 2 holds layers 2..=5 (block indices), shard 3 layers 5..; hidden state 4 = output of block 3.
-    let cut = NemotronH::load(dir.path(), LoadOptions { max_layer: Some(4) }).unwrap();
+    let cut = NemotronH::load(
+        dir.path(),
+        LoadOptions {
+            max_layer: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let reference = read_reference(&source, cut.config().num_layers() + 1);
     let (ids, expected) = &reference[1];
     let got = cut.hidden_state(&PackedBatch::from_sequences(&[ids]), 4).unwrap();

@@ -11,8 +11,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = cli::init_threads(cli.threads).and_then(|()| match cli.command {
-        cli::Command::Embed(args) => commands::embed::run(&args),
-        cli::Command::Bench(args) => commands::bench::run(&args),
+        cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
+        cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

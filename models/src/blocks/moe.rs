@@ -6,7 +6,7 @@
 //! token's result does not depend on which other tokens share the batch.
 
 use marc_kernels::ops::activation::sigmoid;
-use marc_kernels::{KernelError, PackedMatrix};
+use marc_kernels::{KernelError, MatmulPrecision, PackedMatrix};
 use rayon::prelude::*;
 
 use super::mlp::Mlp;
@@ -50,29 +50,10 @@ impl Moe {
         let experts_prefix = format!("{prefix}.experts");
         let experts = (0..cfg.num_experts)
             .map(|e| {
-                let up = w.expert_matrix(
-                    &experts_prefix,
-                    "up_proj",
-                    e,
-                    cfg.num_experts,
-                    cfg.expert_intermediate_size,
-                    width,
-                )?;
-                let down = w.expert_matrix(
-                    &experts_prefix,
-                    "down_proj",
-                    e,
-                    cfg.num_experts,
-                    width,
-                    cfg.expert_intermediate_size,
-                )?;
-                Ok(Mlp::from_parts(
-                    Linear { weight: up, bias: None },
-                    Linear {
-                        weight: down,
-                        bias: None,
-                    },
-                ))
+                let (n, inter) = (cfg.num_experts, cfg.expert_intermediate_size);
+                let up = w.expert_linear(&experts_prefix, "up_proj", e, n, inter, width)?;
+                let down = w.expert_linear(&experts_prefix, "down_proj", e, n, width, inter)?;
+                Ok(Mlp::from_parts(up, down))
             })
             .collect::<Result<Vec<_>, LoadError>>()?;
         Ok(Self {
@@ -108,7 +89,9 @@ impl Moe {
         let top_k = self.cfg.top_k;
 
         let mut scores = scratch::take(tokens * self.cfg.num_experts);
-        marc_kernels::matmul(x, tokens, &self.router, None, &mut scores)?;
+        // Routing is always exact: a flipped expert choice is the largest error a cheaper mode
+        // could cause.
+        marc_kernels::matmul_with_precision(x, tokens, &self.router, None, &mut scores, MatmulPrecision::Exact)?;
         let routes: Vec<Route> = scores
             .chunks_exact_mut(self.cfg.num_experts)
             .map(|logits| {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use marc_kernels::MatmulPrecision;
 use marc_models::synthetic::{SyntheticDType, write_random_checkpoint};
 use marc_models::{BlockTimings, LoadOptions, NemotronH, PackedBatch};
 use serde::Serialize;
@@ -26,7 +27,7 @@ struct ShapeResult {
     tokens_per_second: f64,
 }
 
-pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
     let shapes = args
         .shapes
         .iter()
@@ -53,12 +54,18 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             scratch.path().to_owned()
         }
     };
-    let model =
-        NemotronH::load(&dir, LoadOptions::default()).with_context(|| format!("cannot load {}", dir.display()))?;
+    let model = NemotronH::load(
+        &dir,
+        LoadOptions {
+            precision,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("cannot load {}", dir.display()))?;
     let config = model.config();
     let threads = rayon::current_num_threads();
     println!(
-        "model: pattern {} hidden {} ({:.0} MB of weights); threads: {threads}",
+        "model: pattern {} hidden {} ({:.0} MB of weights); threads: {threads}; precision: {precision:?}",
         config.pattern(),
         config.hidden_size,
         model.weight_bytes() as f64 / 1e6

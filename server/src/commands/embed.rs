@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
+use marc_kernels::MatmulPrecision;
 use marc_models::tokenizer::Tokenizer;
 use marc_models::{LoadOptions, NemotronH, NemotronHConfig, PackedBatch, Pooling, pooling};
 use serde::Serialize;
@@ -31,7 +32,7 @@ struct HiddenLine<'a> {
     hidden: Vec<&'a [f32]>,
 }
 
-pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
     let dir = args.model.clone().unwrap_or_else(default_model_dir);
     let config = NemotronHConfig::from_file(&dir.join("config.json"))?;
     // No compression heads exist yet (they arrive with the server); `--no-head` is accepted so
@@ -67,7 +68,7 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         }
     }
 
-    let model = load_model(&dir, layer)?;
+    let model = load_model(&dir, layer, precision)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = bar(
@@ -94,9 +95,13 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_model(dir: &Path, layer: usize) -> anyhow::Result<NemotronH> {
+fn load_model(dir: &Path, layer: usize, precision: MatmulPrecision) -> anyhow::Result<NemotronH> {
     let bar = bar(0, "loading {bar:40} {bytes}/{total_bytes}");
-    let model = NemotronH::load_with_progress(dir, LoadOptions { max_layer: Some(layer) }, &mut |p| {
+    let options = LoadOptions {
+        max_layer: Some(layer),
+        precision,
+    };
+    let model = NemotronH::load_with_progress(dir, options, &mut |p| {
         bar.set_length(p.total);
         bar.set_position(p.done);
     });
