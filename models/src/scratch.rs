@@ -9,8 +9,10 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
-/// Buffers kept for reuse; more than a forward pass holds at once, few enough to bound memory.
+/// Buffers kept for reuse: more than a forward pass holds at once.
 const MAX_POOLED: usize = 32;
+/// Bytes kept for reuse at most, so an occasional huge batch does not pin its memory forever.
+const MAX_POOLED_BYTES: usize = 512 << 20;
 
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
@@ -72,13 +74,14 @@ impl Drop for Buffer {
             return;
         }
         let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if pool.len() < MAX_POOLED {
-            pool.push(data);
-        } else if let Some(smallest) = pool.iter_mut().min_by_key(|v| v.len())
-            && smallest.len() < data.len()
-        {
-            // Keep the larger buffers: they are the expensive ones to fault in again.
-            *smallest = data;
+        pool.push(data);
+        // Over a limit, drop the smallest buffers first: the large ones are the expensive ones to
+        // fault in again.
+        let bytes = |pool: &Vec<Vec<f32>>| pool.iter().map(|v| v.len() * 4).sum::<usize>();
+        while pool.len() > MAX_POOLED || (pool.len() > 1 && bytes(&pool) > MAX_POOLED_BYTES) {
+            if let Some((i, _)) = pool.iter().enumerate().min_by_key(|(_, v)| v.len()) {
+                pool.swap_remove(i);
+            }
         }
     }
 }
