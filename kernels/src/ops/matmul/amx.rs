@@ -8,12 +8,16 @@
 //! **Bf16-activation mode** (opt-in): x rounded to bf16 (nearest-even), one part, 3x fewer
 //! tile multiplies.
 //!
-//! Layouts (all tiles 16 rows x 64 bytes, one palette for every kernel):
+//! Layouts (all tiles 64 bytes wide; B tiles 16 rows):
 //! - weights (`packed.rs`, [`Layout::AmxBf16`]): per 32-column panel, per 32-wide k block, two B
 //!   tiles (columns 0..16 and 16..32), each in VNNI order: tile row `r` holds, for each of the 16
 //!   columns `c`, `w[c, 2r]` then `w[c, 2r + 1]`. k is zero-padded to a multiple of 32.
 //! - x (packed per call here): per 16-row tile, per k block, the parts' A tiles (`hi`, `mid`,
-//!   `lo`), each 16 rows x 32 bf16, rows past `m` and k past `k` zero.
+//!   `lo`), each 16 rows x 32 bf16, k past `k` zero. The last row tile has only the rows left
+//!   (`m mod 16`, when not 0), and its A and accumulator tiles are configured that high, so that
+//!   small m costs loads and multiplies for its own rows only. A row's result in `tdpbf16ps`
+//!   depends on its own A row and B alone, so the tile height changes no bit of it (tested
+//!   against 16-row tiles).
 //!
 //! Kernel: 2 row tiles x 2 column tiles = 4 accumulators (tmm0-3), A in tmm4-5, B in tmm6-7;
 //! the last odd row tile runs the same sequence on tmm0-1 only. Every accumulator goes through
