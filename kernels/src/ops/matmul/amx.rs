@@ -8,12 +8,16 @@
 //! **Bf16-activation mode** (opt-in): x rounded to bf16 (nearest-even), one part, 3x fewer
 //! tile multiplies.
 //!
-//! Layouts (all tiles 16 rows x 64 bytes, one palette for every kernel):
+//! Layouts (all tiles 64 bytes wide; B tiles 16 rows):
 //! - weights (`packed.rs`, [`Layout::AmxBf16`]): per 32-column panel, per 32-wide k block, two B
 //!   tiles (columns 0..16 and 16..32), each in VNNI order: tile row `r` holds, for each of the 16
 //!   columns `c`, `w[c, 2r]` then `w[c, 2r + 1]`. k is zero-padded to a multiple of 32.
 //! - x (packed per call here): per 16-row tile, per k block, the parts' A tiles (`hi`, `mid`,
-//!   `lo`), each 16 rows x 32 bf16, rows past `m` and k past `k` zero.
+//!   `lo`), each 16 rows x 32 bf16, k past `k` zero. The last row tile has only the rows left
+//!   (`m mod 16`, when not 0), and its A and accumulator tiles are configured that high, so that
+//!   small m costs loads and multiplies for its own rows only. A row's result in `tdpbf16ps`
+//!   depends on its own A row and B alone, so the tile height changes no bit of it (tested
+//!   against 16-row tiles).
 //!
 //! Kernel: 2 row tiles x 2 column tiles = 4 accumulators (tmm0-3), A in tmm4-5, B in tmm6-7;
 //! the last odd row tile runs the same sequence on tmm0-1 only. Every accumulator goes through
@@ -46,8 +50,10 @@ const TILE: usize = TR * KB;
 const GROUP_BYTES: usize = 1 << 20;
 /// Most panels in one group.
 const GROUP_MAX_PANELS: usize = 8;
-/// Panels in a group when x is a single row unit.
+/// Fewest panels in a group when x is a single row unit.
 const GROUP_PANELS_ONE_UNIT: usize = 4;
+/// Tasks per pool thread when x is a single row unit.
+const TASKS_PER_THREAD_ONE_UNIT: usize = 2;
 /// Tasks per pool thread to aim for.
 const TASKS_PER_THREAD: usize = 4;
 /// Row tiles from which x is packed in parallel.
@@ -90,21 +96,27 @@ fn request_permission() -> bool {
     false
 }
 
-/// The one tile configuration: palette 1, all 8 tiles 16 rows x 64 bytes.
+/// A tile configuration (palette 1): B tiles (tmm6-7) 16 rows, the accumulators and A tiles of
+/// the first row tile (tmm0-1, tmm4) `r0` rows, those of the second (tmm2-3, tmm5) `r1` rows;
+/// every tile 64 bytes wide. Rows past `m` are never loaded, multiplied or stored: a row's result
+/// in `tdpbf16ps` depends only on its own A row and B, so the rows computed are bitwise the same
+/// whatever the tile height.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
-static CONFIG: TileConfig = {
-    let mut c = [0u8; 64];
-    c[0] = 1;
-    let mut i = 0;
-    while i < 8 {
-        c[16 + 2 * i] = 64; // colsb, little-endian u16
-        c[48 + i] = TR as u8; // rows
-        i += 1;
+impl TileConfig {
+    fn new(r0: usize, r1: usize) -> TileConfig {
+        debug_assert!((1..=TR).contains(&r0) && (1..=TR).contains(&r1));
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let rows = [r0, r0, r1, r1, r0, r1, TR, TR];
+        for (i, &r) in rows.iter().enumerate() {
+            c[16 + 2 * i] = 64; // colsb, little-endian u16
+            c[48 + i] = r as u8;
+        }
+        TileConfig(c)
     }
-    TileConfig(c)
-};
+}
 
 /// Tiles configured on this thread for as long as it lives; released on drop. Not `Send`:
 /// the configuration belongs to the thread that loaded it.
@@ -113,11 +125,24 @@ struct Tiles(std::marker::PhantomData<*const ()>);
 impl Tiles {
     /// # Safety
     /// [`available`] returned true.
-    unsafe fn configure() -> Tiles {
-        // SAFETY: AMX is available and permitted (caller); CONFIG is a valid 64-byte palette-1
-        // configuration, 64-byte aligned, read only.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags)) };
+    unsafe fn configure(config: &TileConfig) -> Tiles {
+        // SAFETY: AMX is available and permitted (caller).
+        unsafe { Self::load(config) };
         Tiles(std::marker::PhantomData)
+    }
+
+    /// Loads another configuration (zeroing all tiles).
+    fn reconfigure(&mut self, config: &TileConfig) {
+        // SAFETY: a `Tiles` exists only once AMX was found available (see `configure`).
+        unsafe { Self::load(config) };
+    }
+
+    /// # Safety
+    /// AMX is available and permitted.
+    unsafe fn load(config: &TileConfig) {
+        // SAFETY: AMX is available and permitted (caller); `config` is a valid 64-byte palette-1
+        // configuration (`TileConfig::new`), 64-byte aligned, read only.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config, options(nostack, readonly, preserves_flags)) };
     }
 }
 
@@ -165,22 +190,23 @@ macro_rules! dp {
 
 /// `R` (1 or 2) row tiles x one panel (2 column tiles), `P` parts, all `kblocks` k blocks.
 ///
-/// Writes the `R * 16` x 32 f32 results to `out` (row stride `NR`).
+/// Writes the results of the configured rows to `out` (row tile `i` at row `16 i`, row stride
+/// `NR`).
 ///
 /// # Safety
-/// Tiles are configured on this thread. `a` points at the packed x of `R` consecutive row tiles
-/// (`a_stride` bf16 apart), each `kblocks * P` A tiles; `b` at a panel of `kblocks` pairs of B
-/// tiles; `out` is valid for `R * 16 * NR` f32.
+/// Tiles are configured on this thread with the heights of these row tiles. `a[i]` points at the
+/// packed x of row tile `i`, `kblocks * P` A tiles of `at[i]` bf16 each (the tile's rows times
+/// 32); `b` at a panel of `kblocks` pairs of B tiles; `out` is valid for `R * 16 * NR` f32.
 #[inline]
 unsafe fn kernel<const R: usize, const P: usize>(
-    a: *const u16,
-    a_stride: usize,
+    a: [*const u16; 2],
+    at: [usize; 2],
     b: *const u16,
     kblocks: usize,
     out: *mut f32,
 ) {
-    // SAFETY: every load reads one 1 KiB tile inside the buffers described above; the stores
-    // write R * 16 rows of 128 bytes into `out`.
+    // SAFETY: every load reads one configured tile inside the buffers described above; the
+    // stores write at most R * 16 rows of 128 bytes into `out`.
     unsafe {
         asm!(
             "tilezero tmm0",
@@ -194,14 +220,14 @@ unsafe fn kernel<const R: usize, const P: usize>(
                 options(nostack, nomem, preserves_flags)
             );
         }
-        let (mut a0, mut bp) = (a, b);
+        let ([mut a0, mut a1], mut bp) = (a, b);
         for _ in 0..kblocks {
             load!("tmm6", bp);
             load!("tmm7", bp.add(TILE));
             for part in 0..P {
-                load!("tmm4", a0.add(part * TILE));
+                load!("tmm4", a0.add(part * at[0]));
                 if R == 2 {
-                    load!("tmm5", a0.add(a_stride + part * TILE));
+                    load!("tmm5", a1.add(part * at[1]));
                 }
                 // B0 first, so that tmm4 is free (for the next part) two ops before the end.
                 dp!("tmm0", "tmm4", "tmm6");
@@ -213,7 +239,10 @@ unsafe fn kernel<const R: usize, const P: usize>(
                     dp!("tmm3", "tmm5", "tmm7");
                 }
             }
-            a0 = a0.add(P * TILE);
+            a0 = a0.add(P * at[0]);
+            if R == 2 {
+                a1 = a1.add(P * at[1]);
+            }
             bp = bp.add(2 * TILE);
         }
         store!("tmm0", out);
@@ -260,17 +289,19 @@ fn split<const P: usize>(v: &[f32; KB], out: &mut [[u16; KB]; P]) {
     }
 }
 
-/// Packs rows `r0..r0 + rows` (`rows <= 16`) of x into one row tile: `kblocks * P` A tiles.
+/// Packs rows `r0..r0 + rows` of x into one row tile of `height` rows (`rows <= height <= 16`,
+/// rows past `rows` zero): `kblocks * P` A tiles of `height * 32` bf16.
 ///
 /// # Safety
-/// AVX-512F/BW are available (for the vectorised split); `dst` holds `kblocks * P * TILE`.
+/// AVX-512F/BW are available (for the vectorised split); `dst` holds `kblocks * P * height * 32`.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_tile<const P: usize>(x: &[f32], k: usize, r0: usize, rows: usize, dst: &mut [u16]) {
+unsafe fn pack_tile<const P: usize>(x: &[f32], k: usize, r0: usize, rows: usize, height: usize, dst: &mut [u16]) {
     let kblocks = k.div_ceil(KB);
+    let at = height * KB;
     for kb in 0..kblocks {
         let (k0, kw) = (kb * KB, KB.min(k - kb * KB));
-        let block = &mut dst[kb * P * TILE..(kb + 1) * P * TILE];
-        for r in 0..TR {
+        let block = &mut dst[kb * P * at..(kb + 1) * P * at];
+        for r in 0..height {
             let mut v = [0.0f32; KB];
             if r < rows {
                 let row = (r0 + r) * k;
@@ -279,20 +310,20 @@ unsafe fn pack_tile<const P: usize>(x: &[f32], k: usize, r0: usize, rows: usize,
             let mut out = [[0u16; KB]; P];
             split::<P>(&v, &mut out);
             for (part, o) in out.iter().enumerate() {
-                block[part * TILE + r * KB..part * TILE + (r + 1) * KB].copy_from_slice(o);
+                block[part * at + r * KB..part * at + (r + 1) * KB].copy_from_slice(o);
             }
         }
     }
 }
 
-fn pack_tile_dyn(p: usize, x: &[f32], k: usize, r0: usize, rows: usize, dst: &mut [u16]) {
+fn pack_tile_dyn(p: usize, x: &[f32], k: usize, r0: usize, rows: usize, height: usize, dst: &mut [u16]) {
     // SAFETY: `available` (checked before any AMX run) includes AVX-512F/BW; dst is one row
     // tile's worth (sliced by the caller).
     unsafe {
         if p == 3 {
-            pack_tile::<3>(x, k, r0, rows, dst)
+            pack_tile::<3>(x, k, r0, rows, height, dst)
         } else {
-            pack_tile::<1>(x, k, r0, rows, dst)
+            pack_tile::<1>(x, k, r0, rows, height, dst)
         }
     }
 }
@@ -306,19 +337,49 @@ pub(super) fn run(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    run_with(precision, x, m, w, bias, y, false);
+}
+
+/// [`run`] with every row tile 16 rows high (rows past `m` zero): the reference the short tiles
+/// are compared with bitwise in the tests.
+#[cfg(test)]
+pub(super) fn run_full_tiles(
+    precision: MatmulPrecision,
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    run_with(precision, x, m, w, bias, y, true);
+}
+
+fn run_with(
+    precision: MatmulPrecision,
+    x: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    full_tiles: bool,
+) {
     assert!(available(), "AMX is not available");
     let (n, k) = (w.rows(), w.cols());
     let p = parts(precision);
     let kblocks = k.div_ceil(KB);
     let tiles = m.div_ceil(TR);
-    let tile_len = kblocks * p * TILE; // bf16 per packed row tile (a multiple of 32)
+    // The last row tile is only as high as the rows it holds (unless `full_tiles`).
+    let last_height = if full_tiles { TR } else { m - (tiles - 1) * TR };
+    let tile_len = kblocks * p * TILE; // bf16 per packed full row tile (a multiple of 32)
+    let total = (tiles - 1) * tile_len + kblocks * p * last_height * KB;
 
-    let mut buf = PooledBuf::take(tiles * tile_len / 2);
-    let f32s = buf.slice(tiles * tile_len / 2);
-    // SAFETY: the buffer is 64-byte aligned plain f32 storage of tiles * tile_len / 2 values,
-    // reinterpreted as twice as many u16 (no padding, weaker alignment).
-    let xa: &mut [u16] = unsafe { std::slice::from_raw_parts_mut(f32s.as_mut_ptr().cast(), tiles * tile_len) };
-    let pack = |t: usize, dst: &mut [u16]| pack_tile_dyn(p, x, k, t * TR, TR.min(m - t * TR), dst);
+    let mut buf = PooledBuf::take(total / 2);
+    let f32s = buf.slice(total / 2);
+    // SAFETY: the buffer is 64-byte aligned plain f32 storage of total / 2 values, reinterpreted
+    // as twice as many u16 (no padding, weaker alignment).
+    let xa: &mut [u16] = unsafe { std::slice::from_raw_parts_mut(f32s.as_mut_ptr().cast(), total) };
+    let height = |t: usize| if t + 1 == tiles { last_height } else { TR };
+    let pack = |t: usize, dst: &mut [u16]| pack_tile_dyn(p, x, k, t * TR, TR.min(m - t * TR), height(t), dst);
     if tiles >= PARALLEL_PACK_MIN_TILES && rayon::current_num_threads() > 1 {
         xa.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| pack(t, d));
     } else {
@@ -331,7 +392,11 @@ pub(super) fn run(
     let panels = w.panels();
     let threads = rayon::current_num_threads();
     let group = if units == 1 {
-        GROUP_PANELS_ONE_UNIT
+        // All the work is over n: a few long runs of panels per thread, so that each task
+        // streams its own weights and amortises its tile configuration.
+        panels
+            .div_ceil(TASKS_PER_THREAD_ONE_UNIT * threads)
+            .max(GROUP_PANELS_ONE_UNIT)
     } else {
         (GROUP_BYTES / (w.panel_stride() * 2)).clamp(1, GROUP_MAX_PANELS)
     };
@@ -346,6 +411,8 @@ pub(super) fn run(
         let job = Job {
             xa,
             tile_len,
+            tiles,
+            last_height,
             p,
             m,
             n,
@@ -369,6 +436,8 @@ pub(super) fn run(
 struct Job<'a> {
     xa: &'a [u16],
     tile_len: usize,
+    tiles: usize,
+    last_height: usize,
     p: usize,
     m: usize,
     n: usize,
@@ -385,27 +454,46 @@ struct Job<'a> {
 struct Out([f32; 2 * TR * NR]);
 
 impl Job<'_> {
+    /// Rows of row tile `t` as packed and configured.
+    fn height(&self, t: usize) -> usize {
+        if t + 1 == self.tiles { self.last_height } else { TR }
+    }
+
     fn run(&self) {
-        // SAFETY: `run` asserted `available()`.
-        let _tiles = unsafe { Tiles::configure() };
         let mut out = Out([0.0; 2 * TR * NR]);
         let wp = self.w.data_ptr::<u16>();
         let ps = self.w.panel_stride();
+        let mut tiles: Option<(Tiles, (usize, usize))> = None;
         let mut t = self.tile_range.start;
         while t < self.tile_range.end {
             let r = if t + 1 < self.tile_range.end { 2 } else { 1 };
-            let a = self.xa[t * self.tile_len..].as_ptr();
+            let h = (self.height(t), self.height(t + r - 1));
+            match &mut tiles {
+                Some((_, cur)) if *cur == h => {}
+                Some((tl, cur)) => {
+                    tl.reconfigure(&TileConfig::new(h.0, h.1));
+                    *cur = h;
+                }
+                None => {
+                    // SAFETY: `run_with` asserted `available()`.
+                    tiles = Some((unsafe { Tiles::configure(&TileConfig::new(h.0, h.1)) }, h));
+                }
+            }
+            let a0 = self.xa[t * self.tile_len..].as_ptr();
+            let a1 = self.xa[(t + r - 1) * self.tile_len..].as_ptr();
+            let at = [h.0 * KB, h.1 * KB];
             for q in self.panel_range.clone() {
                 let b = wp.wrapping_add(q * ps);
-                // SAFETY: tiles are configured; row tiles t..t+r exist in xa (tile_len apart,
-                // kblocks * p A tiles each), panel q exists in w (kblocks pairs of B tiles) and
-                // `out` holds 2 * 16 * NR f32.
+                // SAFETY: tiles are configured with the heights of row tiles t and t + r - 1;
+                // those exist in xa (tile_len apart, kblocks * p A tiles of `at` bf16 each),
+                // panel q exists in w (kblocks pairs of B tiles) and `out` holds 2 * 16 * NR f32.
                 unsafe {
+                    let o = out.0.as_mut_ptr();
                     match (r, self.p) {
-                        (2, 3) => kernel::<2, 3>(a, self.tile_len, b, self.kblocks, out.0.as_mut_ptr()),
-                        (1, 3) => kernel::<1, 3>(a, self.tile_len, b, self.kblocks, out.0.as_mut_ptr()),
-                        (2, _) => kernel::<2, 1>(a, self.tile_len, b, self.kblocks, out.0.as_mut_ptr()),
-                        _ => kernel::<1, 1>(a, self.tile_len, b, self.kblocks, out.0.as_mut_ptr()),
+                        (2, 3) => kernel::<2, 3>([a0, a1], at, b, self.kblocks, o),
+                        (1, 3) => kernel::<1, 3>([a0, a1], at, b, self.kblocks, o),
+                        (2, _) => kernel::<2, 1>([a0, a1], at, b, self.kblocks, o),
+                        _ => kernel::<1, 1>([a0, a1], at, b, self.kblocks, o),
                     }
                 }
                 self.write(&out, t * TR, r * TR, q * NR);

@@ -2,6 +2,7 @@
 //! (bf16 weights) against an f64 reference and its own bitwise invariances.
 
 use super::MatmulPrecision;
+use super::amx;
 use super::cpu::{self, CpuIsa};
 use super::packed::{Layout, PackedMatrix};
 use crate::dtype::WeightDType;
@@ -253,6 +254,54 @@ fn amx_rows_are_bitwise_batch_and_thread_invariant() {
                         "{precision:?}: row {} at position {r} of {len} on {threads} threads",
                         start + r
                     );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn amx_short_row_tiles_match_full_tiles_bitwise() {
+    if !amx_or_note("amx_short_row_tiles_match_full_tiles_bitwise") {
+        return;
+    }
+    // n = 100: a partial last panel; k = 600: a partial last k block.
+    let (n, k, big) = (100, 600, 40);
+    let (_, w) = amx_weights(n, k, 41);
+    let x = values(big * k, 42);
+    let bias = values(n, 43);
+    let pool = |t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+    let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    for precision in [MatmulPrecision::Exact, MatmulPrecision::Bf16Activations] {
+        // Every row alone, with 16-row tiles (rows past m zero): the reference.
+        let alone: Vec<Vec<u32>> = (0..big)
+            .map(|i| {
+                let mut y = vec![f32::NAN; n];
+                pool(1).install(|| amx::run_full_tiles(precision, &x[i * k..(i + 1) * k], 1, &w, Some(&bias), &mut y));
+                bits(&y)
+            })
+            .collect();
+        for threads in [1, 2, 3] {
+            let pool = pool(threads);
+            for m in (1..=17).chain([31, 33, big]) {
+                for start in [0, 5, big - m].into_iter().filter(|s| s + m <= big) {
+                    let xs = &x[start * k..(start + m) * k];
+                    let short = pool.install(|| amx(precision, xs, m, &w, Some(&bias)));
+                    let mut full = vec![f32::NAN; m * n];
+                    pool.install(|| amx::run_full_tiles(precision, xs, m, &w, Some(&bias), &mut full));
+                    assert_eq!(
+                        bits(&short),
+                        bits(&full),
+                        "{precision:?}: m = {m} from row {start}, {threads} threads"
+                    );
+                    for r in 0..m {
+                        assert_eq!(
+                            bits(&short[r * n..(r + 1) * n]),
+                            alone[start + r],
+                            "{precision:?}: row {} at position {r} of {m} on {threads} threads",
+                            start + r
+                        );
+                    }
                 }
             }
         }
