@@ -155,7 +155,9 @@ impl CompressionHead {
         }
         let mut x = pooled.to_vec();
         for layer in &self.layers {
-            let mut y = layer.linear.apply(&x, n)?.to_vec();
+            // A plain vector, not a scratch buffer: the result leaves the engine.
+            let mut y = vec![0.0; n * layer.linear.out_features()];
+            layer.linear.forward(&x, n, &mut y)?;
             if layer.activation != Activation::None {
                 y.iter_mut().for_each(|v| *v = layer.activation.apply(*v));
             }
