@@ -6,12 +6,14 @@
 //! - `blocks`: the Mamba-2, attention, MLP and MoE mixers.
 //! - [`model`]: [`NemotronH`], loaded only as deep as needed, run on a [`PackedBatch`].
 //! - [`pooling`], [`tokenizer`]: from hidden states to vectors, from text to ids.
+//! - [`heads`]: compression heads (`heads/NAME/` in a model directory) and the PCA that fits one.
 
 pub mod batch;
 mod blocks;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod heads;
 pub mod model;
 pub mod pooling;
 pub mod scratch;
@@ -22,5 +24,6 @@ pub mod weights;
 pub use batch::PackedBatch;
 pub use config::{BlockKind, NemotronHConfig};
 pub use error::{ForwardError, LoadError};
+pub use heads::{CompressionHead, default_head, load_heads};
 pub use model::{BlockTimings, LoadOptions, LoadProgress, NemotronH};
 pub use pooling::Pooling;

@@ -40,7 +40,7 @@ impl EmbeddingTable {
 }
 
 /// Converts little-endian elements of `dtype` to f32.
-fn widen_into(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
+pub(crate) fn widen_into(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
         WeightDType::F32 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -61,7 +61,7 @@ fn widen_into(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// The floating dtypes weights may come in.
-fn float_dtype(t: &TensorRef<'_>) -> Result<WeightDType, LoadError> {
+pub(crate) fn float_dtype(t: &TensorRef<'_>) -> Result<WeightDType, LoadError> {
     match t.dtype {
         Dtype::F32 => Ok(WeightDType::F32),
         Dtype::BF16 => Ok(WeightDType::BF16),
@@ -249,7 +249,7 @@ impl<'a> WeightLoader<'a> {
     }
 }
 
-fn pack(t: &TensorRef<'_>, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
+pub(crate) fn pack(t: &TensorRef<'_>, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
     let dtype = float_dtype(t)?;
     PackedMatrix::from_bytes(dtype, rows, cols, t.bytes).map_err(|source| LoadError::Kernel {
         path: t.path.to_owned(),

@@ -27,6 +27,46 @@ pub(crate) enum Command {
     Embed(EmbedArgs),
     /// Measure latency and throughput of the forward pass.
     Bench(BenchArgs),
+    /// Manage a model's compression heads.
+    #[command(subcommand)]
+    Head(HeadCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HeadCommand {
+    /// Fit a PCA head on a corpus so the model gives compact vectors without a trained head.
+    Init(HeadInitArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct HeadInitArgs {
+    /// Model directory; the head is written to DIR/heads/NAME/.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// The corpus, in `marc embed`'s input format (JSONL of `token_ids` or `text` items).
+    #[arg(long)]
+    pub(crate) corpus: PathBuf,
+    /// The hidden state the head reads (transformers' `hidden_states[L]`, 0 = embeddings).
+    #[arg(long)]
+    pub(crate) layer: usize,
+    /// Output dimension: the number of principal components kept.
+    #[arg(long)]
+    pub(crate) dim: usize,
+    /// The head's name (its folder under DIR/heads/); `default` makes it the default head.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// How token states are pooled before the head.
+    #[arg(long, default_value = "mean", value_parser = ["mean", "last"])]
+    pub(crate) pooling: String,
+    /// Do not L2-normalise the head's output.
+    #[arg(long)]
+    pub(crate) no_normalize: bool,
+    /// Replace an existing head of the same name.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Tokens per forward pass while embedding the corpus.
+    #[arg(long, default_value_t = 8192)]
+    pub(crate) max_batch_tokens: usize,
 }
 
 /// The built-in demo model, used when no `--model` is given.
@@ -48,12 +88,15 @@ pub(crate) struct EmbedArgs {
     #[arg(long)]
     pub(crate) output: PathBuf,
     /// transformers' `hidden_states[L]`: 0 = embeddings, L = output of block L (the last with norm_f).
-    /// Default: the compression head's source layer, else the last layer.
+    /// Raw states only (with a head, the head's source layer is used). Default: the last layer.
     #[arg(long)]
     pub(crate) layer: Option<usize>,
-    /// How token states become one vector.
-    #[arg(long, default_value = "mean", value_parser = parse_pooling)]
-    pub(crate) pooling: Pooling,
+    /// How token states become one vector: none, mean (default) or last. With a head, the head's.
+    #[arg(long, value_parser = parse_pooling)]
+    pub(crate) pooling: Option<Pooling>,
+    /// Compress with this head (DIR/heads/NAME/). Default: the model's default head, if any.
+    #[arg(long, conflicts_with = "no_head")]
+    pub(crate) head: Option<String>,
     /// Return raw hidden states even if the model directory has a compression head.
     #[arg(long)]
     pub(crate) no_head: bool,

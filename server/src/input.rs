@@ -1,5 +1,8 @@
 //! Parsing `marc embed`'s JSONL input.
 
+use std::path::Path;
+use std::rc::Rc;
+
 use anyhow::{Context, bail};
 use marc_models::tokenizer::Tokenizer;
 use serde::Deserialize;
@@ -24,6 +27,32 @@ pub(crate) struct Item {
     pub(crate) tokens: Vec<u32>,
     /// Its 1-based line in the input file, for error messages.
     pub(crate) line: usize,
+}
+
+/// Reads and parses the JSONL file `input`, tokenizing text items with `model_dir`'s tokenizer
+/// (loaded only if a text item needs it), and checks every token id against `vocab_size`.
+pub(crate) fn read_items(input: &Path, model_dir: &Path, vocab_size: usize) -> anyhow::Result<Vec<Item>> {
+    let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let mut tokenizer: Option<Rc<Tokenizer>> = None;
+    let items = parse_items(&text, || {
+        if let Some(loaded) = &tokenizer {
+            return Ok(loaded.clone());
+        }
+        let loaded = Rc::new(Tokenizer::from_dir(model_dir)?);
+        tokenizer = Some(loaded.clone());
+        Ok(loaded)
+    })
+    .with_context(|| format!("{}", input.display()))?;
+    for item in &items {
+        if let Some(&id) = item.tokens.iter().find(|&&id| id as usize >= vocab_size) {
+            bail!(
+                "{}: line {}: token id {id} is out of range: the vocabulary has {vocab_size} tokens",
+                input.display(),
+                item.line,
+            );
+        }
+    }
+    Ok(items)
 }
 
 /// Parses every line of `text` (1-based line numbers in errors); blank lines are skipped.

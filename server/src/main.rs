@@ -1,4 +1,5 @@
-//! The `marc` command line: `marc embed` (offline batch embedding) and `marc bench`.
+//! The `marc` command line: `marc embed` (offline batch embedding), `marc head init` (fit a PCA
+//! compression head) and `marc bench`.
 
 mod cli;
 mod commands;
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
     let result = cli::init_threads(cli.threads).and_then(|()| match cli.command {
         cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
         cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
+        cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
 //! `marc embed` end to end: the real binary on the demo model, checked against transformers'
-//! hidden states for the same texts (models/demo/reference.safetensors).
+//! hidden states for the same texts (models/demo/reference.safetensors) with `--no-head`, and
+//! against the library's `CompressionHead::apply` through the demo's default head; and
+//! `marc head init` on a copy of the demo model.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,7 +111,7 @@ fn text_items(reference: &[(String, Vec<Vec<Vec<f32>>>)]) -> String {
 #[test]
 fn mean_pooled_last_layer_matches_reference() {
     let reference = reference();
-    let run = embed(&text_items(&reference), &[]);
+    let run = embed(&text_items(&reference), &["--no-head"]);
     assert!(run.ok, "{}", run.stderr);
     assert!(
         run.stderr.contains("tokens/s"),
@@ -132,7 +134,10 @@ fn mean_pooled_last_layer_matches_reference() {
 #[test]
 fn unpooled_middle_layer_and_last_token_match_reference() {
     let reference = reference();
-    let run = embed(&text_items(&reference), &["--layer", "3", "--pooling", "none"]);
+    let run = embed(
+        &text_items(&reference),
+        &["--no-head", "--layer", "3", "--pooling", "none"],
+    );
     assert!(run.ok, "{}", run.stderr);
     for (line, (_, states)) in run.lines.iter().zip(&reference) {
         let rows = line["hidden"].as_array().unwrap();
@@ -141,7 +146,10 @@ fn unpooled_middle_layer_and_last_token_match_reference() {
             assert!(relative_l2(&floats(row), expected) <= 1e-5);
         }
     }
-    let run = embed(&text_items(&reference), &["--layer", "5", "--pooling", "last"]);
+    let run = embed(
+        &text_items(&reference),
+        &["--no-head", "--layer", "5", "--pooling", "last"],
+    );
     assert!(run.ok, "{}", run.stderr);
     for (line, (_, states)) in run.lines.iter().zip(&reference) {
         assert!(relative_l2(&floats(&line["embedding"]), states[5].last().unwrap()) <= 1e-5);
@@ -187,7 +195,7 @@ fn bad_input_names_the_line_and_writes_nothing() {
         );
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     }
-    let run = embed("{\"id\": 1, \"token_ids\": [1]}\n", &["--layer", "10"]);
+    let run = embed("{\"id\": 1, \"token_ids\": [1]}\n", &["--no-head", "--layer", "10"]);
     assert!(!run.ok && run.stderr.contains("--layer 10"), "{}", run.stderr);
 }
 
@@ -204,4 +212,184 @@ fn text_without_a_tokenizer_is_a_clear_error() {
         "{}",
         run.stderr
     );
+}
+
+/// The demo's items file, and the same vectors computed through the library: the model's states at
+/// the head's layer for all items in one batch (as the CLI packs them), pooled, through the head.
+#[test]
+fn the_default_head_compresses_and_matches_the_library() {
+    let input = std::fs::read_to_string(demo_dir().join("items.jsonl")).unwrap();
+    let run = embed(&input, &[]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("through head `default` (64 dims)"),
+        "{}",
+        run.stderr
+    );
+    let explicit = embed(&input, &["--head", "default"]);
+    assert!(explicit.ok, "{}", explicit.stderr);
+    assert_eq!(run.lines, explicit.lines);
+
+    let config = marc_models::NemotronHConfig::from_file(&demo_dir().join("config.json")).unwrap();
+    let heads = marc_models::load_heads(
+        &demo_dir(),
+        config.hidden_size,
+        config.num_layers(),
+        marc_kernels::MatmulPrecision::Exact,
+    )
+    .unwrap();
+    let head = marc_models::default_head(&heads).unwrap();
+    assert_eq!(
+        (head.name.as_str(), head.source_layer, head.output_dim),
+        ("default", 5, 64)
+    );
+    let tokenizer = marc_models::tokenizer::Tokenizer::from_dir(&demo_dir()).unwrap();
+    let tokens: Vec<Vec<u32>> = input
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            match v.get("text") {
+                Some(text) => tokenizer.encode(text.as_str().unwrap()).unwrap(),
+                None => v["token_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap() as u32)
+                    .collect(),
+            }
+        })
+        .collect();
+    let options = marc_models::LoadOptions {
+        max_layer: Some(head.source_layer),
+        ..Default::default()
+    };
+    let model = marc_models::NemotronH::load(&demo_dir(), options).unwrap();
+    let batch = marc_models::PackedBatch::from_sequences(&tokens.iter().map(|t| &t[..]).collect::<Vec<_>>());
+    let states = model.hidden_state(&batch, head.source_layer).unwrap();
+    let hidden = model.hidden_size();
+    let pooled: Vec<f32> = (0..tokens.len())
+        .flat_map(|i| {
+            let rows = &states[batch.range(i).start * hidden..batch.range(i).end * hidden];
+            marc_models::pooling::pool(rows, hidden, head.pooling).unwrap()
+        })
+        .collect();
+    let expected = head.apply(&pooled, tokens.len()).unwrap();
+
+    assert_eq!(run.lines.len(), tokens.len());
+    for (i, line) in run.lines.iter().enumerate() {
+        let got = floats(&line["embedding"]);
+        assert_eq!(got.len(), 64);
+        let norm = got.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "item {i}: norm {norm}");
+        assert_eq!(got, expected[i * 64..(i + 1) * 64], "item {i}");
+    }
+}
+
+#[test]
+fn head_misuse_is_a_clear_error() {
+    let input = "{\"id\": 1, \"token_ids\": [1, 2, 3]}\n";
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["--head", "nope"], &["--head nope", "available heads: default"]),
+        (
+            &["--layer", "3"],
+            &["--layer 3", "head `default` reads layer 5", "--no-head"],
+        ),
+        (&["--head", "default", "--layer", "3"], &["--layer 3", "--no-head"]),
+        (&["--pooling", "none"], &["--pooling none", "--no-head"]),
+        (&["--head", "default", "--no-head"], &["cannot be used with"]),
+    ];
+    for (args, fragments) in cases {
+        let run = embed(input, args);
+        assert!(!run.ok, "{args:?} should fail");
+        for fragment in fragments {
+            assert!(
+                run.stderr.contains(fragment),
+                "{args:?}: {:?} should contain {fragment:?}",
+                run.stderr
+            );
+        }
+    }
+    // The head's own pooling may be named.
+    assert!(embed(input, &["--pooling", "mean"]).ok);
+}
+
+/// A model directory that shares the demo's files but has no heads of its own.
+fn demo_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(demo_dir().join(file), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+fn head_init(model: &Path, extra: &[&str]) -> (bool, String) {
+    head_init_on(model, &demo_dir().join("corpus.jsonl"), extra)
+}
+
+fn head_init_on(model: &Path, corpus: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_marc"))
+        .args(["head", "init", "--model"])
+        .arg(model)
+        .arg("--corpus")
+        .arg(corpus)
+        .args(extra)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn head_init_fits_a_head_that_embed_uses() {
+    let model = demo_copy();
+    let corpus_items = std::fs::read_to_string(demo_dir().join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!((200..=400).contains(&corpus_items));
+    let base = ["--layer", "3", "--dim", "16", "--name", "pca16", "--pooling", "last"];
+    let (ok, stderr) = head_init(model.path(), &base);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{corpus_items} items")) && stderr.contains("explained variance 0."),
+        "{stderr}"
+    );
+    let (ok, stderr) = head_init(model.path(), &base);
+    assert!(
+        !ok && stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let (ok, stderr) = head_init(model.path(), &[&base[..], &["--force", "--no-normalize"]].concat());
+    assert!(ok, "{stderr}");
+
+    let small = model.path().join("small.jsonl");
+    std::fs::write(
+        &small,
+        "{\"id\": 1, \"text\": \"one\"}\n{\"id\": 2, \"text\": \"two more\"}\n",
+    )
+    .unwrap();
+    let (ok, stderr) = head_init_on(model.path(), &small, &["--layer", "3", "--dim", "2", "--name", "x"]);
+    assert!(
+        !ok && stderr.contains("2 items") && stderr.contains("items - 1"),
+        "{stderr}"
+    );
+    let (ok, stderr) = head_init(model.path(), &["--layer", "3", "--dim", "257", "--name", "x"]);
+    assert!(!ok && stderr.contains("hidden size 256"), "{stderr}");
+    let (ok, stderr) = head_init(model.path(), &["--layer", "10", "--dim", "4", "--name", "x"]);
+    assert!(!ok && stderr.contains("--layer 10"), "{stderr}");
+    assert!(!model.path().join("heads/x").exists());
+
+    // The only head is the default; --no-normalize was kept.
+    let run = embed(
+        "{\"id\": \"a\", \"text\": \"hello world\"}\n",
+        &["--model", model.path().to_str().unwrap()],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stderr.contains("head `pca16` (16 dims)"), "{}", run.stderr);
+    let v = floats(&run.lines[0]["embedding"]);
+    assert_eq!(v.len(), 16);
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.path().join("heads/pca16/head.json")).unwrap()).unwrap();
+    assert_eq!(json["normalize"], false);
+    assert_eq!(json["pooling"], "last");
+    assert_eq!(json["source_layer"], 3);
 }
