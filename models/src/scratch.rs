@@ -91,18 +91,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_have_the_asked_length_and_are_reused() {
-        let a = take(1000);
-        assert_eq!(a.len(), 1000);
-        let ptr = a.data.as_ptr();
-        drop(a);
-        let b = take(500);
-        assert_eq!(b.len(), 500);
-        // The smallest fitting pooled buffer is reused (other tests may race for the pool, so
-        // only check when it is ours).
-        if b.data.as_ptr() == ptr {
-            assert_eq!(b.data.len(), 1000);
+    fn buffers_have_the_asked_length_and_zeroed_ones_are_zero() {
+        // The pool is process-wide and other tests use it concurrently, so this checks only what
+        // holds whatever they do: lengths, and zeroing when asked.
+        for len in [1000, 500, 64, 1] {
+            let mut a = take(len);
+            assert_eq!(a.len(), len);
+            a.fill(7.0);
+            drop(a);
+            assert!(take_zeroed(len).iter().all(|v| *v == 0.0));
         }
-        assert!(take_zeroed(64).iter().all(|v| *v == 0.0));
     }
 }
