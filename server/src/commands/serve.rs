@@ -1,5 +1,6 @@
 //! `marc serve`: binds the listeners, sets up logging and runs [`marc_server::serve::run`] until a signal.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +16,7 @@ pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Resul
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = ServeConfig {
         precision,

@@ -143,7 +143,8 @@ pub async fn run(
 
     let dir = config.model_dir.clone();
     let model_config = NemotronHConfig::from_file(&dir.join("config.json"))?;
-    let raw_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    // json5: checkpoints write bare `Infinity`.
+    let raw_config: serde_json::Value = json5::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let mut heads = load_heads(
         &dir,
         model_config.hidden_size,
