@@ -814,3 +814,69 @@ fn the_binary_exits_0_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Without TCP_NODELAY on the server a small response waits for the client's delayed ACK (~40 ms); the
+/// median of small requests must stay far below that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_are_not_held_by_nagle() {
+    let server = Server::start(|_| {}).await;
+    let mut client = server.client().await;
+    let mut micros = Vec::new();
+    for k in 0..21 {
+        let started = std::time::Instant::now();
+        embed(&mut client, request(vec![ids("x", seq(k, 8))])).await.unwrap();
+        micros.push(started.elapsed().as_micros());
+    }
+    micros.sort_unstable();
+    assert!(micros[10] < 20_000, "median {} us", micros[10]);
+    server.stop().await;
+}
+
+/// Not a check: prints single-request latency percentiles and the throughput of 16 concurrent clients on
+/// the demo model (`cargo test --release -p marc-server --test serve_grpc -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn measure_latency_and_throughput() {
+    let server = Server::start(|c| c.max_batch_wait = Duration::from_micros(200)).await;
+    let mut client = server.client().await;
+    let one = || request(vec![ids("x", seq(11, 32))]);
+    for _ in 0..20 {
+        embed(&mut client, one()).await.unwrap();
+    }
+    let mut micros: Vec<u128> = Vec::new();
+    for _ in 0..300 {
+        let started = std::time::Instant::now();
+        embed(&mut client, one()).await.unwrap();
+        micros.push(started.elapsed().as_micros());
+    }
+    micros.sort_unstable();
+    let p = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
+    println!(
+        "single Embed, 1 item x 32 tokens, default head: p50 {} us, p90 {} us, p99 {} us",
+        p(0.5),
+        p(0.9),
+        p(0.99)
+    );
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..16u32 {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            for k in 0..50 {
+                embed(&mut client, request(vec![ids("x", seq(c * 100 + k, 32))]))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        bounded("client", t).await.unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "16 clients x 50 Embed of 32 tokens: {:.0} requests/s, {:.0} tokens/s",
+        800.0 / seconds,
+        800.0 * 32.0 / seconds
+    );
+    server.stop().await;
+}

@@ -264,7 +264,8 @@ pub async fn run(
             .add_service(health)
             .add_service(reflection)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(grpc), signal),
+            // No Nagle: small responses would otherwise wait ~40 ms for the peer's delayed ACK.
+            .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), signal),
     );
     tracing::info!(%addr, "gRPC listening; loading the model");
 
