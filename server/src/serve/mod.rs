@@ -1,6 +1,6 @@
 //! `marc serve`: the gRPC embedding server.
 //!
-//! - [`engine`](self): the thread that owns the model and runs batches (`engine.rs`).
+//! - `engine.rs`: the thread that owns the model and runs batches.
 //! - `batching/queue.rs`: token-budget dynamic batching, bounded by tokens, no transport.
 //! - `grpc/`: the `marc.v1.Embedder` service (`service.rs`), proto <-> domain (`convert.rs`) and the one
 //!   mapping of domain errors to gRPC statuses (`status.rs`).
