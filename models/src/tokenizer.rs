@@ -51,4 +51,17 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
+
+    /// Like [`Tokenizer::encode`], also returning how many of the ids at the start and at the end are special
+    /// tokens the post-processor added (so truncation can keep them).
+    pub fn encode_with_specials(&self, text: &str) -> Result<(Vec<u32>, usize, usize), TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mask = encoding.get_special_tokens_mask();
+        let lead = mask.iter().take_while(|&&m| m == 1).count();
+        let trail = mask[lead..].iter().rev().take_while(|&&m| m == 1).count();
+        Ok((encoding.get_ids().to_vec(), lead, trail))
+    }
 }

@@ -30,6 +30,39 @@ pub(crate) enum Command {
     /// Manage a model's compression heads.
     #[command(subcommand)]
     Head(HeadCommand),
+    /// Serve embeddings over gRPC (marc.v1.Embedder), with health, reflection and Prometheus metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Model directory (config.json + safetensors [+ tokenizer.json] [+ heads/]); default: the demo model.
+    #[arg(long)]
+    pub(crate) model: Option<PathBuf>,
+    /// Address for gRPC (port 0 picks a free port; the address is logged).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub(crate) grpc_addr: String,
+    /// Address for Prometheus metrics at /metrics.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub(crate) metrics_addr: String,
+    /// Tokens per forward pass (sequences are packed without padding; a longer item runs alone).
+    #[arg(long, default_value_t = 8192)]
+    pub(crate) max_batch_tokens: usize,
+    /// Microseconds a batch that is not full waits for more requests.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) max_batch_wait_us: u64,
+    /// Tokens the queue holds; requests beyond it get RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 262_144)]
+    pub(crate) max_queue_tokens: usize,
+    /// Inputs one request may carry.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_items_per_request: usize,
+    /// Tokens one input may have (after tokenization); longer inputs follow the request's truncation.
+    #[arg(long, default_value_t = 8192)]
+    pub(crate) max_item_tokens: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) drain_timeout_s: u64,
 }
 
 #[derive(Subcommand)]

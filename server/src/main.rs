@@ -1,5 +1,5 @@
 //! The `marc` command line: `marc embed` (offline batch embedding), `marc head init` (fit a PCA
-//! compression head) and `marc bench`.
+//! compression head), `marc bench` and `marc serve` (the gRPC server, in the `marc_server` library).
 
 mod cli;
 mod commands;
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
         cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
         cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
+        cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

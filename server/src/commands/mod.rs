@@ -3,3 +3,4 @@
 pub(crate) mod bench;
 pub(crate) mod embed;
 pub(crate) mod head;
+pub(crate) mod serve;

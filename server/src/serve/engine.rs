@@ -1,0 +1,443 @@
+//! The engine: one dedicated OS thread (not a tokio worker) that owns the model, takes batches from the
+//! queue and runs them on the rayon pool, then pools, applies heads and post-processes per request.
+//!
+//! A batch serves every request in it with one forward pass that stops at the deepest layer any of them
+//! needs. Results go back over a oneshot channel per request; a request whose receiver was dropped (its call
+//! was cancelled) is skipped in the queue. Every item's vector is bitwise the same whatever else is in the
+//! batch, so batching across requests changes no result.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use marc_models::{CompressionHead, NemotronH, PackedBatch, Pooling, pooling};
+use tokio::sync::oneshot;
+
+use super::batching::queue::{Entry, Lane, Queue, Slice};
+use super::error::ServeError;
+use super::metrics as m;
+
+/// Where an output vector comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The head at this index of the server's heads.
+    Head(usize),
+    /// Raw hidden states at this layer (transformers' numbering).
+    Raw(usize),
+}
+
+/// What to compute for every item of a request (already validated).
+#[derive(Clone, Debug)]
+pub(crate) struct OutputSpec {
+    /// Head or raw layer.
+    pub(crate) source: Source,
+    /// Pooling (never [`Pooling::None`] with a head).
+    pub(crate) pooling: Pooling,
+    /// Keep the first `dimensions` components (Matryoshka); `None` keeps all.
+    pub(crate) dimensions: Option<usize>,
+    /// L2-normalise each output vector after truncation.
+    pub(crate) normalize: bool,
+}
+
+/// A validated request, ready to queue.
+pub(crate) struct Job {
+    /// Token ids per item, non-empty, within the item limit.
+    pub(crate) sequences: Vec<Vec<u32>>,
+    /// What to compute.
+    pub(crate) spec: OutputSpec,
+    /// Scheduling lane.
+    pub(crate) lane: Lane,
+    /// Drop the job unstarted after this.
+    pub(crate) deadline: Option<Instant>,
+    /// When the server received the request.
+    pub(crate) received: Instant,
+}
+
+/// One item's output: `rows` vectors of `width` values (rows = 1 when pooled).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ItemOutput {
+    /// Vectors, row-major.
+    pub(crate) values: Vec<f32>,
+    /// Number of vectors: tokens with no pooling, else 1.
+    pub(crate) rows: usize,
+    /// Values per vector.
+    pub(crate) width: usize,
+    /// Tokens the model processed for the item.
+    pub(crate) tokens: usize,
+}
+
+/// A finished request.
+pub(crate) struct Done {
+    /// One output per item, in request order.
+    pub(crate) items: Vec<ItemOutput>,
+    /// Receipt to the start of the first batch that held one of its items.
+    pub(crate) queue: Duration,
+    /// Start of the first batch to the end of the last.
+    pub(crate) compute: Duration,
+}
+
+/// The answer channel of one request.
+pub(crate) type Reply = oneshot::Receiver<Result<Done, ServeError>>;
+
+/// Batching limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchSettings {
+    /// Tokens per forward pass (a longer item runs alone).
+    pub(crate) max_batch_tokens: usize,
+    /// How long to wait for more work when a batch is not full.
+    pub(crate) max_batch_wait: Duration,
+    /// Tokens the queue holds before refusing requests.
+    pub(crate) max_queue_tokens: usize,
+}
+
+/// A queued request's state, shared by the queue's slices and the engine.
+struct Pending {
+    spec: OutputSpec,
+    received: Instant,
+    results: Mutex<Vec<ItemOutput>>,
+    remaining: AtomicUsize,
+    started: Mutex<Option<Instant>>,
+    reply: Mutex<Option<oneshot::Sender<Result<Done, ServeError>>>>,
+}
+
+impl Pending {
+    fn is_cancelled(&self) -> bool {
+        lock(&self.reply).as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    fn fail(&self, error: ServeError) {
+        if let Some(tx) = lock(&self.reply).take() {
+            let _ = tx.send(Err(error));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Shared {
+    queue: Mutex<Queue<Arc<Pending>>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    settings: BatchSettings,
+}
+
+/// Handle to the engine thread; dropping it stops the thread after the queued work.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread: it loads the model with `load`, runs one warm-up forward pass, reports on
+    /// `ready` (the model's load time, or the error), then serves the queue.
+    pub(crate) fn start(
+        settings: BatchSettings,
+        heads: Arc<Vec<CompressionHead>>,
+        load: impl FnOnce() -> anyhow::Result<NemotronH> + Send + 'static,
+        ready: oneshot::Sender<anyhow::Result<Duration>>,
+    ) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::new(settings.max_queue_tokens)),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            settings,
+        });
+        let inner = shared.clone();
+        let thread = std::thread::Builder::new().name("marc-engine".into()).spawn(move || {
+            let started = Instant::now();
+            let model = match load().and_then(|model| {
+                model.hidden_states(&PackedBatch::from_sequences(&[[0u32]]), &[model.max_layer()])?;
+                Ok(model)
+            }) {
+                Ok(model) => model,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    inner.stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(started.elapsed()));
+            serve_queue(&inner, &model, &heads);
+        })?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `job`; refuses it at once when the queue is full or the engine has stopped.
+    pub(crate) fn submit(&self, job: Job) -> Result<Reply, ServeError> {
+        let (tx, rx) = oneshot::channel();
+        let items = job.sequences.len();
+        let pending = Arc::new(Pending {
+            spec: job.spec,
+            received: job.received,
+            results: Mutex::new(vec![ItemOutput::default(); items]),
+            remaining: AtomicUsize::new(items),
+            started: Mutex::new(None),
+            reply: Mutex::new(Some(tx)),
+        });
+        if self.shared.stop.load(Ordering::SeqCst) {
+            return Err(ServeError::ShuttingDown);
+        }
+        let mut queue = lock(&self.shared.queue);
+        queue
+            .push(Entry {
+                sequences: job.sequences,
+                lane: job.lane,
+                deadline: job.deadline,
+                payload: pending,
+            })
+            .map_err(|full| {
+                metrics::counter!(m::REJECTED_TOTAL, "reason" => "queue_full").increment(1);
+                ServeError::Overloaded(format!(
+                    "the queue is full: {} tokens queued, this request has {}, max_queue_tokens is {}; retry later",
+                    full.queued, full.asked, full.capacity
+                ))
+            })?;
+        queue_gauges(&queue);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn queue_gauges(queue: &Queue<Arc<Pending>>) {
+    metrics::gauge!(m::QUEUE_REQUESTS).set(queue.len() as f64);
+    metrics::gauge!(m::QUEUE_TOKENS).set(queue.tokens() as f64);
+}
+
+/// The engine loop: wait for work, give a non-full batch up to `max_batch_wait` to fill, run it.
+fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
+    let settings = shared.settings;
+    loop {
+        let mut queue = lock(&shared.queue);
+        while queue.is_empty() {
+            if shared.stop.load(Ordering::SeqCst) {
+                // Anything queued after the last check fails rather than hanging its caller.
+                return;
+            }
+            queue = shared
+                .wake
+                .wait_timeout(queue, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let waited = Instant::now();
+        while queue.tokens() < settings.max_batch_tokens && waited.elapsed() < settings.max_batch_wait {
+            let left = settings.max_batch_wait.saturating_sub(waited.elapsed());
+            queue = shared
+                .wake
+                .wait_timeout(queue, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let popped = queue.pop_batch(settings.max_batch_tokens, Instant::now(), |p| p.is_cancelled());
+        queue_gauges(&queue);
+        drop(queue);
+        for p in &popped.expired {
+            metrics::counter!(m::REJECTED_TOTAL, "reason" => "deadline").increment(1);
+            p.fail(ServeError::DeadlineExceeded);
+        }
+        metrics::counter!(m::REJECTED_TOTAL, "reason" => "cancelled").increment(popped.cancelled.len() as u64);
+        if !popped.batch.is_empty() {
+            let tokens = popped.tokens();
+            run_batch(model, heads, popped.batch, tokens);
+        }
+    }
+}
+
+/// The layer a source reads.
+fn layer_of(source: Source, heads: &[CompressionHead]) -> usize {
+    match source {
+        Source::Head(i) => heads[i].source_layer,
+        Source::Raw(layer) => layer,
+    }
+}
+
+fn run_batch(model: &NemotronH, heads: &[CompressionHead], batch: Vec<Slice<Arc<Pending>>>, tokens: usize) {
+    let started = Instant::now();
+    for slice in &batch {
+        lock(&slice.payload.started).get_or_insert(started);
+    }
+    let mut layers: Vec<usize> = batch.iter().map(|s| layer_of(s.payload.spec.source, heads)).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let sequences: Vec<&[u32]> = batch
+        .iter()
+        .flat_map(|s| s.sequences.iter().map(Vec::as_slice))
+        .collect();
+    let packed = PackedBatch::from_sequences(&sequences);
+    metrics::histogram!(m::BATCH_SIZE).record(sequences.len() as f64);
+    metrics::histogram!(m::BATCH_TOKENS).record(tokens as f64);
+    let states = match model.hidden_states(&packed, &layers) {
+        Ok(states) => states,
+        Err(e) => {
+            tracing::error!(error = %e, "forward pass failed");
+            for slice in &batch {
+                slice
+                    .payload
+                    .fail(ServeError::Internal(format!("forward pass failed: {e}")));
+            }
+            return;
+        }
+    };
+    let hidden = model.hidden_size();
+    let mut next = 0;
+    for slice in batch {
+        let spec = &slice.payload.spec;
+        let layer = layers
+            .binary_search(&layer_of(spec.source, heads))
+            .expect("layer was asked");
+        let ranges: Vec<_> = (next..next + slice.sequences.len()).map(|i| packed.range(i)).collect();
+        next += slice.sequences.len();
+        let outputs = item_outputs(&states[layer], &ranges, hidden, spec, heads);
+        let label = match spec.source {
+            Source::Head(i) => heads[i].name.clone(),
+            Source::Raw(_) => "raw".to_owned(),
+        };
+        metrics::counter!(m::ITEMS_TOTAL, "head" => label).increment(ranges.len() as u64);
+        match outputs {
+            Ok(outputs) => complete(&slice.payload, slice.first, outputs),
+            Err(e) => slice.payload.fail(e),
+        }
+    }
+    metrics::counter!(m::TOKENS_TOTAL).increment(tokens as u64);
+    metrics::histogram!(m::COMPUTE_DURATION).record(started.elapsed().as_secs_f64());
+}
+
+/// Stores a slice's outputs; the last slice of a request sends its answer.
+fn complete(pending: &Pending, first: usize, outputs: Vec<ItemOutput>) {
+    let n = outputs.len();
+    {
+        let mut results = lock(&pending.results);
+        for (slot, out) in results[first..first + n].iter_mut().zip(outputs) {
+            *slot = out;
+        }
+    }
+    if pending.remaining.fetch_sub(n, Ordering::SeqCst) == n {
+        let now = Instant::now();
+        let started = lock(&pending.started).unwrap_or(now);
+        let items = std::mem::take(&mut *lock(&pending.results));
+        let queue = started.saturating_duration_since(pending.received);
+        metrics::histogram!(m::QUEUE_DURATION).record(queue.as_secs_f64());
+        if let Some(tx) = lock(&pending.reply).take() {
+            let _ = tx.send(Ok(Done {
+                items,
+                queue,
+                compute: now.saturating_duration_since(started),
+            }));
+        }
+    }
+}
+
+/// Pools, applies the head, truncates and normalises one slice's items (`ranges` are token rows of `states`).
+fn item_outputs(
+    states: &[f32],
+    ranges: &[std::ops::Range<usize>],
+    hidden: usize,
+    spec: &OutputSpec,
+    heads: &[CompressionHead],
+) -> Result<Vec<ItemOutput>, ServeError> {
+    let rows_of = |r: &std::ops::Range<usize>| &states[r.start * hidden..r.end * hidden];
+    let (mut outputs, width) = if spec.pooling == Pooling::None {
+        let outs = ranges
+            .iter()
+            .map(|r| ItemOutput {
+                values: rows_of(r).to_vec(),
+                rows: r.len(),
+                width: hidden,
+                tokens: r.len(),
+            })
+            .collect::<Vec<_>>();
+        (outs, hidden)
+    } else {
+        let mut pooled = Vec::with_capacity(ranges.len() * hidden);
+        for r in ranges {
+            pooled.extend(pooling::pool(rows_of(r), hidden, spec.pooling).unwrap_or_else(|| vec![0.0; hidden]));
+        }
+        let (vectors, width) = match spec.source {
+            Source::Head(i) => {
+                let head = &heads[i];
+                let out = head
+                    .apply(&pooled, ranges.len())
+                    .map_err(|e| ServeError::Internal(format!("head `{}`: {e}", head.name)))?;
+                (out, head.output_dim)
+            }
+            Source::Raw(_) => (pooled, hidden),
+        };
+        let outs = ranges
+            .iter()
+            .zip(vectors.chunks_exact(width))
+            .map(|(r, v)| ItemOutput {
+                values: v.to_vec(),
+                rows: 1,
+                width,
+                tokens: r.len(),
+            })
+            .collect();
+        (outs, width)
+    };
+    for out in &mut outputs {
+        finish(out, width, spec.dimensions, spec.normalize);
+    }
+    Ok(outputs)
+}
+
+/// Matryoshka truncation to `dimensions`, then L2 normalisation of each row when `normalize` (the norm in
+/// f64 in a fixed order, a zero row stays zero: the same arithmetic as a head's own normalisation, so the
+/// bytes match `marc embed`).
+fn finish(out: &mut ItemOutput, width: usize, dimensions: Option<usize>, normalize: bool) {
+    if let Some(d) = dimensions.filter(|&d| d < width) {
+        out.values = out
+            .values
+            .chunks_exact(width)
+            .flat_map(|row| row[..d].iter().copied())
+            .collect();
+        out.width = d;
+    }
+    if normalize {
+        normalize_rows(&mut out.values, out.width);
+    }
+}
+
+/// L2-normalises each row of `width` values in place; see [`finish`].
+pub(crate) fn normalize_rows(values: &mut [f32], width: usize) {
+    for row in values.chunks_exact_mut(width) {
+        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            row.iter_mut().for_each(|v| *v = (f64::from(*v) / norm) as f32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncates_then_renormalises() {
+        let mut out = ItemOutput {
+            values: vec![3.0, 4.0, 12.0, 0.0, 0.0, 5.0],
+            rows: 2,
+            width: 3,
+            tokens: 2,
+        };
+        finish(&mut out, 3, Some(2), true);
+        assert_eq!(out.width, 2);
+        assert_eq!(out.values, [0.6, 0.8, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,22 @@
+//! The server's domain error: what can go wrong with a request, independent of the transport.
+//! `grpc/status.rs` is the one place it becomes a gRPC status.
+
+/// Why a request got no embeddings.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    /// The request breaks a documented rule; the message names the field and the limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The queue is full; retry later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request's deadline passed before its compute started.
+    #[error("the deadline passed while the request was queued")]
+    DeadlineExceeded,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A bug or a broken model: details go to the log, not to the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
