@@ -164,12 +164,7 @@ impl CompressionHead {
             x = y;
         }
         if self.normalize {
-            for row in x.chunks_exact_mut(self.output_dim) {
-                let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-                if norm > 0.0 {
-                    row.iter_mut().for_each(|v| *v = (f64::from(*v) / norm) as f32);
-                }
-            }
+            crate::pooling::l2_normalize_rows(&mut x, self.output_dim);
         }
         Ok(x)
     }

@@ -50,6 +50,18 @@ pub fn pool(states: &[f32], width: usize, pooling: Pooling) -> Option<Vec<f32>> 
     }
 }
 
+/// L2-normalises each row of `width` values in place: the norm in f64, summed in order; a zero row
+/// stays zero. The one definition both heads and the server's Matryoshka re-normalisation use, so
+/// their bytes agree.
+pub fn l2_normalize_rows(values: &mut [f32], width: usize) {
+    for row in values.chunks_exact_mut(width) {
+        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            row.iter_mut().for_each(|v| *v = (f64::from(*v) / norm) as f32);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,17 +410,7 @@ fn finish(out: &mut ItemOutput, width: usize, dimensions: Option<usize>, normali
         out.width = d;
     }
     if normalize {
-        normalize_rows(&mut out.values, out.width);
-    }
-}
-
-/// L2-normalises each row of `width` values in place; see [`finish`].
-pub(crate) fn normalize_rows(values: &mut [f32], width: usize) {
-    for row in values.chunks_exact_mut(width) {
-        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            row.iter_mut().for_each(|v| *v = (f64::from(*v) / norm) as f32);
-        }
+        marc_models::pooling::l2_normalize_rows(&mut out.values, out.width);
     }
 }
 
