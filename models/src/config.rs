@@ -173,6 +173,19 @@ pub struct NemotronHConfig {
     pub mlp: MlpConfig,
     /// MoE sizes and routing.
     pub moe: MoeConfig,
+    /// What the checkpoint says about itself (no effect on the computation).
+    pub description: ConfigDescription,
+}
+
+/// Descriptive keys of `config.json`, reported by the server's `Info`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigDescription {
+    /// `_name_or_path`, if the file has it.
+    pub name: Option<String>,
+    /// The first of `architectures`, if any.
+    pub architecture: Option<String>,
+    /// `torch_dtype` (or transformers 5's `dtype`), if any.
+    pub dtype: Option<String>,
 }
 
 impl NemotronHConfig {
@@ -209,6 +222,11 @@ impl NemotronHConfig {
 #[derive(Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
+    #[serde(rename = "_name_or_path")]
+    name_or_path: Option<String>,
+    architectures: Option<Vec<String>>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
     vocab_size: Option<usize>,
     hidden_size: Option<usize>,
     #[serde(alias = "layer_types")]
@@ -416,6 +434,11 @@ impl RawConfig {
             mamba,
             mlp,
             moe,
+            description: ConfigDescription {
+                name: self.name_or_path,
+                architecture: self.architectures.and_then(|a| a.into_iter().next()),
+                dtype: self.torch_dtype.or(self.dtype),
+            },
         })
     }
 
@@ -480,6 +503,8 @@ mod tests {
         assert_eq!(config.pattern(), "ME*M-EME*M-E");
         assert_eq!(config.mamba.in_proj_size(), 2048 + 2560 + 32);
         assert_eq!(config.moe.latent_size, Some(512));
+        assert_eq!(config.description.architecture.as_deref(), Some("NemotronHForCausalLM"));
+        assert_eq!(config.description.dtype.as_deref(), Some("bfloat16"));
     }
 
     #[test]

@@ -143,8 +143,6 @@ pub async fn run(
 
     let dir = config.model_dir.clone();
     let model_config = NemotronHConfig::from_file(&dir.join("config.json"))?;
-    // json5: checkpoints write bare `Infinity`.
-    let raw_config: serde_json::Value = json5::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let mut heads = load_heads(
         &dir,
         model_config.hidden_size,
@@ -173,18 +171,14 @@ pub async fn run(
     } else {
         None
     };
-    let text = |key: &str| raw_config.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let described = &model_config.description;
     let facts = ModelFacts {
-        name: text("_name_or_path").unwrap_or_else(|| dir.display().to_string()),
-        architecture: raw_config
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(|a| a.as_str())
-            .unwrap_or("NemotronHForCausalLM")
-            .to_owned(),
-        weight_dtype: text("torch_dtype")
-            .or_else(|| text("dtype"))
-            .unwrap_or_else(|| "unknown".into()),
+        name: described.name.clone().unwrap_or_else(|| dir.display().to_string()),
+        architecture: described
+            .architecture
+            .clone()
+            .unwrap_or_else(|| "NemotronHForCausalLM".into()),
+        weight_dtype: described.dtype.clone().unwrap_or_else(|| "unknown".into()),
         quantization: match config.precision {
             MatmulPrecision::Exact => "none".into(),
             _ => "bf16".into(),
