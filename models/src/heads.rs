@@ -135,13 +135,23 @@ impl CompressionHead {
         self.layers[0].linear.weight.cols()
     }
 
-    /// Maps `n` pooled states `[n, input_dim]` to `[n, output_dim]`: each layer's GEMM over the
-    /// whole batch, its activation, then L2 normalisation per row when [`Self::normalize`] is set
-    /// (the norm is accumulated in f64 in a fixed order; a zero row stays zero).
+    /// Maps `n` pooled states `[n, input_dim]` to `[n, output_dim]`: [`Self::project`], then L2
+    /// normalisation per row when [`Self::normalize`] is set (the norm is accumulated in f64 in a
+    /// fixed order; a zero row stays zero).
+    pub fn apply(&self, pooled: &[f32], n: usize) -> Result<Vec<f32>, ForwardError> {
+        let mut x = self.project(pooled, n)?;
+        if self.normalize {
+            crate::pooling::l2_normalize_rows(&mut x, self.output_dim);
+        }
+        Ok(x)
+    }
+
+    /// The head's layers without its normalisation: each layer's GEMM over the whole batch, then its
+    /// activation. For callers that truncate (Matryoshka) before normalising.
     ///
     /// An item's output is bitwise the same whatever else is in the batch: the GEMM computes
     /// rows independently and everything after it is per row.
-    pub fn apply(&self, pooled: &[f32], n: usize) -> Result<Vec<f32>, ForwardError> {
+    pub fn project(&self, pooled: &[f32], n: usize) -> Result<Vec<f32>, ForwardError> {
         if pooled.len() != n * self.input_dim() {
             return Err(ForwardError::Batch(format!(
                 "head `{}`: expected {n} x {} pooled values, found {}",
@@ -162,9 +172,6 @@ impl CompressionHead {
                 y.iter_mut().for_each(|v| *v = layer.activation.apply(*v));
             }
             x = y;
-        }
-        if self.normalize {
-            crate::pooling::l2_normalize_rows(&mut x, self.output_dim);
         }
         Ok(x)
     }

@@ -133,9 +133,29 @@ pub(crate) struct EmbedArgs {
     /// Return raw hidden states even if the model directory has a compression head.
     #[arg(long)]
     pub(crate) no_head: bool,
+    /// Keep only the first N components of each vector (Matryoshka truncation; before normalising).
+    #[arg(long)]
+    pub(crate) dimensions: Option<usize>,
+    /// L2-normalise each output vector (default: the head's setting; raw states are not normalised).
+    #[arg(long, conflicts_with = "no_normalize")]
+    pub(crate) normalize: bool,
+    /// Do not L2-normalise, even if the head does.
+    #[arg(long)]
+    pub(crate) no_normalize: bool,
     /// Tokens per forward pass (items are packed without padding up to this budget).
     #[arg(long, default_value_t = 8192)]
     pub(crate) max_batch_tokens: usize,
+}
+
+impl EmbedArgs {
+    /// `--normalize` / `--no-normalize`, or neither.
+    pub(crate) fn normalize(&self) -> Option<bool> {
+        match (self.normalize, self.no_normalize) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {

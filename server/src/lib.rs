@@ -1,4 +1,37 @@
-//! The library side of the `marc` binary: the gRPC embedding server behind `marc serve` ([`serve::run`]), a
-//! library target so integration tests can start it in process on an ephemeral port.
+//! The library side of the `marc` binary: the command line ([`main`]), the offline commands, and the gRPC
+//! embedding server behind `marc serve` ([`serve::run`]), a library so integration tests can start it in
+//! process on an ephemeral port.
+//!
+//! - `cli.rs`: flags; `commands/`: one module per subcommand; `input.rs`: `marc embed`'s JSONL input.
+//! - `output.rs`: what a request asks for (head, layer, pooling, dimensions, normalisation) and how it is
+//!   computed from hidden states, shared by `marc embed` and the server.
+//! - [`serve`]: the server.
 
+mod cli;
+mod commands;
+mod input;
+mod output;
 pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Runs the `marc` command line with the process's arguments; errors print their context chain on one line.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = cli::init_threads(cli.threads).and_then(|()| match cli.command {
+        cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
+        cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
+        cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
+        cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // No backtrace: these are user-facing errors.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

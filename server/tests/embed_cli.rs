@@ -196,7 +196,11 @@ fn bad_input_names_the_line_and_writes_nothing() {
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     }
     let run = embed("{\"id\": 1, \"token_ids\": [1]}\n", &["--no-head", "--layer", "10"]);
-    assert!(!run.ok && run.stderr.contains("--layer 10"), "{}", run.stderr);
+    assert!(
+        !run.ok && run.stderr.contains("--layer: 10 is out of range"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -289,13 +293,16 @@ fn the_default_head_compresses_and_matches_the_library() {
 fn head_misuse_is_a_clear_error() {
     let input = "{\"id\": 1, \"token_ids\": [1, 2, 3]}\n";
     let cases: [(&[&str], &[&str]); 5] = [
-        (&["--head", "nope"], &["--head nope", "available heads: default"]),
+        (
+            &["--head", "nope"],
+            &["--head: unknown head `nope`", "available heads: default"],
+        ),
         (
             &["--layer", "3"],
-            &["--layer 3", "head `default` reads layer 5", "--no-head"],
+            &["--layer: 3", "head `default` reads layer 5", "--no-head"],
         ),
-        (&["--head", "default", "--layer", "3"], &["--layer 3", "--no-head"]),
-        (&["--pooling", "none"], &["--pooling none", "--no-head"]),
+        (&["--head", "default", "--layer", "3"], &["--layer: 3", "--no-head"]),
+        (&["--pooling", "none"], &["--pooling: none", "--no-head"]),
         (&["--head", "default", "--no-head"], &["cannot be used with"]),
     ];
     for (args, fragments) in cases {

@@ -265,6 +265,31 @@ async fn float32_bytes_equal_marc_embed() {
             },
         ),
         (
+            vec!["--dimensions", "16"],
+            EmbedRequest {
+                dimensions: Some(16),
+                ..request(inputs.clone())
+            },
+        ),
+        (
+            vec!["--no-head", "--layer", "4", "--dimensions", "32", "--normalize"],
+            EmbedRequest {
+                raw: true,
+                layer: Some(4),
+                pooling: Pooling::Mean.into(),
+                dimensions: Some(32),
+                normalize: Some(true),
+                ..request(inputs.clone())
+            },
+        ),
+        (
+            vec!["--no-normalize"],
+            EmbedRequest {
+                normalize: Some(false),
+                ..request(inputs.clone())
+            },
+        ),
+        (
             vec!["--no-head", "--layer", "0", "--pooling", "none"],
             EmbedRequest {
                 raw: true,

@@ -13,17 +13,16 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail, ensure};
+use anyhow::{Context, anyhow, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use marc_kernels::MatmulPrecision;
 use marc_models::heads::HEADS_DIR;
-use marc_models::{
-    CompressionHead, LoadOptions, NemotronH, NemotronHConfig, PackedBatch, Pooling, default_head, load_heads, pooling,
-};
+use marc_models::{CompressionHead, LoadOptions, NemotronH, NemotronHConfig, PackedBatch, Pooling, load_heads};
 use serde::Serialize;
 
 use crate::cli::{EmbedArgs, default_model_dir};
 use crate::input::{Item, read_items};
+use crate::output::{self, Field, HeadChoice, OutputRequest, OutputSpec, Served, Source, plan};
 
 #[derive(Serialize)]
 struct EmbeddingLine<'a> {
@@ -37,23 +36,13 @@ struct HiddenLine<'a> {
     hidden: Vec<&'a [f32]>,
 }
 
-/// What each output line holds.
-#[derive(Clone, Copy)]
-enum Output<'a> {
-    /// Every token's state.
-    Hidden,
-    /// The pooled raw state.
-    Pooled(Pooling),
-    /// The pooled state through a compression head.
-    Head(&'a CompressionHead),
-}
-
-/// `mean`, `last` or `none`, as on the command line.
-pub(crate) fn pooling_name(pooling: Pooling) -> &'static str {
-    match pooling {
-        Pooling::None => "none",
-        Pooling::Mean => "mean",
-        Pooling::Last => "last",
+/// The flag a planning error is about.
+fn flag(field: Field) -> &'static str {
+    match field {
+        Field::Head => "--head",
+        Field::Layer => "--layer",
+        Field::Pooling => "--pooling",
+        Field::Dimensions => "--dimensions",
     }
 }
 
@@ -71,53 +60,41 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
             )
         })?
     };
-    let head = select_head(&heads, args.head.as_deref(), &dir)?;
-    let (layer, output) = match head {
-        Some(head) => {
-            if let Some(layer) = args.layer {
-                bail!(
-                    "--layer {layer} cannot be used with a compression head: head `{}` reads layer {}; \
-                     use --no-head for raw states at another layer",
-                    head.name,
-                    head.source_layer
-                );
-            }
-            match args.pooling {
-                Some(Pooling::None) => bail!(
-                    "--pooling none cannot be used with a compression head (head `{}` pools with {}); \
-                     use --no-head for token states",
-                    head.name,
-                    pooling_name(head.pooling)
-                ),
-                Some(p) if p != head.pooling => bail!(
-                    "--pooling {} differs from head `{}`'s {} pooling: drop --pooling, or use --no-head for raw states",
-                    pooling_name(p),
-                    head.name,
-                    pooling_name(head.pooling)
-                ),
-                _ => {}
-            }
-            (head.source_layer, Output::Head(head))
-        }
-        None => {
-            if !heads.is_empty() && args.head.is_none() && !args.no_head {
-                eprintln!(
-                    "note: the model has heads ({}) but none is the default; returning raw states (choose one with --head)",
-                    names(&heads)
-                );
-            }
-            let layer = args.layer.unwrap_or(config.num_layers());
-            ensure!(
-                layer <= config.num_layers(),
-                "--layer {layer}: the model has hidden states 0..={} (0 = embeddings)",
-                config.num_layers()
-            );
-            match args.pooling.unwrap_or_default() {
-                Pooling::None => (layer, Output::Hidden),
-                pooling => (layer, Output::Pooled(pooling)),
-            }
-        }
+    let request = OutputRequest {
+        head: match (&args.head, args.no_head) {
+            (Some(name), _) => HeadChoice::Named(name),
+            (None, true) => HeadChoice::Raw,
+            (None, false) => HeadChoice::DefaultOrRaw,
+        },
+        layer: args.layer,
+        pooling: args.pooling,
+        dimensions: args.dimensions,
+        normalize: args.normalize(),
     };
+    let served = Served {
+        heads: &heads,
+        hidden_size: config.hidden_size,
+        num_layers: config.num_layers(),
+        max_raw_layer: config.num_layers(),
+        raw_pooling: Pooling::Mean,
+    };
+    let spec = plan(&request, &served).map_err(|e| {
+        let hint = match e.field {
+            Field::Head if args.head.is_some() => {
+                format!(" (in {}; `marc head init` fits one)", dir.join(HEADS_DIR).display())
+            }
+            Field::Layer | Field::Pooling if !args.no_head => " (--no-head for raw states)".to_owned(),
+            _ => String::new(),
+        };
+        anyhow!("{}: {e}{hint}", flag(e.field))
+    })?;
+    if matches!(spec.source, Source::Raw(_)) && !heads.is_empty() && args.head.is_none() && !args.no_head {
+        eprintln!(
+            "note: the model has heads ({}) but none is the default; returning raw states (choose one with --head)",
+            heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let layer = spec.layer(&heads);
 
     let items = read_items(&args.input, &dir, config.vocab_size)?;
     let model = load_model(&dir, layer, precision)?;
@@ -129,7 +106,7 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
     );
 
     let partial = partial_path(&args.output);
-    let written = write_all(&model, &items, layer, output, args.max_batch_tokens, &partial, &bar);
+    let written = write_all(&model, &items, &spec, &heads, args.max_batch_tokens, &partial, &bar);
     bar.finish_and_clear();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&partial);
@@ -138,9 +115,9 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
     std::fs::rename(&partial, &args.output)
         .with_context(|| format!("cannot move output into {}", args.output.display()))?;
     let seconds = started.elapsed().as_secs_f64();
-    let through = match output {
-        Output::Head(head) => format!(" through head `{}` ({} dims)", head.name, head.output_dim),
-        _ => String::new(),
+    let through = match spec.source {
+        Source::Head(i) => format!(" through head `{}` ({} dims)", heads[i].name, heads[i].output_dim),
+        Source::Raw(_) => String::new(),
     };
     eprintln!(
         "embedded {} items ({total_tokens} tokens) at layer {layer}{through} in {seconds:.2} s: {:.0} tokens/s, {:.1} items/s",
@@ -149,32 +126,6 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
         items.len() as f64 / seconds
     );
     Ok(())
-}
-
-fn names(heads: &[CompressionHead]) -> String {
-    heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// The head `--head` names, else the default head (see [`default_head`]).
-fn select_head<'a>(
-    heads: &'a [CompressionHead],
-    name: Option<&str>,
-    dir: &Path,
-) -> anyhow::Result<Option<&'a CompressionHead>> {
-    let Some(name) = name else {
-        return Ok(default_head(heads));
-    };
-    heads.iter().find(|h| h.name == name).map(Some).ok_or_else(|| {
-        let available = if heads.is_empty() {
-            "the model has no heads (fit one with `marc head init`)".to_owned()
-        } else {
-            format!("available heads: {}", names(heads))
-        };
-        anyhow!(
-            "--head {name}: no such head in {}; {available}",
-            dir.join(HEADS_DIR).display()
-        )
-    })
 }
 
 pub(crate) fn load_model(dir: &Path, layer: usize, precision: MatmulPrecision) -> anyhow::Result<NemotronH> {
@@ -232,28 +183,12 @@ pub(crate) fn for_each_batch(
     Ok(())
 }
 
-/// Pools each sequence of `batch` (`states`: `[tokens, hidden]`) into `[sequences, hidden]`.
-pub(crate) fn pool_batch(
-    states: &[f32],
-    batch: &PackedBatch,
-    count: usize,
-    hidden: usize,
-    pooling: Pooling,
-) -> Vec<f32> {
-    let mut pooled = Vec::with_capacity(count * hidden);
-    for i in 0..count {
-        let rows = &states[batch.range(i).start * hidden..batch.range(i).end * hidden];
-        pooled.extend(pooling::pool(rows, hidden, pooling).unwrap_or_else(|| vec![0.0; hidden]));
-    }
-    pooled
-}
-
 /// Embeds every item and writes one line per item, in order.
 fn write_all(
     model: &NemotronH,
     items: &[Item],
-    layer: usize,
-    output: Output<'_>,
+    spec: &OutputSpec,
+    heads: &[CompressionHead],
     max_batch_tokens: usize,
     path: &Path,
     bar: &ProgressBar,
@@ -264,39 +199,24 @@ fn write_all(
     for_each_batch(
         model,
         items,
-        layer,
+        spec.layer(heads),
         max_batch_tokens,
         bar,
         |batch_items, batch, states| {
-            let vectors = match output {
-                Output::Hidden => None,
-                Output::Pooled(pooling) => {
-                    Some((pool_batch(states, batch, batch_items.len(), hidden, pooling), hidden))
-                }
-                Output::Head(head) => {
-                    let pooled = pool_batch(states, batch, batch_items.len(), hidden, head.pooling);
-                    Some((head.apply(&pooled, batch_items.len())?, head.output_dim))
-                }
-            };
-            for (i, item) in batch_items.iter().enumerate() {
-                match &vectors {
-                    None => {
-                        let rows = &states[batch.range(i).start * hidden..batch.range(i).end * hidden];
-                        serde_json::to_writer(
-                            &mut out,
-                            &HiddenLine {
-                                id: &item.id,
-                                hidden: rows.chunks_exact(hidden).collect(),
-                            },
-                        )?
-                    }
-                    Some((vectors, width)) => serde_json::to_writer(
+            let ranges: Vec<_> = (0..batch_items.len()).map(|i| batch.range(i)).collect();
+            let outputs = output::compute(states, &ranges, hidden, spec, heads)?;
+            for (item, o) in batch_items.iter().zip(&outputs) {
+                if spec.pooling == Pooling::None {
+                    let hidden = o.values.chunks_exact(o.width).collect();
+                    serde_json::to_writer(&mut out, &HiddenLine { id: &item.id, hidden })?;
+                } else {
+                    serde_json::to_writer(
                         &mut out,
                         &EmbeddingLine {
                             id: &item.id,
-                            embedding: &vectors[i * width..(i + 1) * width],
+                            embedding: &o.values,
                         },
-                    )?,
+                    )?;
                 }
                 out.write_all(b"\n")?;
             }

@@ -9,8 +9,9 @@ use marc_models::heads::{self, HeadInfo, pca};
 use marc_models::{NemotronHConfig, Pooling};
 
 use crate::cli::HeadInitArgs;
-use crate::commands::embed::{bar, for_each_batch, load_model, pool_batch, pooling_name};
+use crate::commands::embed::{bar, for_each_batch, load_model};
 use crate::input::read_items;
+use crate::output::{pool_ranges, pooling_name};
 
 pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
     let dir = &args.model;
@@ -65,7 +66,8 @@ pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision) -> anyhow::R
         args.max_batch_tokens,
         &bar,
         |batch_items, batch, states| {
-            pooled.extend(pool_batch(states, batch, batch_items.len(), hidden, pooling));
+            let ranges: Vec<_> = (0..batch_items.len()).map(|i| batch.range(i)).collect();
+            pooled.extend(pool_ranges(states, &ranges, hidden, pooling));
             Ok(())
         },
     );

@@ -1,11 +1,11 @@
-//! `marc serve`: binds the listeners, sets up logging and runs [`marc_server::serve::run`] until a signal.
+//! `marc serve`: binds the listeners, sets up logging and runs [`crate::serve::run`] until a signal.
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use crate::serve::{ServeConfig, run as serve, shutdown};
 use anyhow::Context;
 use marc_kernels::MatmulPrecision;
-use marc_server::serve::{ServeConfig, run as serve, shutdown};
 
 use crate::cli::{ServeArgs, default_model_dir};
 

@@ -11,34 +11,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use marc_models::{CompressionHead, NemotronH, PackedBatch, Pooling, pooling};
+use marc_models::{CompressionHead, NemotronH, PackedBatch};
 use tokio::sync::oneshot;
 
 use super::batching::queue::{Entry, Lane, Queue, Slice};
 use super::error::ServeError;
 use super::metrics as m;
-
-/// Where an output vector comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// The head at this index of the server's heads.
-    Head(usize),
-    /// Raw hidden states at this layer (transformers' numbering).
-    Raw(usize),
-}
-
-/// What to compute for every item of a request (already validated).
-#[derive(Clone, Debug)]
-pub(crate) struct OutputSpec {
-    /// Head or raw layer.
-    pub(crate) source: Source,
-    /// Pooling (never [`Pooling::None`] with a head).
-    pub(crate) pooling: Pooling,
-    /// Keep the first `dimensions` components (Matryoshka); `None` keeps all.
-    pub(crate) dimensions: Option<usize>,
-    /// L2-normalise each output vector after truncation.
-    pub(crate) normalize: bool,
-}
+use crate::output::{self, ItemOutput, OutputSpec};
 
 /// A validated request, ready to queue.
 pub(crate) struct Job {
@@ -52,19 +31,6 @@ pub(crate) struct Job {
     pub(crate) deadline: Option<Instant>,
     /// When the server received the request.
     pub(crate) received: Instant,
-}
-
-/// One item's output: `rows` vectors of `width` values (rows = 1 when pooled).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct ItemOutput {
-    /// Vectors, row-major.
-    pub(crate) values: Vec<f32>,
-    /// Number of vectors: tokens with no pooling, else 1.
-    pub(crate) rows: usize,
-    /// Values per vector.
-    pub(crate) width: usize,
-    /// Tokens the model processed for the item.
-    pub(crate) tokens: usize,
 }
 
 /// A finished request.
@@ -260,20 +226,12 @@ fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
     }
 }
 
-/// The layer a source reads.
-fn layer_of(source: Source, heads: &[CompressionHead]) -> usize {
-    match source {
-        Source::Head(i) => heads[i].source_layer,
-        Source::Raw(layer) => layer,
-    }
-}
-
 fn run_batch(model: &NemotronH, heads: &[CompressionHead], batch: Vec<Slice<Arc<Pending>>>, tokens: usize) {
     let started = Instant::now();
     for slice in &batch {
         lock(&slice.payload.started).get_or_insert(started);
     }
-    let mut layers: Vec<usize> = batch.iter().map(|s| layer_of(s.payload.spec.source, heads)).collect();
+    let mut layers: Vec<usize> = batch.iter().map(|s| s.payload.spec.layer(heads)).collect();
     layers.sort_unstable();
     layers.dedup();
     let sequences: Vec<&[u32]> = batch
@@ -299,16 +257,12 @@ fn run_batch(model: &NemotronH, heads: &[CompressionHead], batch: Vec<Slice<Arc<
     let mut next = 0;
     for slice in batch {
         let spec = &slice.payload.spec;
-        let layer = layers
-            .binary_search(&layer_of(spec.source, heads))
-            .expect("layer was asked");
+        let layer = layers.binary_search(&spec.layer(heads)).expect("layer was asked");
         let ranges: Vec<_> = (next..next + slice.sequences.len()).map(|i| packed.range(i)).collect();
         next += slice.sequences.len();
-        let outputs = item_outputs(&states[layer], &ranges, hidden, spec, heads);
-        let label = match spec.source {
-            Source::Head(i) => heads[i].name.clone(),
-            Source::Raw(_) => "raw".to_owned(),
-        };
+        let outputs = output::compute(&states[layer], &ranges, hidden, spec, heads)
+            .map_err(|e| ServeError::Internal(format!("outputs of a batch: {e}")));
+        let label = spec.head_name(heads).unwrap_or("raw").to_owned();
         metrics::counter!(m::ITEMS_TOTAL, "head" => label).increment(ranges.len() as u64);
         match outputs {
             Ok(outputs) => complete(&slice.payload, slice.first, outputs),
@@ -341,93 +295,5 @@ fn complete(pending: &Pending, first: usize, outputs: Vec<ItemOutput>) {
                 compute: now.saturating_duration_since(started),
             }));
         }
-    }
-}
-
-/// Pools, applies the head, truncates and normalises one slice's items (`ranges` are token rows of `states`).
-fn item_outputs(
-    states: &[f32],
-    ranges: &[std::ops::Range<usize>],
-    hidden: usize,
-    spec: &OutputSpec,
-    heads: &[CompressionHead],
-) -> Result<Vec<ItemOutput>, ServeError> {
-    let rows_of = |r: &std::ops::Range<usize>| &states[r.start * hidden..r.end * hidden];
-    let (mut outputs, width) = if spec.pooling == Pooling::None {
-        let outs = ranges
-            .iter()
-            .map(|r| ItemOutput {
-                values: rows_of(r).to_vec(),
-                rows: r.len(),
-                width: hidden,
-                tokens: r.len(),
-            })
-            .collect::<Vec<_>>();
-        (outs, hidden)
-    } else {
-        let mut pooled = Vec::with_capacity(ranges.len() * hidden);
-        for r in ranges {
-            pooled.extend(pooling::pool(rows_of(r), hidden, spec.pooling).unwrap_or_else(|| vec![0.0; hidden]));
-        }
-        let (vectors, width) = match spec.source {
-            Source::Head(i) => {
-                let head = &heads[i];
-                let out = head
-                    .apply(&pooled, ranges.len())
-                    .map_err(|e| ServeError::Internal(format!("head `{}`: {e}", head.name)))?;
-                (out, head.output_dim)
-            }
-            Source::Raw(_) => (pooled, hidden),
-        };
-        let outs = ranges
-            .iter()
-            .zip(vectors.chunks_exact(width))
-            .map(|(r, v)| ItemOutput {
-                values: v.to_vec(),
-                rows: 1,
-                width,
-                tokens: r.len(),
-            })
-            .collect();
-        (outs, width)
-    };
-    for out in &mut outputs {
-        finish(out, width, spec.dimensions, spec.normalize);
-    }
-    Ok(outputs)
-}
-
-/// Matryoshka truncation to `dimensions`, then L2 normalisation of each row when `normalize` (the norm in
-/// f64 in a fixed order, a zero row stays zero: the same arithmetic as a head's own normalisation, so the
-/// bytes match `marc embed`).
-fn finish(out: &mut ItemOutput, width: usize, dimensions: Option<usize>, normalize: bool) {
-    if let Some(d) = dimensions.filter(|&d| d < width) {
-        out.values = out
-            .values
-            .chunks_exact(width)
-            .flat_map(|row| row[..d].iter().copied())
-            .collect();
-        out.width = d;
-    }
-    if normalize {
-        marc_models::pooling::l2_normalize_rows(&mut out.values, out.width);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncates_then_renormalises() {
-        let mut out = ItemOutput {
-            values: vec![3.0, 4.0, 12.0, 0.0, 0.0, 5.0],
-            rows: 2,
-            width: 3,
-            tokens: 2,
-        };
-        finish(&mut out, 3, Some(2), true);
-        assert_eq!(out.width, 2);
-        assert_eq!(out.values, [0.6, 0.8, 0.0, 0.0]);
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, ensure};
 use marc_kernels::MatmulPrecision;
 use marc_models::tokenizer::Tokenizer;
-use marc_models::{LoadOptions, NemotronH, NemotronHConfig, Pooling, default_head, load_heads};
+use marc_models::{CompressionHead, LoadOptions, NemotronH, NemotronHConfig, Pooling, default_head, load_heads};
 use marc_proto::FILE_DESCRIPTOR_SET;
 use marc_proto::marc::v1::embedder_server::EmbedderServer;
 use tokio::net::TcpListener;
@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::output::Served;
 use engine::{BatchSettings, Engine};
 use grpc::service::{Context, EmbedderService};
 
@@ -75,15 +76,6 @@ impl ServeConfig {
     }
 }
 
-/// A head, as requests see it.
-pub(crate) struct HeadMeta {
-    name: String,
-    source_layer: usize,
-    pooling: Pooling,
-    output_dim: usize,
-    normalize: bool,
-}
-
 /// What validation and `Info` need to know about the model and the limits.
 pub(crate) struct ModelFacts {
     name: String,
@@ -93,7 +85,7 @@ pub(crate) struct ModelFacts {
     num_layers: usize,
     hidden_size: usize,
     vocab_size: usize,
-    heads: Vec<HeadMeta>,
+    heads: Arc<Vec<CompressionHead>>,
     default_head: Option<usize>,
     has_tokenizer: bool,
     max_batch_tokens: usize,
@@ -103,15 +95,16 @@ pub(crate) struct ModelFacts {
 }
 
 impl ModelFacts {
-    fn head_names(&self) -> String {
-        if self.heads.is_empty() {
-            return "the server has none".into();
+    /// What requests may ask for.
+    fn served(&self) -> Served<'_> {
+        Served {
+            heads: &self.heads,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_layers,
+            max_raw_layer: self.num_layers,
+            // gRPC's raw default: every token's state.
+            raw_pooling: Pooling::None,
         }
-        self.heads
-            .iter()
-            .map(|h| h.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 
@@ -143,29 +136,16 @@ pub async fn run(
 
     let dir = config.model_dir.clone();
     let model_config = NemotronHConfig::from_file(&dir.join("config.json"))?;
-    let mut heads = load_heads(
-        &dir,
-        model_config.hidden_size,
-        model_config.num_layers(),
-        config.precision,
-    )
-    .with_context(|| format!("cannot load the compression heads in {}", dir.display()))?;
-    let default = default_head(&heads).map(|d| d.name.clone());
-    let metas: Vec<HeadMeta> = heads
-        .iter()
-        .map(|h| HeadMeta {
-            name: h.name.clone(),
-            source_layer: h.source_layer,
-            pooling: h.pooling,
-            output_dim: h.output_dim,
-            normalize: h.normalize,
-        })
-        .collect();
-    // The engine normalises after Matryoshka truncation itself (with the head's arithmetic), so the heads
-    // return plain projections.
-    for head in &mut heads {
-        head.normalize = false;
-    }
+    let heads = Arc::new(
+        load_heads(
+            &dir,
+            model_config.hidden_size,
+            model_config.num_layers(),
+            config.precision,
+        )
+        .with_context(|| format!("cannot load the compression heads in {}", dir.display()))?,
+    );
+    let default = default_head(&heads).and_then(|d| heads.iter().position(|h| h.name == d.name));
     let tokenizer = if dir.join(Tokenizer::FILE).is_file() {
         Some(Arc::new(Tokenizer::from_dir(&dir)?))
     } else {
@@ -186,8 +166,8 @@ pub async fn run(
         num_layers: model_config.num_layers(),
         hidden_size: model_config.hidden_size,
         vocab_size: model_config.vocab_size,
-        default_head: default.and_then(|d| metas.iter().position(|h| h.name == d)),
-        heads: metas,
+        default_head: default,
+        heads: heads.clone(),
         has_tokenizer: tokenizer.is_some(),
         max_batch_tokens: config.max_batch_tokens,
         max_item_tokens: config.max_item_tokens,
@@ -205,7 +185,7 @@ pub async fn run(
             max_batch_wait: config.max_batch_wait,
             max_queue_tokens: config.max_queue_tokens,
         },
-        Arc::new(heads),
+        heads,
         move || {
             NemotronH::load(
                 &load_dir,

@@ -3,9 +3,9 @@
 use marc_models::Pooling;
 use marc_proto::marc::v1 as pb;
 
+use crate::output::{Field, HeadChoice, ItemOutput, OutputRequest, OutputSpec, plan};
 use crate::serve::ModelFacts;
 use crate::serve::batching::queue::Lane;
-use crate::serve::engine::{ItemOutput, OutputSpec, Source};
 use crate::serve::error::ServeError;
 
 /// Longest accepted `EmbedRequest.request_id`, in bytes.
@@ -39,14 +39,6 @@ pub(crate) struct Parsed {
 
 fn invalid(message: String) -> ServeError {
     ServeError::InvalidArgument(message)
-}
-
-fn pooling_name(p: Pooling) -> &'static str {
-    match p {
-        Pooling::None => "none",
-        Pooling::Mean => "mean",
-        Pooling::Last => "last",
-    }
 }
 
 fn to_proto_pooling(p: Pooling) -> pb::Pooling {
@@ -93,97 +85,38 @@ pub(crate) fn parse(req: pb::EmbedRequest, facts: &ModelFacts) -> Result<Parsed,
         Ok(_) => Lane::Normal,
         Err(_) => return Err(invalid(format!("priority: unknown value {}", req.priority))),
     };
-    let (source, pooling, width, normalize, head) = if req.raw {
-        if !req.head.is_empty() {
-            return Err(invalid(format!(
-                "head: must be empty when raw is set (got `{}`)",
-                req.head
-            )));
-        }
-        let layer = req.layer.map_or(facts.num_layers, |l| l as usize);
-        if layer > facts.num_layers {
-            return Err(invalid(format!(
-                "layer: {layer} is beyond the model, which has hidden states 0..={} (0 = embeddings)",
-                facts.num_layers
-            )));
-        }
-        let pooling = match pooling {
-            pb::Pooling::Unspecified | pb::Pooling::None => Pooling::None,
-            pb::Pooling::Mean => Pooling::Mean,
-            pb::Pooling::Last => Pooling::Last,
-        };
-        (
-            Source::Raw(layer),
-            pooling,
-            facts.hidden_size,
-            req.normalize.unwrap_or(false),
-            String::new(),
-        )
-    } else {
-        let index = if req.head.is_empty() {
-            facts.default_head.ok_or_else(|| {
-                invalid(format!(
-                    "head: the server has no default head; name one ({}) or set raw",
-                    facts.head_names()
-                ))
-            })?
-        } else {
-            facts.heads.iter().position(|h| h.name == req.head).ok_or_else(|| {
-                invalid(format!(
-                    "head: unknown head `{}`; available heads: {}",
-                    req.head,
-                    facts.head_names()
-                ))
-            })?
-        };
-        let head = &facts.heads[index];
-        if let Some(layer) = req.layer {
-            return Err(invalid(format!(
-                "layer: must be unset unless raw is set (got {layer}; head `{}` reads layer {})",
-                head.name, head.source_layer
-            )));
-        }
-        let pooling = match pooling {
-            pb::Pooling::Unspecified => head.pooling,
-            pb::Pooling::None => {
-                return Err(invalid(format!(
-                    "pooling: POOLING_NONE cannot be used with head `{}`, which pools with {}; set raw for token states",
-                    head.name,
-                    pooling_name(head.pooling)
-                )));
-            }
-            p => {
-                let p = if p == pb::Pooling::Mean {
-                    Pooling::Mean
-                } else {
-                    Pooling::Last
-                };
-                if p != head.pooling {
-                    return Err(invalid(format!(
-                        "pooling: head `{}` was trained with {} pooling, not {}",
-                        head.name,
-                        pooling_name(head.pooling),
-                        pooling_name(p)
-                    )));
-                }
-                p
-            }
-        };
-        (
-            Source::Head(index),
-            pooling,
-            head.output_dim,
-            req.normalize.unwrap_or(head.normalize),
-            head.name.clone(),
-        )
-    };
-    if let Some(d) = req.dimensions
-        && (d == 0 || d as usize > width)
-    {
+    if req.raw && !req.head.is_empty() {
         return Err(invalid(format!(
-            "dimensions: {d} is out of range: it must be between 1 and the output width {width}"
+            "head: must be empty when raw is set (got `{}`)",
+            req.head
         )));
     }
+    let request = OutputRequest {
+        head: match (req.raw, req.head.as_str()) {
+            (true, _) => HeadChoice::Raw,
+            (false, "") => HeadChoice::Default,
+            (false, name) => HeadChoice::Named(name),
+        },
+        layer: req.layer.map(|l| l as usize),
+        pooling: match pooling {
+            pb::Pooling::Unspecified => None,
+            pb::Pooling::None => Some(Pooling::None),
+            pb::Pooling::Mean => Some(Pooling::Mean),
+            pb::Pooling::Last => Some(Pooling::Last),
+        },
+        dimensions: req.dimensions.map(|d| d as usize),
+        normalize: req.normalize,
+    };
+    let spec = plan(&request, &facts.served()).map_err(|e| {
+        let field = match e.field {
+            Field::Head => "head",
+            Field::Layer => "layer",
+            Field::Pooling => "pooling",
+            Field::Dimensions => "dimensions",
+        };
+        invalid(format!("{field}: {e}"))
+    })?;
+    let head = spec.head_name(&facts.heads).unwrap_or_default().to_owned();
     let mut ids = Vec::with_capacity(req.inputs.len());
     let mut contents = Vec::with_capacity(req.inputs.len());
     for (i, input) in req.inputs.into_iter().enumerate() {
@@ -219,12 +152,7 @@ pub(crate) fn parse(req: pb::EmbedRequest, facts: &ModelFacts) -> Result<Parsed,
     Ok(Parsed {
         ids,
         contents,
-        spec: OutputSpec {
-            source,
-            pooling,
-            dimensions: req.dimensions.map(|d| d as usize),
-            normalize,
-        },
+        spec,
         encoding,
         truncation,
         lane,
