@@ -51,9 +51,10 @@ fn info() -> InfoResponse {
             max_item_tokens: 8_192,
             max_items_per_request: 256,
             max_request_bytes: 4 << 20,
+            max_layer: 24,
         }),
         quantization: "none".into(),
-        backend: "cpu-avx512-amx".into(),
+        backend: "cpu-amx".into(),
         version: env!("CARGO_PKG_VERSION").into(),
     }
 }

@@ -60,9 +60,26 @@ pub(crate) struct ServeArgs {
     /// Tokens one input may have (after tokenization); longer inputs follow the request's truncation.
     #[arg(long, default_value_t = 8192)]
     pub(crate) max_item_tokens: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT; those still running then get UNAVAILABLE.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout_s: u64,
+    /// Milliseconds a lower-priority request may wait before it is served ahead of higher-priority work.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) starvation_limit_ms: u64,
+    /// Requests one EmbedStream call may have in flight; the stream is not read further until one ends.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_stream_in_flight: usize,
+    /// The deepest hidden state raw requests may ask for (0 = embeddings); blocks past it and past every
+    /// head's source layer are not loaded. Default: the whole model.
+    #[arg(long)]
+    pub(crate) max_layer: Option<usize>,
+    /// Close each connection after this many seconds (calls in flight get a grace period), so clients
+    /// reconnect and spread over replicas. Default: never.
+    #[arg(long)]
+    pub(crate) max_connection_age_s: Option<u64>,
+    /// Log format on stderr: `text`, or `json` (one object per line, for log pipelines). Filter with RUST_LOG.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
 }
 
 #[derive(Subcommand)]

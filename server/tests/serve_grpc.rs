@@ -3,139 +3,23 @@
 //! binary; health, reflection, every error code, concurrency, overload, deadlines, /metrics, streams, drain,
 //! and SIGTERM on the real binary. Every await is bounded.
 
+mod common;
+
+use common::*;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use marc_proto::marc::v1::{
-    EmbedRequest, EmbedResponse, Encoding, InfoRequest, Input, Pooling, Priority, TokenIds, Truncation,
-    embedder_client::EmbedderClient, input::Content,
+    EmbedRequest, EmbedResponse, Encoding, InfoRequest, Input, Pooling, Priority, Truncation,
+    embedder_client::EmbedderClient,
 };
-use marc_server::serve::{ServeConfig, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-
-const LIMIT: Duration = Duration::from_secs(40);
-
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: timed out"))
-}
-
-fn demo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo")
-}
-
-struct Server {
-    addr: SocketAddr,
-    metrics: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (addr, metrics_addr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
-        let mut config = ServeConfig::new(demo_dir());
-        tweak(&mut config);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(config, grpc, Some(metrics), async {
-            let _ = stopped.await;
-        }));
-        let server = Self {
-            addr,
-            metrics: metrics_addr,
-            stop: Some(stop),
-            task,
-        };
-        bounded("health SERVING", server.wait_serving()).await;
-        server
-    }
-
-    async fn wait_serving(&self) {
-        let mut health = HealthClient::new(self.channel().await);
-        loop {
-            let status = health
-                .check(HealthCheckRequest {
-                    service: "marc.v1.Embedder".into(),
-                })
-                .await
-                .map(|r| r.into_inner().status);
-            if status.ok() == Some(ServingStatus::Serving as i32) {
-                return;
-            }
-            assert!(!self.task.is_finished(), "the server stopped before it was SERVING");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        bounded(
-            "connect",
-            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect(),
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn client(&self) -> EmbedderClient<Channel> {
-        EmbedderClient::new(self.channel().await)
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        bounded("server exit", &mut self.task).await.unwrap().unwrap();
-    }
-}
-
-fn ids(id: &str, ids: Vec<u32>) -> Input {
-    Input {
-        id: id.into(),
-        content: Some(Content::TokenIds(TokenIds { ids })),
-    }
-}
-
-fn text(id: &str, t: &str) -> Input {
-    Input {
-        id: id.into(),
-        content: Some(Content::Text(t.into())),
-    }
-}
-
-fn request(inputs: Vec<Input>) -> EmbedRequest {
-    EmbedRequest {
-        inputs,
-        ..Default::default()
-    }
-}
-
-/// A deterministic sequence of `n` token ids below the demo vocabulary.
-fn seq(seed: u32, n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (seed * 7919 + i * 104_729 + 13) % 4096).collect()
-}
-
-async fn embed(client: &mut EmbedderClient<Channel>, req: EmbedRequest) -> Result<EmbedResponse, tonic::Status> {
-    bounded("embed", client.embed(req)).await.map(|r| r.into_inner())
-}
-
-async fn embed_err(client: &mut EmbedderClient<Channel>, req: EmbedRequest) -> tonic::Status {
-    embed(client, req).await.expect_err("expected an error")
-}
-
-fn bits(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
-}
 
 /// Runs `marc embed` on `lines` with `args`; returns each line's `embedding` (or flattened `hidden`).
 fn marc_embed(lines: &[serde_json::Value], args: &[&str]) -> Vec<Vec<f32>> {
@@ -220,6 +104,7 @@ async fn health_reflection_and_info() {
     assert_eq!(head.pooling, Pooling::Mean as i32);
     let limits = info.limits.unwrap();
     assert_eq!((limits.max_batch_tokens, limits.max_item_tokens), (8192, 8192));
+    assert_eq!(limits.max_layer, 9);
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
     server.stop().await;
 }
@@ -566,7 +451,7 @@ async fn concurrent_clients_get_the_bytes_of_single_requests() {
         c.max_batch_wait = Duration::from_millis(2);
     })
     .await;
-    let clients = 32;
+    let clients = 64;
     // Alone: one item per request, one request at a time.
     let mut client = server.client().await;
     let mut alone: HashMap<String, Vec<u32>> = HashMap::new();

@@ -10,14 +10,16 @@ use marc_kernels::MatmulPrecision;
 use crate::cli::{ServeArgs, default_model_dir};
 
 pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let config = ServeConfig {
         precision,
         max_batch_tokens: args.max_batch_tokens,
@@ -26,6 +28,10 @@ pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Resul
         max_items_per_request: args.max_items_per_request,
         max_item_tokens: args.max_item_tokens,
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        max_stream_in_flight: args.max_stream_in_flight,
+        starvation_limit: Duration::from_millis(args.starvation_limit_ms),
+        max_layer: args.max_layer,
+        max_connection_age: args.max_connection_age_s.map(Duration::from_secs),
         ..ServeConfig::new(args.model.clone().unwrap_or_else(default_model_dir))
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

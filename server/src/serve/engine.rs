@@ -8,7 +8,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use marc_models::{CompressionHead, NemotronH, PackedBatch};
@@ -55,6 +54,8 @@ pub(crate) struct BatchSettings {
     pub(crate) max_batch_wait: Duration,
     /// Tokens the queue holds before refusing requests.
     pub(crate) max_queue_tokens: usize,
+    /// How long a lower lane's oldest request may wait before it goes ahead of higher lanes.
+    pub(crate) starvation_limit: Duration,
 }
 
 /// A queued request's state, shared by the queue's slices and the engine.
@@ -86,6 +87,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared {
     queue: Mutex<Queue<Arc<Pending>>>,
     wake: Condvar,
+    /// Set once the model has loaded and run its warm-up pass.
+    ready: AtomicBool,
     stop: AtomicBool,
     settings: BatchSettings,
 }
@@ -93,7 +96,6 @@ struct Shared {
 /// Handle to the engine thread; dropping it stops the thread after the queued work.
 pub(crate) struct Engine {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Engine {
@@ -106,13 +108,15 @@ impl Engine {
         ready: oneshot::Sender<anyhow::Result<Duration>>,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::new(settings.max_queue_tokens)),
+            queue: Mutex::new(Queue::new(settings.max_queue_tokens, settings.starvation_limit)),
             wake: Condvar::new(),
+            ready: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             settings,
         });
         let inner = shared.clone();
-        let thread = std::thread::Builder::new().name("marc-engine".into()).spawn(move || {
+        // Detached: see `Drop`.
+        std::thread::Builder::new().name("marc-engine".into()).spawn(move || {
             let started = Instant::now();
             let model = match load().and_then(|model| {
                 model.hidden_states(&PackedBatch::from_sequences(&[[0u32]]), &[model.max_layer()])?;
@@ -125,16 +129,20 @@ impl Engine {
                     return;
                 }
             };
+            inner.ready.store(true, Ordering::SeqCst);
             let _ = ready.send(Ok(started.elapsed()));
             serve_queue(&inner, &model, &heads);
         })?;
-        Ok(Self {
-            shared,
-            thread: Some(thread),
-        })
+        Ok(Self { shared })
     }
 
-    /// Queues `job`; refuses it at once when the queue is full or the engine has stopped.
+    /// Whether the model has loaded and warmed up.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
+    }
+
+    /// Queues `job`; refuses it at once when the model is not ready yet, the queue is full or the engine has
+    /// stopped.
     pub(crate) fn submit(&self, job: Job) -> Result<Reply, ServeError> {
         let (tx, rx) = oneshot::channel();
         let items = job.sequences.len();
@@ -149,12 +157,16 @@ impl Engine {
         if self.shared.stop.load(Ordering::SeqCst) {
             return Err(ServeError::ShuttingDown);
         }
+        if !self.shared.ready.load(Ordering::SeqCst) {
+            return Err(ServeError::Loading);
+        }
         let mut queue = lock(&self.shared.queue);
         queue
             .push(Entry {
                 sequences: job.sequences,
                 lane: job.lane,
                 deadline: job.deadline,
+                received: job.received,
                 payload: pending,
             })
             .map_err(|full| {
@@ -172,12 +184,11 @@ impl Engine {
 }
 
 impl Drop for Engine {
+    /// Stops the engine thread once the batch it runs (if any) is done. It is not joined: the process may be
+    /// exiting after a drain timeout, and waiting here would block a tokio worker for a whole forward pass.
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -13,9 +13,15 @@ pub(crate) enum ServeError {
     /// The request's deadline passed before its compute started.
     #[error("the deadline passed while the request was queued")]
     DeadlineExceeded,
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
+    /// The model is still loading and warming up (health says NOT_SERVING).
+    #[error("the model is still loading; health reports SERVING once it is ready")]
+    Loading,
+    /// The server is draining after a shutdown signal: it takes no new work.
+    #[error("the server is shutting down; retry on another replica")]
     ShuttingDown,
+    /// The drain timeout passed before this request finished.
+    #[error("the server's drain timeout passed before the request finished; retry on another replica")]
+    DrainTimeout,
     /// A bug or a broken model: details go to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),

@@ -18,7 +18,7 @@ pub mod shutdown;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
@@ -29,15 +29,24 @@ use marc_proto::FILE_DESCRIPTOR_SET;
 use marc_proto::marc::v1::embedder_server::EmbedderServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::http::HeaderName;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::output::Served;
 use engine::{BatchSettings, Engine};
-use grpc::service::{Context, EmbedderService};
+use grpc::service::{Context, EmbedderService, REQUEST_ID_HEADER};
 
 /// The largest encoded `EmbedRequest` accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// How long requests answered UNAVAILABLE at the drain timeout get to reach their clients.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
+
+/// The most requests one `EmbedStream` call may be allowed in flight.
+pub const MAX_STREAM_IN_FLIGHT: usize = 4096;
 
 /// Everything `marc serve` is configured with.
 #[derive(Clone, Debug)]
@@ -58,6 +67,16 @@ pub struct ServeConfig {
     pub max_item_tokens: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Requests one `EmbedStream` call may have in flight.
+    pub max_stream_in_flight: usize,
+    /// How long a lower-priority request may wait before it is served ahead of higher-priority work.
+    pub starvation_limit: Duration,
+    /// The deepest hidden state raw requests may ask for; the model is loaded only up to this layer (or
+    /// the deepest head's source layer, if deeper). `None`: the whole model.
+    pub max_layer: Option<usize>,
+    /// Close connections after this long (with a grace period for calls in flight), so clients reconnect and
+    /// load spreads over new replicas. `None`: never.
+    pub max_connection_age: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -72,6 +91,10 @@ impl ServeConfig {
             max_items_per_request: 256,
             max_item_tokens: 8192,
             drain_timeout: Duration::from_secs(30),
+            max_stream_in_flight: 64,
+            starvation_limit: Duration::from_millis(100),
+            max_layer: None,
+            max_connection_age: None,
         }
     }
 }
@@ -92,6 +115,10 @@ pub(crate) struct ModelFacts {
     max_item_tokens: usize,
     max_items_per_request: usize,
     max_request_bytes: usize,
+    /// The deepest hidden state raw requests may ask for.
+    max_raw_layer: usize,
+    /// What runs the forward pass, e.g. `cpu (avx512)`.
+    backend: String,
 }
 
 impl ModelFacts {
@@ -101,7 +128,7 @@ impl ModelFacts {
             heads: &self.heads,
             hidden_size: self.hidden_size,
             num_layers: self.num_layers,
-            max_raw_layer: self.num_layers,
+            max_raw_layer: self.max_raw_layer,
             // gRPC's raw default: every token's state.
             raw_pooling: Pooling::None,
         }
@@ -122,6 +149,10 @@ pub async fn run(
     ensure!(
         config.max_items_per_request > 0,
         "--max-items-per-request must be at least 1"
+    );
+    ensure!(
+        (1..=MAX_STREAM_IN_FLIGHT).contains(&config.max_stream_in_flight),
+        "--max-stream-in-flight must be between 1 and {MAX_STREAM_IN_FLIGHT}"
     );
     ensure!(
         config.max_item_tokens <= config.max_batch_tokens,
@@ -146,6 +177,14 @@ pub async fn run(
         .with_context(|| format!("cannot load the compression heads in {}", dir.display()))?,
     );
     let default = default_head(&heads).and_then(|d| heads.iter().position(|h| h.name == d.name));
+    let num_layers = model_config.num_layers();
+    let max_raw_layer = config.max_layer.unwrap_or(num_layers);
+    ensure!(
+        max_raw_layer <= num_layers,
+        "--max-layer {max_raw_layer}: the model has hidden states 0..={num_layers} (0 = embeddings)"
+    );
+    // Only blocks some request can reach are loaded: raw layers up to --max-layer, and every head's source.
+    let load_depth = heads.iter().map(|h| h.source_layer).fold(max_raw_layer, usize::max);
     let tokenizer = if dir.join(Tokenizer::FILE).is_file() {
         Some(Arc::new(Tokenizer::from_dir(&dir)?))
     } else {
@@ -173,24 +212,26 @@ pub async fn run(
         max_item_tokens: config.max_item_tokens,
         max_items_per_request: config.max_items_per_request,
         max_request_bytes: MAX_REQUEST_BYTES,
+        max_raw_layer,
+        backend: format!("cpu-{}", marc_kernels::ops::matmul::matmul_isa()),
     };
 
     let (ready_tx, ready_rx) = oneshot::channel();
     let precision = config.precision;
     let load_dir = dir.clone();
-    // Raw requests may ask for any layer, so the whole model is loaded.
     let engine = Engine::start(
         BatchSettings {
             max_batch_tokens: config.max_batch_tokens,
             max_batch_wait: config.max_batch_wait,
             max_queue_tokens: config.max_queue_tokens,
+            starvation_limit: config.starvation_limit,
         },
         heads,
         move || {
             NemotronH::load(
                 &load_dir,
                 LoadOptions {
-                    max_layer: None,
+                    max_layer: Some(load_depth),
                     precision,
                 },
             )
@@ -198,11 +239,16 @@ pub async fn run(
         },
         ready_tx,
     )?;
+    let draining = CancellationToken::new();
+    let abort = CancellationToken::new();
     let ctx = Arc::new(Context {
         engine,
         facts,
         tokenizer,
         next_id: AtomicU64::new(0),
+        max_stream_in_flight: config.max_stream_in_flight,
+        draining: draining.clone(),
+        abort: abort.clone(),
     });
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -216,14 +262,13 @@ pub async fn run(
     let service = EmbedderServer::new(EmbedderService::new(ctx))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(usize::MAX);
-    let draining = Arc::new(AtomicBool::new(false));
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let signal = {
         let reporter = reporter.clone();
         let draining = draining.clone();
         async move {
             shutdown.await;
-            draining.store(true, Ordering::SeqCst);
+            draining.cancel();
             tracing::info!("draining: health NOT_SERVING, no new calls");
             reporter.set_not_serving::<EmbedderServer<EmbedderService>>().await;
             reporter
@@ -235,6 +280,14 @@ pub async fn run(
     let addr = grpc.local_addr()?;
     let mut server = tokio::spawn(
         Server::builder()
+            .max_connection_age(config.max_connection_age.unwrap_or(Duration::MAX))
+            // Every call gets an x-request-id (the client's, or a new UUID), echoed in the response headers
+            // and used as the request id in the logs when the request carries none of its own.
+            .layer(SetRequestIdLayer::new(
+                HeaderName::from_static(REQUEST_ID_HEADER),
+                MakeRequestUuid,
+            ))
+            .layer(PropagateRequestIdLayer::new(HeaderName::from_static(REQUEST_ID_HEADER)))
             .add_service(health)
             .add_service(reflection)
             .add_service(service)
@@ -247,7 +300,7 @@ pub async fn run(
         match ready_rx.await {
             Ok(Ok(load_time)) => {
                 ::metrics::gauge!(metrics::MODEL_LOAD_SECONDS).set(load_time.as_secs_f64());
-                if !draining.load(Ordering::SeqCst) {
+                if !draining.is_cancelled() {
                     reporter.set_serving::<EmbedderServer<EmbedderService>>().await;
                     reporter
                         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -278,8 +331,15 @@ pub async fn run(
     tokio::select! {
         r = &mut server => r??,
         () = deadline => {
-            tracing::warn!(seconds = drain_timeout.as_secs_f64(), "drain timeout: dropping the calls still in flight");
-            server.abort();
+            tracing::warn!(
+                seconds = drain_timeout.as_secs_f64(),
+                "drain timeout: answering the requests still in flight UNAVAILABLE"
+            );
+            abort.cancel();
+            // Give their statuses a moment to be written before the connections go.
+            if tokio::time::timeout(ABORT_GRACE, &mut server).await.is_err() {
+                server.abort();
+            }
         }
     }
     tracing::info!("stopped");

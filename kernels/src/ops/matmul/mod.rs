@@ -63,6 +63,17 @@ pub fn set_matmul_precision(precision: MatmulPrecision) {
     PRECISION.store(precision as u8, Ordering::Relaxed);
 }
 
+/// The instruction set the CPU matmul runs on this machine (`amx`, `avx512`, `avx2` or `scalar`), after
+/// `MARC_MATMUL_ISA`; for logs and the server's `Info`.
+pub fn matmul_isa() -> &'static str {
+    match cpu::CpuIsa::detected() {
+        cpu::CpuIsa::Amx => "amx",
+        cpu::CpuIsa::Avx512 => "avx512",
+        cpu::CpuIsa::Avx2 => "avx2",
+        cpu::CpuIsa::Scalar => "scalar",
+    }
+}
+
 /// The precision [`matmul`] currently uses.
 pub fn matmul_precision() -> MatmulPrecision {
     match PRECISION.load(Ordering::Relaxed) {

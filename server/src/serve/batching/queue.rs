@@ -1,5 +1,9 @@
 //! The request queue: bounded by tokens, three priority lanes, packed into batches by a token budget.
 //!
+//! Higher lanes go first, but a lane whose oldest request has waited longer than the starvation limit goes
+//! before all lanes that have not: a flood of high-priority work delays low-priority work by at most about
+//! the limit plus one batch, instead of forever.
+//!
 //! Sequences are packed back to back without padding (the model takes cumulative sequence lengths), so a
 //! batch costs the tokens it holds. A request may be split across batches: its sequences are taken in order
 //! and the rest stays at the head of its lane. A batch takes whole sequences only; a sequence longer than the
@@ -9,7 +13,7 @@
 //! This module knows nothing of gRPC or threads: the engine holds it under a mutex.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Scheduling lane; higher lanes are served first, FIFO within a lane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -31,6 +35,8 @@ pub(crate) struct Entry<T> {
     pub(crate) lane: Lane,
     /// Drop the request unstarted once this has passed.
     pub(crate) deadline: Option<Instant>,
+    /// When the request arrived (its wait counts from here for starvation).
+    pub(crate) received: Instant,
     /// Handed back with every slice of the request.
     pub(crate) payload: T,
 }
@@ -78,6 +84,7 @@ struct Queued<T> {
     next: usize,
     tokens: usize,
     deadline: Option<Instant>,
+    received: Instant,
     payload: T,
 }
 
@@ -86,6 +93,7 @@ pub(crate) struct Queue<T> {
     lanes: [VecDeque<Queued<T>>; 3],
     tokens: usize,
     capacity: usize,
+    starvation_limit: Duration,
 }
 
 fn lane_index(lane: Lane) -> usize {
@@ -97,13 +105,27 @@ fn lane_index(lane: Lane) -> usize {
 }
 
 impl<T: Clone> Queue<T> {
-    /// An empty queue that holds at most `capacity` tokens.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty queue that holds at most `capacity` tokens; a lane whose oldest request has waited
+    /// `starvation_limit` is served before the lanes above it.
+    pub(crate) fn new(capacity: usize, starvation_limit: Duration) -> Self {
         Self {
             lanes: Default::default(),
             tokens: 0,
             capacity,
+            starvation_limit,
         }
+    }
+
+    /// Lane indices in serving order at `now`: starved lanes first, then by priority.
+    fn lane_order(&self, now: Instant) -> [usize; 3] {
+        let starved = |i: usize| {
+            self.lanes[i]
+                .front()
+                .is_some_and(|q| now.saturating_duration_since(q.received) >= self.starvation_limit)
+        };
+        let mut order = [0, 1, 2];
+        order.sort_by_key(|&i| (!starved(i), i));
+        order
     }
 
     /// Tokens queued (not yet taken into a batch).
@@ -137,13 +159,14 @@ impl<T: Clone> Queue<T> {
             next: 0,
             tokens: asked,
             deadline: entry.deadline,
+            received: entry.received,
             payload: entry.payload,
         });
         Ok(())
     }
 
-    /// Takes the next batch of at most `max_tokens` tokens (one longer sequence alone), highest lane first,
-    /// dropping expired (at `now`) and cancelled requests it meets on the way.
+    /// Takes the next batch of at most `max_tokens` tokens (one longer sequence alone), starved lanes first,
+    /// then highest lane first, dropping expired (at `now`) and cancelled requests it meets on the way.
     pub(crate) fn pop_batch(
         &mut self,
         max_tokens: usize,
@@ -156,7 +179,8 @@ impl<T: Clone> Queue<T> {
             cancelled: Vec::new(),
         };
         let mut taken = 0;
-        for lane in &mut self.lanes {
+        for index in self.lane_order(now) {
+            let lane = &mut self.lanes[index];
             while let Some(front) = lane.front_mut() {
                 if is_cancelled(&front.payload) || (front.next == 0 && front.deadline.is_some_and(|d| d <= now)) {
                     let gone = lane.pop_front().expect("front exists");
@@ -200,15 +224,16 @@ impl<T: Clone> Queue<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    const NEVER: Duration = Duration::MAX;
 
     fn entry(lens: &[usize], lane: Lane, payload: u32) -> Entry<u32> {
         Entry {
             sequences: lens.iter().map(|&n| vec![payload; n]).collect(),
             lane,
             deadline: None,
+            received: Instant::now(),
             payload,
         }
     }
@@ -222,7 +247,7 @@ mod tests {
 
     #[test]
     fn packs_requests_to_the_budget_and_splits_long_ones() {
-        let mut q = Queue::new(1000);
+        let mut q = Queue::new(1000, NEVER);
         q.push(entry(&[3, 4], Lane::Normal, 1)).unwrap();
         q.push(entry(&[5, 5, 5], Lane::Normal, 2)).unwrap();
         assert_eq!(q.tokens(), 22);
@@ -239,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_sequence_over_the_budget_runs_alone() {
-        let mut q = Queue::new(1000);
+        let mut q = Queue::new(1000, NEVER);
         q.push(entry(&[50], Lane::Normal, 1)).unwrap();
         q.push(entry(&[2], Lane::Normal, 2)).unwrap();
         let p = q.pop_batch(8, Instant::now(), |_| false);
@@ -250,7 +275,7 @@ mod tests {
 
     #[test]
     fn refuses_what_does_not_fit_and_accepts_again_after_a_pop() {
-        let mut q = Queue::new(10);
+        let mut q = Queue::new(10, NEVER);
         q.push(entry(&[6], Lane::Normal, 1)).unwrap();
         assert_eq!(
             q.push(entry(&[5], Lane::Normal, 2)),
@@ -267,7 +292,7 @@ mod tests {
 
     #[test]
     fn higher_lanes_first() {
-        let mut q = Queue::new(1000);
+        let mut q = Queue::new(1000, NEVER);
         q.push(entry(&[1], Lane::Low, 1)).unwrap();
         q.push(entry(&[1], Lane::Normal, 2)).unwrap();
         q.push(entry(&[1], Lane::High, 3)).unwrap();
@@ -280,7 +305,7 @@ mod tests {
     #[test]
     fn drops_expired_and_cancelled_requests_before_compute() {
         let now = Instant::now();
-        let mut q = Queue::new(1000);
+        let mut q = Queue::new(1000, NEVER);
         let mut late = entry(&[4], Lane::Normal, 1);
         late.deadline = Some(now - Duration::from_millis(1));
         q.push(late).unwrap();
@@ -298,7 +323,7 @@ mod tests {
     #[test]
     fn a_started_request_is_finished_even_past_its_deadline() {
         let now = Instant::now();
-        let mut q = Queue::new(1000);
+        let mut q = Queue::new(1000, NEVER);
         let mut e = entry(&[4, 4], Lane::Normal, 1);
         e.deadline = Some(now + Duration::from_millis(5));
         q.push(e).unwrap();
@@ -307,5 +332,27 @@ mod tests {
         let p = q.pop_batch(4, later, |_| false);
         assert_eq!(shape(&p), [(1, 1, vec![4])]);
         assert!(p.expired.is_empty());
+    }
+
+    #[test]
+    fn a_starved_low_lane_goes_before_fresh_high_work() {
+        let t0 = Instant::now();
+        let mut q = Queue::new(1000, Duration::from_millis(100));
+        let mut low = entry(&[2], Lane::Low, 1);
+        low.received = t0;
+        q.push(low).unwrap();
+        for id in 2..5 {
+            let mut high = entry(&[2], Lane::High, id);
+            high.received = t0 + Duration::from_millis(50);
+            q.push(high).unwrap();
+        }
+        // Not starved yet: priority order.
+        let p = q.pop_batch(2, t0 + Duration::from_millis(60), |_| false);
+        assert_eq!(shape(&p), [(2, 0, vec![2])]);
+        // Waited past the limit: the low request goes first, the rest of the batch follows priority.
+        let p = q.pop_batch(4, t0 + Duration::from_millis(120), |_| false);
+        assert_eq!(shape(&p), [(1, 0, vec![2]), (3, 0, vec![2])]);
+        let p = q.pop_batch(4, t0 + Duration::from_millis(130), |_| false);
+        assert_eq!(shape(&p), [(4, 0, vec![2])]);
     }
 }

@@ -311,9 +311,10 @@ pub(crate) fn info(facts: &ModelFacts) -> pb::InfoResponse {
             max_item_tokens: facts.max_item_tokens as u32,
             max_items_per_request: facts.max_items_per_request as u32,
             max_request_bytes: facts.max_request_bytes as u64,
+            max_layer: facts.max_raw_layer as u32,
         }),
         quantization: facts.quantization.clone(),
-        backend: "cpu".into(),
+        backend: facts.backend.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
     }
 }

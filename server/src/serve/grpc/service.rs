@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 use marc_models::Pooling;
 use marc_models::tokenizer::Tokenizer;
 use marc_proto::marc::v1 as pb;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::convert::{self, Content};
 use super::status::{code_name, rejection_reason, to_status};
@@ -35,6 +38,12 @@ pub(crate) struct Context {
     pub(crate) tokenizer: Option<Arc<Tokenizer>>,
     /// Source of server-side request ids for the log.
     pub(crate) next_id: AtomicU64,
+    /// Requests one `EmbedStream` call may have in flight; the stream is not read further until one ends.
+    pub(crate) max_stream_in_flight: usize,
+    /// Cancelled on SIGTERM/SIGINT: new requests are refused, streams close once their requests are answered.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled when the drain timeout passes: every request still waiting is answered UNAVAILABLE.
+    pub(crate) abort: CancellationToken,
 }
 
 /// The `marc.v1.Embedder` service.
@@ -152,6 +161,12 @@ async fn handle(
     received: Instant,
     deadline: Option<Instant>,
 ) -> Result<pb::EmbedResponse, ServeError> {
+    if ctx.draining.is_cancelled() {
+        return Err(ServeError::ShuttingDown);
+    }
+    if !ctx.engine.is_ready() {
+        return Err(ServeError::Loading);
+    }
     let request_id = req.request_id.clone();
     let parsed = convert::parse(req, &ctx.facts)?;
     let (seqs, truncated, tokenize_time) = sequences(&ctx, parsed.contents, parsed.truncation).await?;
@@ -163,11 +178,17 @@ async fn handle(
         deadline,
         received,
     })?;
-    let answer = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), reply)
-            .await
-            .map_err(|_| ServeError::DeadlineExceeded)?,
-        None => reply.await,
+    let waiting = async {
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), reply)
+                .await
+                .map_err(|_| ServeError::DeadlineExceeded),
+            None => Ok(reply.await),
+        }
+    };
+    let answer = tokio::select! {
+        answer = waiting => answer?,
+        () = ctx.abort.cancelled() => return Err(ServeError::DrainTimeout),
     };
     let done = answer.map_err(|_| ServeError::ShuttingDown)??;
     let tokens: usize = done.items.iter().map(|i| i.tokens).sum();
@@ -192,45 +213,71 @@ async fn handle(
     })
 }
 
-/// `handle` with logging and metrics.
+/// `handle` with logging and metrics, in a span carrying the request id: the request's own `request_id`,
+/// else the `x-request-id` header (set by the client or by the server's request-id layer), else a serial.
 async fn handle_recorded(
     ctx: Arc<Context>,
     req: pb::EmbedRequest,
-    rpc: &'static str,
-    received: Instant,
-    deadline: Option<Instant>,
+    call: Call,
 ) -> Result<pb::EmbedResponse, ServeError> {
-    let mut record = CallRecord::new(rpc, received);
-    let serial = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let request_id = if req.request_id.is_empty() {
-        format!("s{serial}")
-    } else {
+    let mut record = CallRecord::new(call.rpc, call.received);
+    let request_id = if !req.request_id.is_empty() {
         req.request_id.clone()
+    } else if let Some(id) = &call.header_id {
+        id.clone()
+    } else {
+        format!("s{}", ctx.next_id.fetch_add(1, Ordering::Relaxed))
     };
+    let span = tracing::info_span!("request", rpc = call.rpc, request_id = %request_id);
     let inputs = req.inputs.len();
-    let result = handle(ctx, req, received, deadline).await;
+    let result = handle(ctx, req, call.received, call.deadline)
+        .instrument(span.clone())
+        .await;
     record.finish(&result);
+    let _entered = span.enter();
     match &result {
-        Ok(r) => tracing::debug!(
-            rpc,
-            request_id,
-            inputs,
-            tokens = r.usage.as_ref().map_or(0, |u| u.tokens),
-            "ok"
-        ),
-        Err(e) => tracing::info!(rpc, request_id, inputs, error = %e, "failed"),
+        Ok(r) => tracing::debug!(inputs, tokens = r.usage.as_ref().map_or(0, |u| u.tokens), "ok"),
+        Err(e) => tracing::info!(inputs, error = %e, "failed"),
     }
     result
 }
+
+/// Facts of one call from its transport.
+#[derive(Clone)]
+struct Call {
+    rpc: &'static str,
+    received: Instant,
+    deadline: Option<Instant>,
+    header_id: Option<String>,
+}
+
+impl Call {
+    fn new<T>(rpc: &'static str, request: &Request<T>) -> Self {
+        let received = Instant::now();
+        Self {
+            rpc,
+            received,
+            deadline: deadline_of(request, received),
+            header_id: request
+                .metadata()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= convert::MAX_REQUEST_ID_BYTES)
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// The header carrying a request id (set by the client, or by the server's request-id layer).
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::EmbedResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::embedder_server::Embedder for EmbedderService {
     async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
-        let received = Instant::now();
-        let deadline = deadline_of(&request, received);
-        handle_recorded(self.ctx.clone(), request.into_inner(), "Embed", received, deadline)
+        let call = Call::new("Embed", &request);
+        handle_recorded(self.ctx.clone(), request.into_inner(), call)
             .await
             .map(Response::new)
             .map_err(|e| to_status(&e))
@@ -238,29 +285,51 @@ impl pb::embedder_server::Embedder for EmbedderService {
 
     type EmbedStreamStream = ResponseStream;
 
+    /// Each message is a request of its own, answered by one response (in completion order). At most
+    /// `max_stream_in_flight` are in flight per stream: the stream is not read further until one ends, so a
+    /// fast writer is held back by HTTP/2 flow control instead of growing the server's memory. When the
+    /// server drains, the stream stops reading, answers what it holds, and ends with UNAVAILABLE so the
+    /// client reconnects elsewhere.
     async fn embed_stream(
         &self,
         request: Request<Streaming<pb::EmbedRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
+        let call = Call::new("EmbedStream", &request);
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<pb::EmbedResponse, Status>>(64);
         let ctx = self.ctx.clone();
+        let (tx, rx) = mpsc::channel::<Result<pb::EmbedResponse, Status>>(ctx.max_stream_in_flight);
+        let permits = Arc::new(Semaphore::new(ctx.max_stream_in_flight));
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
+            loop {
+                let permit = tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = ctx.draining.cancelled() => break,
+                    () = tx.closed() => return,
+                };
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = ctx.draining.cancelled() => break,
+                    () = tx.closed() => return,
+                };
                 let req = match message {
-                    Ok(req) => req,
-                    Err(status) => {
+                    Some(Ok(req)) => req,
+                    Some(Err(status)) => {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
+                    None => return,
                 };
                 let (tx, ctx) = (tx.clone(), ctx.clone());
+                let call = Call {
+                    received: Instant::now(),
+                    ..call.clone()
+                };
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let request_id = req.request_id.clone();
-                    let received = Instant::now();
                     // A caller that went away stops waiting, which drops the queued work.
                     let result = tokio::select! {
-                        r = handle_recorded(ctx, req, "EmbedStream", received, None) => r,
+                        r = handle_recorded(ctx, req, call) => r,
                         () = tx.closed() => return,
                     };
                     let response = result.unwrap_or_else(|e| {
@@ -277,6 +346,10 @@ impl pb::embedder_server::Embedder for EmbedderService {
                     let _ = tx.send(Ok(response)).await;
                 });
             }
+            // Draining: once every request read from this stream is answered, end it.
+            let all = u32::try_from(ctx.max_stream_in_flight).unwrap_or(u32::MAX);
+            let _ = permits.acquire_many(all).await;
+            let _ = tx.send(Err(to_status(&ServeError::ShuttingDown))).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

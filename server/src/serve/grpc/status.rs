@@ -10,7 +10,9 @@ pub(crate) fn to_status(error: &ServeError) -> Status {
         ServeError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
         ServeError::Overloaded(m) => Status::resource_exhausted(m.clone()),
         ServeError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
-        ServeError::ShuttingDown => Status::unavailable(error.to_string()),
+        ServeError::Loading | ServeError::ShuttingDown | ServeError::DrainTimeout => {
+            Status::unavailable(error.to_string())
+        }
         ServeError::Internal(m) => {
             tracing::error!(error = %m, "internal error");
             Status::internal("internal error; the server log has the details")
@@ -24,7 +26,9 @@ pub(crate) fn rejection_reason(error: &ServeError) -> Option<&'static str> {
         ServeError::InvalidArgument(_) => Some("invalid"),
         ServeError::Overloaded(_) => Some("queue_full"),
         ServeError::DeadlineExceeded => Some("deadline"),
+        ServeError::Loading => Some("loading"),
         ServeError::ShuttingDown => Some("shutting_down"),
+        ServeError::DrainTimeout => Some("drain_timeout"),
         ServeError::Internal(_) => None,
     }
 }

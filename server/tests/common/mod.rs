@@ -1,0 +1,152 @@
+//! What the server's integration tests share: the real server (`marc_server::serve::run`) on ephemeral
+//! loopback ports, clients, requests, and a bound on every await.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use marc_proto::marc::v1::{
+    EmbedRequest, EmbedResponse, Input, TokenIds, embedder_client::EmbedderClient, input::Content,
+};
+use marc_server::serve::{ServeConfig, run};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+pub const LIMIT: Duration = Duration::from_secs(40);
+
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out"))
+}
+
+pub fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo")
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Starts the server on the demo model and waits until health says SERVING.
+    pub async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let server = Self::spawn(demo_dir(), tweak).await;
+        bounded("health SERVING", server.wait_serving()).await;
+        server
+    }
+
+    /// Starts the server on `model_dir` without waiting for it to be ready.
+    pub async fn spawn(model_dir: PathBuf, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, metrics_addr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
+        let mut config = ServeConfig::new(model_dir);
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, grpc, Some(metrics), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            metrics: metrics_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The health status of `marc.v1.Embedder`.
+    pub async fn health(&self) -> Result<i32, tonic::Status> {
+        let mut health = HealthClient::new(self.channel().await);
+        bounded(
+            "health",
+            health.check(HealthCheckRequest {
+                service: "marc.v1.Embedder".into(),
+            }),
+        )
+        .await
+        .map(|r| r.into_inner().status)
+    }
+
+    pub async fn wait_serving(&self) {
+        let mut health = HealthClient::new(self.channel().await);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "marc.v1.Embedder".into(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            if status.ok() == Some(ServingStatus::Serving as i32) {
+                return;
+            }
+            assert!(!self.task.is_finished(), "the server stopped before it was SERVING");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        bounded(
+            "connect",
+            Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn client(&self) -> EmbedderClient<Channel> {
+        EmbedderClient::new(self.channel().await)
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        bounded("server exit", &mut self.task).await.unwrap().unwrap();
+    }
+}
+
+pub fn ids(id: &str, ids: Vec<u32>) -> Input {
+    Input {
+        id: id.into(),
+        content: Some(Content::TokenIds(TokenIds { ids })),
+    }
+}
+
+pub fn text(id: &str, t: &str) -> Input {
+    Input {
+        id: id.into(),
+        content: Some(Content::Text(t.into())),
+    }
+}
+
+pub fn request(inputs: Vec<Input>) -> EmbedRequest {
+    EmbedRequest {
+        inputs,
+        ..Default::default()
+    }
+}
+
+/// A deterministic sequence of `n` token ids below the demo vocabulary.
+pub fn seq(seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (seed * 7919 + i * 104_729 + 13) % 4096).collect()
+}
+
+pub async fn embed(client: &mut EmbedderClient<Channel>, req: EmbedRequest) -> Result<EmbedResponse, tonic::Status> {
+    bounded("embed", client.embed(req)).await.map(|r| r.into_inner())
+}
+
+pub async fn embed_err(client: &mut EmbedderClient<Channel>, req: EmbedRequest) -> tonic::Status {
+    embed(client, req).await.expect_err("expected an error")
+}
+
+pub fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
