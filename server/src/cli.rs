@@ -195,6 +195,9 @@ pub(crate) struct BenchArgs {
     /// Config for random weights (default: the 150M benchmark configuration).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/configs/bench-150m.json"))]
     pub(crate) config: PathBuf,
+    /// Keep the random checkpoint in this directory (e.g. to `marc serve` it) instead of a temporary one.
+    #[arg(long, conflicts_with = "model")]
+    pub(crate) save_model: Option<PathBuf>,
     /// Weight dtype of the random checkpoint.
     #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
     pub(crate) dtype: String,

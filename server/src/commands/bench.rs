@@ -27,6 +27,21 @@ struct ShapeResult {
     tokens_per_second: f64,
 }
 
+/// Where the random checkpoint goes: a temporary directory, or one the user keeps (`--save-model`).
+enum Scratch {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Scratch {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Scratch::Temp(dir) => dir.path(),
+            Scratch::Kept(dir) => dir,
+        }
+    }
+}
+
 pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
     let shapes = args
         .shapes
@@ -39,7 +54,16 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
         None => {
             let config = std::fs::read_to_string(&args.config)
                 .with_context(|| format!("cannot read {}", args.config.display()))?;
-            scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+            scratch = match &args.save_model {
+                Some(dir) => {
+                    if dir.join("config.json").exists() {
+                        bail!("--save-model {}: already holds a model", dir.display());
+                    }
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    Scratch::Kept(dir.clone())
+                }
+                None => Scratch::Temp(tempfile::tempdir().context("cannot create a temporary directory")?),
+            };
             let dtype = if args.dtype == "f32" {
                 SyntheticDType::F32
             } else {
@@ -51,6 +75,12 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
                 args.config.display()
             );
             write_random_checkpoint(&config, scratch.path(), dtype, 0x6d61_7263)?;
+            if let Scratch::Kept(dir) = &scratch {
+                eprintln!(
+                    "kept the random checkpoint in {} (serve it with marc serve --model)",
+                    dir.display()
+                );
+            }
             scratch.path().to_owned()
         }
     };
