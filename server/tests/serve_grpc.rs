@@ -8,7 +8,6 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use marc_proto::marc::v1::{
     EmbedRequest, EmbedResponse, Encoding, InfoRequest, Input, Pooling, Priority, Truncation,
     embedder_client::EmbedderClient,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -575,30 +573,6 @@ async fn embed_stream_answers_every_request() {
         assert!(got[&format!("r{i}")].error.is_none());
     }
     server.stop().await;
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut socket = bounded("metrics connect", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    bounded("metrics read", socket.read_to_string(&mut body)).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    body
-}
-
-/// The sum of every sample of `name` whose labels contain each of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

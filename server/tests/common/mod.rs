@@ -12,6 +12,7 @@ use marc_proto::marc::v1::{
     EmbedRequest, EmbedResponse, Input, TokenIds, embedder_client::EmbedderClient, input::Content,
 };
 use marc_server::serve::{ServeConfig, run};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -149,4 +150,30 @@ pub async fn embed_err(client: &mut EmbedderClient<Channel>, req: EmbedRequest) 
 
 pub fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The body of `/metrics`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let mut socket = bounded("metrics connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    bounded("metrics read", socket.read_to_string(&mut body)).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    body
+}
+
+/// The sum of every sample of `name` whose labels contain each of `labels`.
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
