@@ -9,20 +9,8 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_is_never_computed() {
-    let server = Server::start(|c| {
-        c.max_batch_tokens = 64;
-        c.max_item_tokens = 64;
-    })
-    .await;
-    let mut client = server.client().await;
-    embed(&mut client, request(vec![ids("warm", seq(1, 8))])).await.unwrap();
-    // Keep the engine busy (192 batches), queue a request behind it, then give up on that call.
-    let mut busy_client = server.client().await;
-    let busy = tokio::spawn(async move {
-        let inputs = (0..192).map(|i| ids("w", seq(i, 64))).collect();
-        embed(&mut busy_client, request(inputs)).await
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Keep the engine busy, queue a request behind it, then give up on that call.
+    let (server, mut client, busy) = busy_server().await;
     let mut quitter = server.client().await;
     let quit = tokio::spawn(async move {
         let inputs = (0..10).map(|i| ids("q", seq(1000 + i, 61))).collect();

@@ -577,20 +577,7 @@ async fn embed_stream_answers_every_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_passes_while_queued_and_metrics_show_it() {
-    let server = Server::start(|c| {
-        c.max_batch_tokens = 64;
-        c.max_item_tokens = 64;
-    })
-    .await;
-    let mut client = server.client().await;
-    embed(&mut client, request(vec![ids("warm", seq(1, 8))])).await.unwrap();
-    // Keep the engine busy: 192 items of 64 tokens, one batch each.
-    let mut busy_client = server.client().await;
-    let busy = tokio::spawn(async move {
-        let inputs = (0..192).map(|i| ids("w", seq(i, 64))).collect();
-        embed(&mut busy_client, request(inputs)).await
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (server, mut client, busy) = busy_server().await;
     let mut late = Request::new(request(vec![ids("late", seq(2, 8))]));
     late.set_timeout(Duration::from_millis(30));
     let status = bounded("late", client.embed(late)).await.unwrap_err();

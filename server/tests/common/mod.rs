@@ -177,3 +177,27 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Starts the server with 64-token batches, warms it with one 8-token request, and keeps its engine busy with
+/// a request of 192 x 64 tokens (192 batches) in flight: requests sent during the next tens of milliseconds
+/// queue behind it.
+pub async fn busy_server() -> (
+    Server,
+    EmbedderClient<Channel>,
+    JoinHandle<Result<EmbedResponse, tonic::Status>>,
+) {
+    let server = Server::start(|c| {
+        c.max_batch_tokens = 64;
+        c.max_item_tokens = 64;
+    })
+    .await;
+    let mut client = server.client().await;
+    embed(&mut client, request(vec![ids("warm", seq(1, 8))])).await.unwrap();
+    let mut busy_client = server.client().await;
+    let busy = tokio::spawn(async move {
+        let inputs = (0..192).map(|i| ids("w", seq(i, 64))).collect();
+        embed(&mut busy_client, request(inputs)).await
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    (server, client, busy)
+}
