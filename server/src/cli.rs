@@ -63,6 +63,10 @@ pub(crate) struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT; those still running then get UNAVAILABLE.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout_s: u64,
+    /// Requests served at once across all calls (validated, tokenized, queued or computed); more get
+    /// RESOURCE_EXHAUSTED at once. Bounds the memory of requests not yet in the token-bounded queue.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) max_concurrent_requests: usize,
     /// Milliseconds a lower-priority request may wait before it is served ahead of higher-priority work.
     #[arg(long, default_value_t = 100)]
     pub(crate) starvation_limit_ms: u64,

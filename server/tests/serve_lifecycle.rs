@@ -207,3 +207,27 @@ async fn request_ids_in_headers_and_the_backend_in_info() {
     assert!(["amx", "avx512", "avx2", "scalar"].contains(&isa), "{}", info.backend);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_max_concurrent_requests_are_refused_at_once() {
+    let server = Server::start(|c| {
+        c.max_concurrent_requests = 1;
+        c.max_batch_tokens = 512;
+        c.max_item_tokens = 512;
+    })
+    .await;
+    let mut busy_client = server.client().await;
+    let busy = tokio::spawn(async move { busy_client.embed(heavy("busy")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = server.client().await;
+    let status = embed_err(&mut client, request(vec![ids("a", seq(1, 4))])).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("max_concurrent_requests (1)"),
+        "{}",
+        status.message()
+    );
+    bounded("busy", busy).await.unwrap().unwrap();
+    embed(&mut client, request(vec![ids("a", seq(1, 4))])).await.unwrap();
+    server.stop().await;
+}

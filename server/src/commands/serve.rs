@@ -29,6 +29,7 @@ pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Resul
         max_item_tokens: args.max_item_tokens,
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_stream_in_flight: args.max_stream_in_flight,
+        max_concurrent_requests: args.max_concurrent_requests,
         starvation_limit: Duration::from_millis(args.starvation_limit_ms),
         max_layer: args.max_layer,
         max_connection_age: args.max_connection_age_s.map(Duration::from_secs),

@@ -62,6 +62,7 @@ pub(crate) struct BatchSettings {
 struct Pending {
     spec: OutputSpec,
     received: Instant,
+    deadline: Option<Instant>,
     results: Mutex<Vec<ItemOutput>>,
     remaining: AtomicUsize,
     started: Mutex<Option<Instant>>,
@@ -149,6 +150,7 @@ impl Engine {
         let pending = Arc::new(Pending {
             spec: job.spec,
             received: job.received,
+            deadline: job.deadline,
             results: Mutex::new(vec![ItemOutput::default(); items]),
             remaining: AtomicUsize::new(items),
             started: Mutex::new(None),
@@ -170,7 +172,6 @@ impl Engine {
                 payload: pending,
             })
             .map_err(|full| {
-                metrics::counter!(m::REJECTED_TOTAL, "reason" => "queue_full").increment(1);
                 ServeError::Overloaded(format!(
                     "the queue is full: {} tokens queued, this request has {}, max_queue_tokens is {}; retry later",
                     full.queued, full.asked, full.capacity
@@ -225,11 +226,18 @@ fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
         let popped = queue.pop_batch(settings.max_batch_tokens, Instant::now(), |p| p.is_cancelled());
         queue_gauges(&queue);
         drop(queue);
+        // Their callers count these answers (reason `deadline`); a request whose caller stopped waiting at
+        // its deadline was answered likewise, so only the others count as `cancelled`.
+        let now = Instant::now();
         for p in &popped.expired {
-            metrics::counter!(m::REJECTED_TOTAL, "reason" => "deadline").increment(1);
             p.fail(ServeError::DeadlineExceeded);
         }
-        metrics::counter!(m::REJECTED_TOTAL, "reason" => "cancelled").increment(popped.cancelled.len() as u64);
+        let cancelled = popped
+            .cancelled
+            .iter()
+            .filter(|p| p.deadline.is_none_or(|d| d > now))
+            .count();
+        metrics::counter!(m::REJECTED_TOTAL, "reason" => "cancelled").increment(cancelled as u64);
         if !popped.batch.is_empty() {
             let tokens = popped.tokens();
             run_batch(model, heads, popped.batch, tokens);

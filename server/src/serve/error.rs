@@ -10,6 +10,9 @@ pub(crate) enum ServeError {
     /// The queue is full; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// As many requests as `--max-concurrent-requests` are being served; retry later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The request's deadline passed before its compute started.
     #[error("the deadline passed while the request was queued")]
     DeadlineExceeded,

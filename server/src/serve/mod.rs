@@ -69,6 +69,9 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Requests one `EmbedStream` call may have in flight.
     pub max_stream_in_flight: usize,
+    /// Requests served at once across all calls (validated, tokenized, queued or computed); more are refused
+    /// with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
     /// How long a lower-priority request may wait before it is served ahead of higher-priority work.
     pub starvation_limit: Duration,
     /// The deepest hidden state raw requests may ask for; the model is loaded only up to this layer (or
@@ -92,6 +95,7 @@ impl ServeConfig {
             max_item_tokens: 8192,
             drain_timeout: Duration::from_secs(30),
             max_stream_in_flight: 64,
+            max_concurrent_requests: 1024,
             starvation_limit: Duration::from_millis(100),
             max_layer: None,
             max_connection_age: None,
@@ -149,6 +153,10 @@ pub async fn run(
     ensure!(
         config.max_items_per_request > 0,
         "--max-items-per-request must be at least 1"
+    );
+    ensure!(
+        (1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&config.max_concurrent_requests),
+        "--max-concurrent-requests must be at least 1"
     );
     ensure!(
         (1..=MAX_STREAM_IN_FLIGHT).contains(&config.max_stream_in_flight),
@@ -247,6 +255,8 @@ pub async fn run(
         tokenizer,
         next_id: AtomicU64::new(0),
         max_stream_in_flight: config.max_stream_in_flight,
+        admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+        max_concurrent_requests: config.max_concurrent_requests,
         draining: draining.clone(),
         abort: abort.clone(),
     });

@@ -40,6 +40,11 @@ pub(crate) struct Context {
     pub(crate) next_id: AtomicU64,
     /// Requests one `EmbedStream` call may have in flight; the stream is not read further until one ends.
     pub(crate) max_stream_in_flight: usize,
+    /// One permit per request being served (validated, tokenized, queued or computed), across all calls:
+    /// bounds the memory that requests not yet in the token-bounded queue can hold.
+    pub(crate) admission: Arc<Semaphore>,
+    /// The number of permits of `admission`, for the error message.
+    pub(crate) max_concurrent_requests: usize,
     /// Cancelled on SIGTERM/SIGINT: new requests are refused, streams close once their requests are answered.
     pub(crate) draining: CancellationToken,
     /// Cancelled when the drain timeout passes: every request still waiting is answered UNAVAILABLE.
@@ -167,6 +172,12 @@ async fn handle(
     if !ctx.engine.is_ready() {
         return Err(ServeError::Loading);
     }
+    let _admitted = ctx.admission.clone().try_acquire_owned().map_err(|_| {
+        ServeError::TooManyRequests(format!(
+            "max_concurrent_requests ({}) requests are being served; retry later",
+            ctx.max_concurrent_requests
+        ))
+    })?;
     let request_id = req.request_id.clone();
     let parsed = convert::parse(req, &ctx.facts)?;
     let (seqs, truncated, tokenize_time) = sequences(&ctx, parsed.contents, parsed.truncation).await?;

@@ -8,7 +8,7 @@ use crate::serve::error::ServeError;
 pub(crate) fn to_status(error: &ServeError) -> Status {
     match error {
         ServeError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
-        ServeError::Overloaded(m) => Status::resource_exhausted(m.clone()),
+        ServeError::Overloaded(m) | ServeError::TooManyRequests(m) => Status::resource_exhausted(m.clone()),
         ServeError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
         ServeError::Loading | ServeError::ShuttingDown | ServeError::DrainTimeout => {
             Status::unavailable(error.to_string())
@@ -25,6 +25,7 @@ pub(crate) fn rejection_reason(error: &ServeError) -> Option<&'static str> {
     match error {
         ServeError::InvalidArgument(_) => Some("invalid"),
         ServeError::Overloaded(_) => Some("queue_full"),
+        ServeError::TooManyRequests(_) => Some("concurrency"),
         ServeError::DeadlineExceeded => Some("deadline"),
         ServeError::Loading => Some("loading"),
         ServeError::ShuttingDown => Some("shutting_down"),
