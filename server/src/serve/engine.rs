@@ -198,14 +198,15 @@ fn queue_gauges(queue: &Queue<Arc<Pending>>) {
     metrics::gauge!(m::QUEUE_TOKENS).set(queue.tokens() as f64);
 }
 
-/// The engine loop: wait for work, give a non-full batch up to `max_batch_wait` to fill, run it.
+/// The engine loop: wait for work, give a batch that starts an idle period up to `max_batch_wait` to fill,
+/// run it.
 fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
     let settings = shared.settings;
     loop {
         let mut queue = lock(&shared.queue);
+        let was_idle = queue.is_empty();
         while queue.is_empty() {
             if shared.stop.load(Ordering::SeqCst) {
-                // Anything queued after the last check fails rather than hanging its caller.
                 return;
             }
             queue = shared
@@ -214,8 +215,10 @@ fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        // An idle engine gives the first arrival's batch up to `max_batch_wait` to fill. Work that queued
+        // while a batch ran has waited already: it goes at once, so under load batching costs no latency.
         let waited = Instant::now();
-        while queue.tokens() < settings.max_batch_tokens && waited.elapsed() < settings.max_batch_wait {
+        while was_idle && queue.tokens() < settings.max_batch_tokens && waited.elapsed() < settings.max_batch_wait {
             let left = settings.max_batch_wait.saturating_sub(waited.elapsed());
             queue = shared
                 .wake
