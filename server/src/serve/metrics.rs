@@ -35,6 +35,8 @@ pub(crate) const TOKENS_TOTAL: &str = "marc_tokens_total";
 pub(crate) const ITEMS_TOTAL: &str = "marc_items_total";
 /// Counter `{reason}`: requests refused or dropped: `invalid`, `queue_full`, `deadline`, `cancelled`.
 pub(crate) const REJECTED_TOTAL: &str = "marc_rejected_total";
+/// Counter: `--capture` records dropped because the capture buffer was full or the file could not be written.
+pub(crate) const CAPTURE_DROPPED_TOTAL: &str = "marc_capture_dropped_total";
 /// Gauge: seconds the model took to load.
 pub(crate) const MODEL_LOAD_SECONDS: &str = "marc_model_load_seconds";
 /// Gauge `{version}`: 1.
