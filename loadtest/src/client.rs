@@ -30,7 +30,10 @@ pub struct Prepared {
     /// The message.
     pub request: EmbedRequest,
     /// gRPC headers (unary calls only; a stream's requests share the stream's headers).
-    pub metadata: Vec<(MetadataKey<tonic::metadata::Ascii>, MetadataValue<tonic::metadata::Ascii>)>,
+    pub metadata: Vec<(
+        MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
 }
 
 impl Prepared {
@@ -41,7 +44,9 @@ impl Prepared {
             .iter()
             .map(|(k, v)| {
                 let key = MetadataKey::from_bytes(k.as_bytes()).with_context(|| format!("metadata key `{k}`"))?;
-                let value = v.parse().with_context(|| format!("metadata `{k}`: value `{v}` is not ASCII"))?;
+                let value = v
+                    .parse()
+                    .with_context(|| format!("metadata `{k}`: value `{v}` is not ASCII"))?;
                 Ok((key, value))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -148,7 +153,8 @@ impl Pool {
                 .send(request)
                 .await
                 .map_err(|_| Status::unavailable("the stream has closed"))?;
-            rx.await.unwrap_or_else(|_| Err(Status::unavailable("the stream has closed")))
+            rx.await
+                .unwrap_or_else(|_| Err(Status::unavailable("the stream has closed")))
         })
         .await;
         match waited {

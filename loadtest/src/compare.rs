@@ -44,18 +44,39 @@ pub fn compare(a: &Report, b: &Report, t: Thresholds) -> Vec<Row> {
         ("corrected p99 (ms)", ca.p99, cb.p99, Worse::Higher),
         ("corrected p99.9 (ms)", ca.p99_9, cb.p99_9, Worse::Higher),
         ("corrected max (ms)", ca.max, cb.max, Worse::Higher),
-        ("uncorrected p99 (ms)", a.latency_ms.uncorrected.p99, b.latency_ms.uncorrected.p99, Worse::Higher),
-        ("throughput (ok/s)", a.throughput.ok_per_s, b.throughput.ok_per_s, Worse::Lower),
+        (
+            "uncorrected p99 (ms)",
+            a.latency_ms.uncorrected.p99,
+            b.latency_ms.uncorrected.p99,
+            Worse::Higher,
+        ),
+        (
+            "throughput (ok/s)",
+            a.throughput.ok_per_s,
+            b.throughput.ok_per_s,
+            Worse::Lower,
+        ),
     ];
     let mut rows: Vec<Row> = relative
         .into_iter()
         .map(|(metric, a, b, worse)| {
-            let change = if a > 0.0 { 100.0 * (b - a) / a } else if b > 0.0 { f64::INFINITY } else { 0.0 };
+            let change = if a > 0.0 {
+                100.0 * (b - a) / a
+            } else if b > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
             let regression = match worse {
                 Worse::Higher => change > t.relative_percent,
                 Worse::Lower => change < -t.relative_percent,
             };
-            Row { metric, a, b, regression }
+            Row {
+                metric,
+                a,
+                b,
+                regression,
+            }
         })
         .collect();
     rows.push(Row {
@@ -71,7 +92,11 @@ pub fn compare(a: &Report, b: &Report, t: Thresholds) -> Vec<Row> {
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!("{:<22} {:>12} {:>12} {:>9}\n", "metric", "A", "B", "change");
     for r in rows {
-        let change = if r.a != 0.0 { format!("{:+.1}%", 100.0 * (r.b - r.a) / r.a) } else { "-".to_owned() };
+        let change = if r.a != 0.0 {
+            format!("{:+.1}%", 100.0 * (r.b - r.a) / r.a)
+        } else {
+            "-".to_owned()
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
@@ -111,8 +136,15 @@ mod tests {
     }
 
     fn flagged(a: &Report, b: &Report) -> Vec<&'static str> {
-        let t = Thresholds { relative_percent: 10.0, error_points: 0.5 };
-        compare(a, b, t).into_iter().filter(|r| r.regression).map(|r| r.metric).collect()
+        let t = Thresholds {
+            relative_percent: 10.0,
+            error_points: 0.5,
+        };
+        compare(a, b, t)
+            .into_iter()
+            .filter(|r| r.regression)
+            .map(|r| r.metric)
+            .collect()
     }
 
     #[test]

@@ -131,7 +131,10 @@ impl FromStr for WeightedOptions {
     fn from_str(s: &str) -> Result<Self, GenError> {
         let bad = |why: String| GenError(format!("options `{s}`: {why}"));
         let (weight, pairs) = s.split_once(':').unwrap_or(("1", s));
-        let weight: f64 = weight.trim().parse().map_err(|_| bad("the weight is not a number".into()))?;
+        let weight: f64 = weight
+            .trim()
+            .parse()
+            .map_err(|_| bad("the weight is not a number".into()))?;
         if !(weight > 0.0 && weight.is_finite()) {
             return Err(bad("the weight must be positive".into()));
         }
@@ -145,7 +148,8 @@ impl FromStr for WeightedOptions {
             let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.into()));
             object.insert(key.trim().into(), value);
         }
-        let options: Request = serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| bad(e.to_string()))?;
+        let options: Request =
+            serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| bad(e.to_string()))?;
         Ok(Self { weight, options })
     }
 }
@@ -187,9 +191,9 @@ pub struct GenSpec {
 
 /// Short English words for text inputs.
 const WORDS: &[&str] = &[
-    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "search", "rank", "item", "user", "query",
-    "model", "vector", "fast", "slow", "red", "green", "blue", "music", "video", "news", "sport", "price",
-    "shoe", "book", "film", "travel", "city", "river", "light",
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "search", "rank", "item", "user", "query", "model",
+    "vector", "fast", "slow", "red", "green", "blue", "music", "video", "news", "sport", "price", "shoe", "book",
+    "film", "travel", "city", "river", "light",
 ];
 
 /// Generates the trace `spec` describes.
@@ -198,10 +202,17 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<Record>, GenError> {
         return Err(GenError(format!("--rps {}: must be a positive number", spec.rps)));
     }
     if !(0.0..=1.0).contains(&spec.stream_fraction) {
-        return Err(GenError(format!("--stream-fraction {}: must be in [0, 1]", spec.stream_fraction)));
+        return Err(GenError(format!(
+            "--stream-fraction {}: must be in [0, 1]",
+            spec.stream_fraction
+        )));
     }
     if spec.calls > marc_trace::MAX_RECORDS {
-        return Err(GenError(format!("--calls {}: at most {}", spec.calls, marc_trace::MAX_RECORDS)));
+        return Err(GenError(format!(
+            "--calls {}: at most {}",
+            spec.calls,
+            marc_trace::MAX_RECORDS
+        )));
     }
     if let Content::TokenIds { vocab: 0 } = spec.content {
         return Err(GenError("--vocab must be at least 1".into()));
@@ -221,7 +232,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<Record>, GenError> {
                     gap * draw
                 }
                 Arrival::Bursts(size) => {
-                    if n as u64 % size == 0 {
+                    if (n as u64).is_multiple_of(size) {
                         gap * size as f64
                     } else {
                         0.0
@@ -239,7 +250,9 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<Record>, GenError> {
                     "the trace would hold more than {MAX_TRACE_TOKENS} tokens; ask for fewer calls, items or tokens"
                 )));
             }
-            request.inputs.push(input(format!("{n}.{i}"), len, spec.content, &mut rng));
+            request
+                .inputs
+                .push(input(format!("{n}.{i}"), len, spec.content, &mut rng));
         }
         let rpc = if rng.random_bool(spec.stream_fraction) {
             Rpc::EmbedStream
@@ -323,9 +336,20 @@ mod tests {
         assert_eq!("2-9".parse::<Dist>().unwrap(), Dist::Uniform(2, 9));
         assert_eq!(
             "lognormal:64,0.5".parse::<Dist>().unwrap(),
-            Dist::LogNormal { median: 64.0, sigma: 0.5 }
+            Dist::LogNormal {
+                median: 64.0,
+                sigma: 0.5
+            }
         );
-        for bad in ["0", "9-2", "x", "lognormal:64", "lognormal:0,1", "lognormal:5,-1", "0-3"] {
+        for bad in [
+            "0",
+            "9-2",
+            "x",
+            "lognormal:64",
+            "lognormal:0,1",
+            "lognormal:5,-1",
+            "0-3",
+        ] {
             assert!(bad.parse::<Dist>().is_err(), "{bad}");
         }
         assert_eq!("bursts:5".parse::<Arrival>().unwrap(), Arrival::Bursts(5));
@@ -336,7 +360,12 @@ mod tests {
     fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
         let a = generate(&GenSpec { calls: 50, ..spec() }).unwrap();
         let b = generate(&GenSpec { calls: 50, ..spec() }).unwrap();
-        let c = generate(&GenSpec { calls: 50, seed: 8, ..spec() }).unwrap();
+        let c = generate(&GenSpec {
+            calls: 50,
+            seed: 8,
+            ..spec()
+        })
+        .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -349,7 +378,13 @@ mod tests {
 
     #[test]
     fn poisson_gaps_are_exponential_with_the_rate() {
-        let gaps = gaps_s(&generate(&GenSpec { arrival: Arrival::Poisson, ..spec() }).unwrap());
+        let gaps = gaps_s(
+            &generate(&GenSpec {
+                arrival: Arrival::Poisson,
+                ..spec()
+            })
+            .unwrap(),
+        );
         // Exponential with mean 10 ms: mean and standard deviation both 10 ms, P(gap > mean) = 1/e.
         // 20,000 draws: the sample mean's standard error is 0.7%, so 5% bounds are > 7 sigma.
         let m = mean(&gaps);
@@ -362,7 +397,12 @@ mod tests {
 
     #[test]
     fn bursts_come_in_groups_at_the_mean_rate() {
-        let records = generate(&GenSpec { calls: 12, arrival: Arrival::Bursts(4), ..spec() }).unwrap();
+        let records = generate(&GenSpec {
+            calls: 12,
+            arrival: Arrival::Bursts(4),
+            ..spec()
+        })
+        .unwrap();
         let offsets: Vec<u64> = records.iter().map(|r| r.offset_ns / 1_000_000).collect();
         assert_eq!(offsets, [0, 0, 0, 0, 40, 40, 40, 40, 80, 80, 80, 80]);
     }
@@ -388,7 +428,10 @@ mod tests {
         }
         // Uniform 1..=4: each about 1250 of 5000 (standard deviation ~31).
         assert_eq!(per_items[0], 0);
-        assert!(per_items[1..].iter().all(|&n| (1100..1400).contains(&n)), "{per_items:?}");
+        assert!(
+            per_items[1..].iter().all(|&n| (1100..1400).contains(&n)),
+            "{per_items:?}"
+        );
         // Log-normal: the median of the draws is the median asked for, and the mean of ln is ln(32).
         lens.sort_by(f64::total_cmp);
         let median = lens[lens.len() / 2];
@@ -410,8 +453,10 @@ mod tests {
         })
         .unwrap();
         let int8: Vec<_> = records.iter().filter(|r| r.request.encoding.is_some()).collect();
-        assert!(int8.iter().all(|r| r.request.dimensions == Some(16)
-            && r.request.priority == Some(marc_trace::Priority::High)));
+        assert!(
+            int8.iter()
+                .all(|r| r.request.dimensions == Some(16) && r.request.priority == Some(marc_trace::Priority::High))
+        );
         let streams = records.iter().filter(|r| r.rpc == Rpc::EmbedStream).count();
         // 1000 and 1000 expected; standard deviations ~27.
         assert!((880..1120).contains(&int8.len()), "{}", int8.len());
@@ -429,7 +474,13 @@ mod tests {
 
     #[test]
     fn text_inputs_have_the_requested_word_count() {
-        let records = generate(&GenSpec { calls: 3, content: Content::Text, tokens: Dist::Fixed(5), ..spec() }).unwrap();
+        let records = generate(&GenSpec {
+            calls: 3,
+            content: Content::Text,
+            tokens: Dist::Fixed(5),
+            ..spec()
+        })
+        .unwrap();
         for r in records {
             assert_eq!(r.request.inputs[0].text.as_ref().unwrap().split(' ').count(), 5);
         }

@@ -30,7 +30,11 @@ const EXIT_REGRESSION: u8 = 4;
 const SYNTHETIC_REQUESTS: usize = 1024;
 
 #[derive(Parser)]
-#[command(name = "marc-loadtest", version, about = "Load tests a marc server: replays captured traffic, open-loop and closed-loop load, reports and SLO checks")]
+#[command(
+    name = "marc-loadtest",
+    version,
+    about = "Load tests a marc server: replays captured traffic, open-loop and closed-loop load, reports and SLO checks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -247,7 +251,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 fn read_trace(path: &Path) -> anyhow::Result<Vec<Record>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open the trace {}", path.display()))?;
-    let records = marc_trace::read(std::io::BufReader::new(file)).with_context(|| format!("trace {}", path.display()))?;
+    let records =
+        marc_trace::read(std::io::BufReader::new(file)).with_context(|| format!("trace {}", path.display()))?;
     ensure!(!records.is_empty(), "trace {}: no calls", path.display());
     Ok(records)
 }
@@ -273,7 +278,12 @@ fn spec(shape: &ShapeArgs, calls: usize, rps: f64, arrival: Arrival) -> GenSpec 
 fn requests(trace: Option<&Path>, shape: &ShapeArgs) -> anyhow::Result<Vec<Record>> {
     match trace {
         Some(path) => read_trace(path),
-        None => Ok(generate::generate(&spec(shape, SYNTHETIC_REQUESTS, 1.0, Arrival::Constant))?),
+        None => Ok(generate::generate(&spec(
+            shape,
+            SYNTHETIC_REQUESTS,
+            1.0,
+            Arrival::Constant,
+        ))?),
     }
 }
 
@@ -284,7 +294,11 @@ fn gen_trace(args: &GenArgs) -> anyhow::Result<ExitCode> {
         text.push_str(&r.to_line());
     }
     std::fs::write(&args.out, text).with_context(|| format!("--out {}: cannot write", args.out.display()))?;
-    eprintln!("marc-loadtest gen: {} calls written to {}", records.len(), args.out.display());
+    eprintln!(
+        "marc-loadtest gen: {} calls written to {}",
+        records.len(),
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -307,15 +321,26 @@ fn compare_reports(args: &CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs a load-generating mode and writes every report asked for.
-fn execute(mode: &str, args: &RunArgs, duration: Duration, records: &[Record], drive: Drive) -> anyhow::Result<ExitCode> {
-    let prepared = records.iter().map(Prepared::from_record).collect::<anyhow::Result<Vec<_>>>()?;
+fn execute(
+    mode: &str,
+    args: &RunArgs,
+    duration: Duration,
+    records: &[Record],
+    drive: Drive,
+) -> anyhow::Result<ExitCode> {
+    let prepared = records
+        .iter()
+        .map(Prepared::from_record)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("marc-loadtest")
         .build()?;
     let (report_run, measurements) = runtime.block_on(async {
         let pool = Arc::new(Pool::connect(&args.target, args.connections, args.timeout).await?);
-        let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let started_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let recorder = Arc::new(Recorder::new(args.late_threshold));
         let progress = (!args.quiet).then(|| Progress::start(recorder.clone(), args.progress_interval));
         let limits = Limits {
@@ -345,7 +370,10 @@ fn execute(mode: &str, args: &RunArgs, duration: Duration, records: &[Record], d
         anyhow::Ok((info, recorder.finish()))
     })?;
     let mut report = Report::new(report_run, &measurements);
-    let passed = args.slo.as_ref().is_none_or(|s| slo::check(s, &measurements, &mut report));
+    let passed = args
+        .slo
+        .as_ref()
+        .is_none_or(|s| slo::check(s, &measurements, &mut report));
     print!("{}", summary::render(&report));
     if let Some(path) = &args.json {
         report.write_json(path)?;

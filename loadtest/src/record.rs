@@ -343,7 +343,9 @@ mod tests {
 
     #[test]
     fn on_time_sends_make_both_histograms_equal() {
-        let calls: Vec<_> = (0..50u64).map(|k| (k * 10, k * 10, k * 10 + 3 + k % 4, Outcome::Ok)).collect();
+        let calls: Vec<_> = (0..50u64)
+            .map(|k| (k * 10, k * 10, k * 10 + 3 + k % 4, Outcome::Ok))
+            .collect();
         let m = fed(&calls);
         assert_eq!(m.corrected, m.uncorrected);
         assert_eq!(m.late, 0);

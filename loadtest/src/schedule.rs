@@ -109,9 +109,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, ScheduleError> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| ScheduleError(format!("duration `{s}`: expected a number and a unit (us, ms, s, m, h)")))?;
+    let value: f64 = number.parse().map_err(|_| {
+        ScheduleError(format!(
+            "duration `{s}`: expected a number and a unit (us, ms, s, m, h)"
+        ))
+    })?;
     let scale = match unit {
         "us" => 1e-6,
         "ms" => 1e-3,
@@ -127,7 +129,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, ScheduleError> {
 fn parse_rate(s: &str) -> Result<f64, ScheduleError> {
     match s.trim().parse::<f64>() {
         Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
-        _ => Err(ScheduleError(format!("rate `{s}`: expected calls per second, a number >= 0"))),
+        _ => Err(ScheduleError(format!(
+            "rate `{s}`: expected calls per second, a number >= 0"
+        ))),
     }
 }
 
@@ -181,7 +185,11 @@ impl RateProfile {
         let mut start = 0.0;
         for (i, g) in self.segments.iter().enumerate() {
             let last = i + 1 == self.segments.len();
-            let slope = if g.secs > 0.0 { (g.to_rps - g.from_rps) / g.secs } else { 0.0 };
+            let slope = if g.secs > 0.0 {
+                (g.to_rps - g.from_rps) / g.secs
+            } else {
+                0.0
+            };
             let in_segment = g.from_rps * g.secs + slope * g.secs * g.secs / 2.0;
             if left <= in_segment {
                 return Some(start + solve(g.from_rps, slope, left));
@@ -277,8 +285,14 @@ mod tests {
     #[test]
     fn constant_rate_sends_evenly_from_time_zero() {
         let profile: RateProfile = "4".parse().unwrap();
-        assert_eq!(secs(RateSchedule::new(profile, None, 3).take(5)), [0.0, 0.25, 0.5, 0.75, 1.0]);
-        let requests: Vec<_> = RateSchedule::new("4".parse().unwrap(), None, 3).take(5).map(|p| p.request).collect();
+        assert_eq!(
+            secs(RateSchedule::new(profile, None, 3).take(5)),
+            [0.0, 0.25, 0.5, 0.75, 1.0]
+        );
+        let requests: Vec<_> = RateSchedule::new("4".parse().unwrap(), None, 3)
+            .take(5)
+            .map(|p| p.request)
+            .collect();
         assert_eq!(requests, [0, 1, 2, 0, 1]);
     }
 
@@ -300,14 +314,20 @@ mod tests {
         let profile: RateProfile = "ramp:0..10:2s".parse().unwrap();
         let got = secs(RateSchedule::new(profile, None, 1).take(12));
         for (k, t) in got.iter().enumerate() {
-            let want = if k <= 10 { (k as f64 / 2.5).sqrt() } else { 2.0 + (k as f64 - 10.0) / 10.0 };
+            let want = if k <= 10 {
+                (k as f64 / 2.5).sqrt()
+            } else {
+                2.0 + (k as f64 - 10.0) / 10.0
+            };
             assert!((t - want).abs() < 1e-6, "call {k}: {t} vs {want}");
         }
     }
 
     #[test]
     fn poisson_arrivals_have_the_rate_on_average() {
-        let got: Vec<_> = RateSchedule::new("100".parse().unwrap(), Some(1), 1).take(10_000).collect();
+        let got: Vec<_> = RateSchedule::new("100".parse().unwrap(), Some(1), 1)
+            .take(10_000)
+            .collect();
         let span = got.last().unwrap().at.as_secs_f64();
         // 10,000 exponential gaps of mean 10 ms: the sum's standard error is 1%.
         assert!((span - 100.0).abs() < 5.0, "{span}");

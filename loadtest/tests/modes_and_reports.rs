@@ -16,7 +16,10 @@ fn schema() -> jsonschema::Validator {
 fn assert_valid(report: &Path) -> serde_json::Value {
     let value = json(report);
     let validator = schema();
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
     assert!(errors.is_empty(), "{}: {errors:#?}", report.display());
     value
 }
@@ -27,13 +30,34 @@ fn rate_mode_writes_every_report_and_slo_sets_the_exit_code_both_ways() {
     let server = Server::start(|_| {});
     let target = server.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let (report, csv, plots) = (dir.path().join("a.json"), dir.path().join("a.csv"), dir.path().join("plots"));
+    let (report, csv, plots) = (
+        dir.path().join("a.json"),
+        dir.path().join("a.csv"),
+        dir.path().join("plots"),
+    );
     // A 2-second step profile with Poisson arrivals and a few streamed calls; the SLO is loose enough to hold.
     let out = loadtest_exit(
         &[
-            "rate", "--rps", "20:1s,40:1s", "--arrival", "poisson", "--duration", "2s", "--target", &target,
-            "--stream-fraction", "0.3", "--quiet", "--slo", "p99<5s,errors<1%,rps>1",
-            "--json", report.to_str().unwrap(), "--csv", csv.to_str().unwrap(), "--plot", plots.to_str().unwrap(),
+            "rate",
+            "--rps",
+            "20:1s,40:1s",
+            "--arrival",
+            "poisson",
+            "--duration",
+            "2s",
+            "--target",
+            &target,
+            "--stream-fraction",
+            "0.3",
+            "--quiet",
+            "--slo",
+            "p99<5s,errors<1%,rps>1",
+            "--json",
+            report.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+            "--plot",
+            plots.to_str().unwrap(),
         ],
         0,
     );
@@ -50,12 +74,18 @@ fn rate_mode_writes_every_report_and_slo_sets_the_exit_code_both_ways() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows[0], "second,sent,ok,errors,p50_ms,p90_ms,p99_ms,max_ms");
     assert_eq!(rows.len() - 1, r["timeseries"].as_array().unwrap().len());
-    let sent_by_second: u64 = rows[1..].iter().map(|r| r.split(',').nth(1).unwrap().parse::<u64>().unwrap()).sum();
+    let sent_by_second: u64 = rows[1..]
+        .iter()
+        .map(|r| r.split(',').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
     assert_eq!(sent_by_second, sent);
 
     for (file, words) in [
         ("latency.svg", &["Latency over time", "p99", "seconds"][..]),
-        ("spectrum.svg", &["Latency by percentile", "99%", "corrected (from intended send)"][..]),
+        (
+            "spectrum.svg",
+            &["Latency by percentile", "99%", "corrected (from intended send)"][..],
+        ),
         ("throughput.svg", &["Throughput", "sent", "errors"][..]),
     ] {
         let svg = std::fs::read_to_string(plots.join(file)).unwrap();
@@ -67,17 +97,33 @@ fn rate_mode_writes_every_report_and_slo_sets_the_exit_code_both_ways() {
             .filter_map(|n| n.text().map(|t| t.trim().to_owned()))
             .collect();
         for w in words {
-            assert!(texts.iter().any(|t| t.contains(w)), "{file}: no text {w:?} in {texts:?}");
+            assert!(
+                texts.iter().any(|t| t.contains(w)),
+                "{file}: no text {w:?} in {texts:?}"
+            );
         }
-        assert!(doc.descendants().any(|n| n.has_tag_name("polyline")), "{file}: no lines");
+        assert!(
+            doc.descendants().any(|n| n.has_tag_name("polyline")),
+            "{file}: no lines"
+        );
     }
 
     // The same run with an objective no server meets: exit code 3, the verdict in the report.
     let broken = dir.path().join("broken.json");
     loadtest_exit(
         &[
-            "rate", "--rps", "20", "--duration", "1s", "--target", &target, "--quiet", "--slo", "p50<1us,errors<1%",
-            "--json", broken.to_str().unwrap(),
+            "rate",
+            "--rps",
+            "20",
+            "--duration",
+            "1s",
+            "--target",
+            &target,
+            "--quiet",
+            "--slo",
+            "p50<1us,errors<1%",
+            "--json",
+            broken.to_str().unwrap(),
         ],
         3,
     );
@@ -108,7 +154,18 @@ fn closed_and_replay_modes_stop_by_themselves() {
     // Closed loop, 4 workers, bounded by duration.
     let report = dir.path().join("closed.json");
     loadtest_exit(
-        &["closed", "--concurrency", "4", "--duration", "1s", "--target", &target, "--quiet", "--json", report.to_str().unwrap()],
+        &[
+            "closed",
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--target",
+            &target,
+            "--quiet",
+            "--json",
+            report.to_str().unwrap(),
+        ],
         0,
     );
     let r = assert_valid(&report);
@@ -120,19 +177,56 @@ fn closed_and_replay_modes_stop_by_themselves() {
     // Closed loop bounded by count.
     let report = dir.path().join("count.json");
     loadtest_exit(
-        &["closed", "--concurrency", "3", "--max-calls", "25", "--duration", "30s", "--target", &target, "--quiet",
-          "--json", report.to_str().unwrap()],
+        &[
+            "closed",
+            "--concurrency",
+            "3",
+            "--max-calls",
+            "25",
+            "--duration",
+            "30s",
+            "--target",
+            &target,
+            "--quiet",
+            "--json",
+            report.to_str().unwrap(),
+        ],
         0,
     );
     assert_eq!(assert_valid(&report)["calls"]["sent"], 25);
 
     // Replay with --loop, bounded by --max-calls: a 5-call trace sent three times over, and one more.
     let trace = dir.path().join("t.jsonl");
-    loadtest_exit(&["gen", "--out", trace.to_str().unwrap(), "--calls", "5", "--rps", "100", "--arrival", "constant"], 0);
+    loadtest_exit(
+        &[
+            "gen",
+            "--out",
+            trace.to_str().unwrap(),
+            "--calls",
+            "5",
+            "--rps",
+            "100",
+            "--arrival",
+            "constant",
+        ],
+        0,
+    );
     let report = dir.path().join("loop.json");
     loadtest_exit(
-        &["replay", trace.to_str().unwrap(), "--loop", "--duration", "10s", "--max-calls", "16", "--target", &target,
-          "--quiet", "--json", report.to_str().unwrap()],
+        &[
+            "replay",
+            trace.to_str().unwrap(),
+            "--loop",
+            "--duration",
+            "10s",
+            "--max-calls",
+            "16",
+            "--target",
+            &target,
+            "--quiet",
+            "--json",
+            report.to_str().unwrap(),
+        ],
         0,
     );
     let r = assert_valid(&report);
@@ -146,10 +240,17 @@ fn closed_and_replay_modes_stop_by_themselves() {
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("bad.jsonl");
-    std::fs::write(&trace, "{\"offset_ns\":0,\"rpc\":\"Embed\",\"request\":{\"inputs\":[]}}\n{\"offset_ns\":1}\n").unwrap();
+    std::fs::write(
+        &trace,
+        "{\"offset_ns\":0,\"rpc\":\"Embed\",\"request\":{\"inputs\":[]}}\n{\"offset_ns\":1}\n",
+    )
+    .unwrap();
     let out = loadtest_exit(&["replay", trace.to_str().unwrap(), "--target", "127.0.0.1:1"], 1);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.jsonl") && err.contains("line 2: missing field `rpc`"), "{err}");
+    assert!(
+        err.contains("bad.jsonl") && err.contains("line 2: missing field `rpc`"),
+        "{err}"
+    );
     let out = loadtest_exit(&["rate", "--rps", "10", "--slo", "p99<fast"], 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--slo `p99<fast`"));
 }

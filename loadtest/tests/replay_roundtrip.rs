@@ -19,7 +19,13 @@ fn by_id(records: &[Record]) -> HashMap<String, &Record> {
 }
 
 /// Replays `trace_path` at `speed` into a capturing server and returns the captured trace.
-fn replay_captured(dir: &std::path::Path, trace_path: &std::path::Path, speed: &str, name: &str, token_ids: bool) -> Vec<Record> {
+fn replay_captured(
+    dir: &std::path::Path,
+    trace_path: &std::path::Path,
+    speed: &str,
+    name: &str,
+    token_ids: bool,
+) -> Vec<Record> {
     let capture = dir.join(name);
     let server = Server::start(|c| {
         c.capture = Some(CaptureConfig {
@@ -30,18 +36,32 @@ fn replay_captured(dir: &std::path::Path, trace_path: &std::path::Path, speed: &
     });
     let target = server.addr.to_string();
     loadtest_exit(
-        &["replay", trace_path.to_str().unwrap(), "--speed", speed, "--target", &target, "--quiet"],
+        &[
+            "replay",
+            trace_path.to_str().unwrap(),
+            "--speed",
+            speed,
+            "--target",
+            &target,
+            "--quiet",
+        ],
         0,
     );
     server.stop();
     // The server's readiness probe is the first captured call; the replayed ones carry gen's input ids.
-    trace(&capture).into_iter().filter(|r| r.request.inputs[0].id.contains('.')).collect()
+    trace(&capture)
+        .into_iter()
+        .filter(|r| r.request.inputs[0].id.contains('.'))
+        .collect()
 }
 
 fn assert_same_calls_and_spacing(sent: &[Record], captured: &[Record], speed: f64) {
     assert_eq!(captured.len(), sent.len(), "every call arrives once");
     let captured = by_id(captured);
-    let (sent0, captured0) = (sent[0].offset_ns as f64, captured[&sent[0].request.inputs[0].id].offset_ns as f64);
+    let (sent0, captured0) = (
+        sent[0].offset_ns as f64,
+        captured[&sent[0].request.inputs[0].id].offset_ns as f64,
+    );
     let mut worst: f64 = 0.0;
     for s in sent {
         let c = captured[&s.request.inputs[0].id];
@@ -68,10 +88,31 @@ fn replay_keeps_the_calls_and_their_spacing_at_1x_and_3x() {
     // 40 calls, Poisson at 20/s (about 2 s), text and ids, a mix of options, a third on EmbedStream.
     loadtest_exit(
         &[
-            "gen", "--out", original.to_str().unwrap(), "--calls", "40", "--rps", "20", "--arrival", "poisson",
-            "--items", "1-3", "--tokens", "4-24", "--content", "text", "--stream-fraction", "0.3",
-            "--options", "2:", "--options", "1:encoding=int8,dimensions=8,priority=high",
-            "--options", "1:raw=true,layer=2,pooling=mean,encoding=binary", "--seed", "11",
+            "gen",
+            "--out",
+            original.to_str().unwrap(),
+            "--calls",
+            "40",
+            "--rps",
+            "20",
+            "--arrival",
+            "poisson",
+            "--items",
+            "1-3",
+            "--tokens",
+            "4-24",
+            "--content",
+            "text",
+            "--stream-fraction",
+            "0.3",
+            "--options",
+            "2:",
+            "--options",
+            "1:encoding=int8,dimensions=8,priority=high",
+            "--options",
+            "1:raw=true,layer=2,pooling=mean,encoding=binary",
+            "--seed",
+            "11",
         ],
         0,
     );
@@ -96,8 +137,23 @@ fn capture_token_ids_records_what_the_tokenizer_gives() {
     let original = dir.path().join("text.jsonl");
     loadtest_exit(
         &[
-            "gen", "--out", original.to_str().unwrap(), "--calls", "10", "--rps", "50", "--arrival", "constant",
-            "--items", "2", "--tokens", "3-12", "--content", "text", "--seed", "5",
+            "gen",
+            "--out",
+            original.to_str().unwrap(),
+            "--calls",
+            "10",
+            "--rps",
+            "50",
+            "--arrival",
+            "constant",
+            "--items",
+            "2",
+            "--tokens",
+            "3-12",
+            "--content",
+            "text",
+            "--seed",
+            "5",
         ],
         0,
     );
@@ -108,7 +164,11 @@ fn capture_token_ids_records_what_the_tokenizer_gives() {
     for s in &sent {
         let c = captured[&s.request.inputs[0].id];
         for (si, ci) in s.request.inputs.iter().zip(&c.request.inputs) {
-            let want = tokenizer.encode(si.text.as_deref().unwrap(), true).unwrap().get_ids().to_vec();
+            let want = tokenizer
+                .encode(si.text.as_deref().unwrap(), true)
+                .unwrap()
+                .get_ids()
+                .to_vec();
             assert_eq!(ci.text, None);
             assert_eq!(ci.token_ids.as_ref(), Some(&want), "{:?}", si.text);
         }

@@ -25,8 +25,22 @@ fn a_stall_shows_in_the_corrected_p99_and_not_in_the_uncorrected_one() {
     });
     let target = proxy.addr.to_string();
     let out = loadtest(&[
-        "rate", "--rps", "50", "--duration", "3s", "--max-in-flight", "1", "--connections", "1", "--target", &target,
-        "--tokens", "8", "--quiet", "--json", report.to_str().unwrap(),
+        "rate",
+        "--rps",
+        "50",
+        "--duration",
+        "3s",
+        "--max-in-flight",
+        "1",
+        "--connections",
+        "1",
+        "--target",
+        &target,
+        "--tokens",
+        "8",
+        "--quiet",
+        "--json",
+        report.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = json(&report);
@@ -34,7 +48,10 @@ fn a_stall_shows_in_the_corrected_p99_and_not_in_the_uncorrected_one() {
     let uncorrected = r["latency_ms"]["uncorrected"]["p99"].as_f64().unwrap();
     // About 50 of the 150 calls were meant for the stall; the latest of them waited nearly the whole second.
     assert!(corrected > 500.0, "corrected p99 {corrected} ms");
-    assert!(corrected > 2.0 * uncorrected, "corrected p99 {corrected} ms, uncorrected {uncorrected} ms");
+    assert!(
+        corrected > 2.0 * uncorrected,
+        "corrected p99 {corrected} ms, uncorrected {uncorrected} ms"
+    );
     assert!(r["sends"]["late"].as_u64().unwrap() >= 25, "{}", r["sends"]);
     assert_eq!(r["calls"]["errors"], 0);
     server.stop();

@@ -451,7 +451,10 @@ mod tests {
             metadata: BTreeMap::new(),
         }
         .to_line();
-        assert_eq!(line, "{\"offset_ns\":0,\"rpc\":\"Embed\",\"request\":{\"inputs\":[{\"text\":\"x\"}]}}\n");
+        assert_eq!(
+            line,
+            "{\"offset_ns\":0,\"rpc\":\"Embed\",\"request\":{\"inputs\":[{\"text\":\"x\"}]}}\n"
+        );
         assert_eq!(read(line.as_bytes()).unwrap()[0].request.to_proto(), request);
     }
 
@@ -459,7 +462,11 @@ mod tests {
     fn records_are_sorted_by_offset_and_blank_lines_skipped() {
         let trace = "{\"offset_ns\":20,\"rpc\":\"Embed\",\"request\":{\"inputs\":[],\"request_id\":\"late\"}}\n\n\
                      {\"offset_ns\":10,\"rpc\":\"Embed\",\"request\":{\"inputs\":[],\"request_id\":\"early\"}}\n";
-        let ids: Vec<_> = read(trace.as_bytes()).unwrap().into_iter().map(|r| r.request.request_id).collect();
+        let ids: Vec<_> = read(trace.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request.request_id)
+            .collect();
         assert_eq!(ids, ["early", "late"]);
     }
 
@@ -477,7 +484,10 @@ mod tests {
                 ok.replace("[]", "[{\"text\":\"a\",\"token_ids\":[1]}]"),
                 "line 1: request.inputs[0]: both `text` and `token_ids`",
             ),
-            (ok.replace("}}", "},\"metadata\":{\"X Y\":\"1\"}}"), "line 1: metadata: `X Y`"),
+            (
+                ok.replace("}}", "},\"metadata\":{\"X Y\":\"1\"}}"),
+                "line 1: metadata: `X Y`",
+            ),
             ("not json".to_owned(), "line 1: expected"),
         ];
         for (trace, want) in cases {

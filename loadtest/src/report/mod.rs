@@ -212,7 +212,13 @@ impl Report {
         let secs = m.elapsed.as_secs_f64();
         let errors: u64 = m.errors.values().sum();
         let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let at = |h: &Histogram<u64>, p: f64| if h.is_empty() { 0.0 } else { ms(h.value_at_percentile(p)) };
+        let at = |h: &Histogram<u64>, p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_percentile(p))
+            }
+        };
         Self {
             schema_version: SCHEMA_VERSION,
             tool: format!("marc-loadtest {}", env!("CARGO_PKG_VERSION")),
@@ -228,7 +234,11 @@ impl Report {
                 ok_per_s: per_s(m.ok),
                 sent_per_s: per_s(m.sent),
             },
-            error_percent: if m.sent > 0 { 100.0 * errors as f64 / m.sent as f64 } else { 0.0 },
+            error_percent: if m.sent > 0 {
+                100.0 * errors as f64 / m.sent as f64
+            } else {
+                0.0
+            },
             errors_by_code: m.errors.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
             latency_ms: Latencies {
                 corrected: Latency::of(&m.corrected),

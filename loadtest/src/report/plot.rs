@@ -38,10 +38,26 @@ pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
         ("seconds", "latency (ms)"),
         None,
         &[
-            Line { label: "p50", color: BLUE, points: seconds(|s| s.p50_ms) },
-            Line { label: "p90", color: GREEN, points: seconds(|s| s.p90_ms) },
-            Line { label: "p99", color: RED, points: seconds(|s| s.p99_ms) },
-            Line { label: "max", color: BLACK, points: seconds(|s| s.max_ms) },
+            Line {
+                label: "p50",
+                color: BLUE,
+                points: seconds(|s| s.p50_ms),
+            },
+            Line {
+                label: "p90",
+                color: GREEN,
+                points: seconds(|s| s.p90_ms),
+            },
+            Line {
+                label: "p99",
+                color: RED,
+                points: seconds(|s| s.p99_ms),
+            },
+            Line {
+                label: "max",
+                color: BLACK,
+                points: seconds(|s| s.max_ms),
+            },
         ],
     )?;
     let nines = |p: f64| -(1.0 - p / 100.0).max(1e-6).log10();
@@ -54,12 +70,20 @@ pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
             Line {
                 label: "corrected (from intended send)",
                 color: RED,
-                points: r.spectrum.iter().map(|p| (nines(p.percentile), p.corrected_ms)).collect(),
+                points: r
+                    .spectrum
+                    .iter()
+                    .map(|p| (nines(p.percentile), p.corrected_ms))
+                    .collect(),
             },
             Line {
                 label: "uncorrected (from actual send)",
                 color: BLUE,
-                points: r.spectrum.iter().map(|p| (nines(p.percentile), p.uncorrected_ms)).collect(),
+                points: r
+                    .spectrum
+                    .iter()
+                    .map(|p| (nines(p.percentile), p.uncorrected_ms))
+                    .collect(),
             },
         ],
     )?;
@@ -69,9 +93,21 @@ pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
         ("seconds", "calls per second"),
         None,
         &[
-            Line { label: "sent", color: BLUE, points: seconds(|s| s.sent as f64) },
-            Line { label: "ok", color: GREEN, points: seconds(|s| s.ok as f64) },
-            Line { label: "errors", color: RED, points: seconds(|s| s.errors as f64) },
+            Line {
+                label: "sent",
+                color: BLUE,
+                points: seconds(|s| s.sent as f64),
+            },
+            Line {
+                label: "ok",
+                color: GREEN,
+                points: seconds(|s| s.ok as f64),
+            },
+            Line {
+                label: "errors",
+                color: RED,
+                points: seconds(|s| s.errors as f64),
+            },
         ],
     )
 }
@@ -92,7 +128,8 @@ fn chart(
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     draw(&root, title, (x_desc, y_desc), x_labels, lines)
         .map_err(|e| anyhow!("{}: cannot draw: {e}", path.display()))?;
-    root.present().map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
+    root.present()
+        .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
 }
 
 fn draw(

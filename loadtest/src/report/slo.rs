@@ -79,7 +79,11 @@ impl FromStr for Slo {
     type Err = SloError;
 
     fn from_str(s: &str) -> Result<Self, SloError> {
-        s.split(',').map(str::trim).map(parse_objective).collect::<Result<_, _>>().map(Slo)
+        s.split(',')
+            .map(str::trim)
+            .map(parse_objective)
+            .collect::<Result<_, _>>()
+            .map(Slo)
     }
 }
 
@@ -110,7 +114,11 @@ fn parse_objective(text: &str) -> Result<Objective, SloError> {
         "rps" => Metric::Rps,
         _ => match name.strip_prefix('p').map(str::parse::<f64>) {
             Some(Ok(p)) if (0.0..=100.0).contains(&p) => Metric::Percentile(p),
-            _ => return Err(err("unknown metric; expected pN (N in 0..=100), mean, max, errors, late or rps")),
+            _ => {
+                return Err(err(
+                    "unknown metric; expected pN (N in 0..=100), mean, max, errors, late or rps",
+                ));
+            }
         },
     };
     let number = |v: &str| v.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0);
@@ -124,7 +132,10 @@ fn parse_objective(text: &str) -> Result<Objective, SloError> {
                 "s" => 1e3,
                 _ => return Err(err("a latency needs a unit: us, ms or s")),
             };
-            (number(n).ok_or_else(|| err("not a non-negative number"))? * scale, false)
+            (
+                number(n).ok_or_else(|| err("not a non-negative number"))? * scale,
+                false,
+            )
         }
         Metric::Errors | Metric::Late => match value.strip_suffix('%') {
             Some(p) => (number(p).ok_or_else(|| err("not a non-negative percentage"))?, true),
@@ -144,7 +155,13 @@ fn parse_objective(text: &str) -> Result<Objective, SloError> {
 impl Objective {
     /// The measured value in the objective's unit.
     pub fn actual(&self, m: &Measurements, r: &Report) -> f64 {
-        let share = |n: u64| if self.percent { 100.0 * n as f64 / m.sent.max(1) as f64 } else { n as f64 };
+        let share = |n: u64| {
+            if self.percent {
+                100.0 * n as f64 / m.sent.max(1) as f64
+            } else {
+                n as f64
+            }
+        };
         match self.metric {
             Metric::Percentile(_) if m.corrected.is_empty() => 0.0,
             Metric::Percentile(p) => m.corrected.value_at_percentile(p) as f64 / 1000.0,
@@ -190,7 +207,9 @@ mod tests {
 
     #[test]
     fn objectives_parse_with_units_and_operators() {
-        let Slo(o) = "p99<20ms, errors<0.1%, p99.9<=1s, mean<500us, rps>=100, late<5, max>0ms".parse().unwrap();
+        let Slo(o) = "p99<20ms, errors<0.1%, p99.9<=1s, mean<500us, rps>=100, late<5, max>0ms"
+            .parse()
+            .unwrap();
         let got: Vec<_> = o.iter().map(|o| (o.metric.clone(), o.op, o.bound, o.percent)).collect();
         assert_eq!(
             got,
@@ -220,14 +239,23 @@ mod tests {
             ("", "expected METRIC"),
         ] {
             let err = bad.parse::<Slo>().unwrap_err().to_string();
-            assert!(err.starts_with(&format!("--slo `{bad}`")) && err.contains(why), "{bad}: {err}");
+            assert!(
+                err.starts_with(&format!("--slo `{bad}`")) && err.contains(why),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn comparisons_are_strict_or_not_as_written() {
         let Slo(o) = "p99<20ms,p99<=20ms,rps>10,rps>=10".parse().unwrap();
-        assert_eq!(o.iter().map(|o| o.holds(20.0)).collect::<Vec<_>>(), [false, true, true, true]);
-        assert_eq!(o.iter().map(|o| o.holds(10.0)).collect::<Vec<_>>(), [true, true, false, true]);
+        assert_eq!(
+            o.iter().map(|o| o.holds(20.0)).collect::<Vec<_>>(),
+            [false, true, true, true]
+        );
+        assert_eq!(
+            o.iter().map(|o| o.holds(10.0)).collect::<Vec<_>>(),
+            [true, true, false, true]
+        );
     }
 }

@@ -19,7 +19,11 @@ pub fn render(r: &Report) -> String {
         "  throughput  {:.1} ok/s (sent {:.1}/s)",
         r.throughput.ok_per_s, r.throughput.sent_per_s
     );
-    let _ = writeln!(out, "  latency     {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "p50", "p90", "p99", "p99.9", "p99.99", "max");
+    let _ = writeln!(
+        out,
+        "  latency     {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "p50", "p90", "p99", "p99.9", "p99.99", "max"
+    );
     let row = |name: &str, l: &Latency| {
         format!(
             "  {name:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
@@ -41,7 +45,11 @@ pub fn render(r: &Report) -> String {
         human_ms(r.sends.lateness_ms.p99),
         human_ms(r.sends.lateness_ms.max)
     );
-    let _ = write!(out, "  calls       {} ok, {} errors ({:.3}%)", c.ok, c.errors, r.error_percent);
+    let _ = write!(
+        out,
+        "  calls       {} ok, {} errors ({:.3}%)",
+        c.ok, c.errors, r.error_percent
+    );
     if !r.errors_by_code.is_empty() {
         let codes: Vec<String> = r.errors_by_code.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = write!(out, ": {}", codes.join(", "));

@@ -115,7 +115,9 @@ impl StallingProxy {
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = TcpStream::connect(upstream).await else { continue };
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let (client_read, client_write) = client.into_split();

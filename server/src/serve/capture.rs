@@ -104,7 +104,11 @@ impl Capture {
         if ((n + 1.0) * self.sample).floor() <= (n * self.sample).floor() {
             return;
         }
-        let rpc = if rpc == "EmbedStream" { Rpc::EmbedStream } else { Rpc::Embed };
+        let rpc = if rpc == "EmbedStream" {
+            Rpc::EmbedStream
+        } else {
+            Rpc::Embed
+        };
         match self.tx.try_reserve() {
             Ok(slot) => slot.send(Message::Call {
                 rpc,
@@ -152,12 +156,7 @@ fn write_loop(
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let Message::Call {
-            rpc,
-            received,
-            request,
-        } = message
-        else {
+        let Message::Call { rpc, received, request } = message else {
             break;
         };
         let mut trace_request = Request::from(&request);
