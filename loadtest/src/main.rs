@@ -158,6 +158,16 @@ struct ReplayArgs {
     run: RunArgs,
 }
 
+/// Where `rate` and `closed` take their requests from.
+#[derive(Args)]
+struct SourceArgs {
+    /// Send the requests of this trace in turn (their timing is ignored) instead of synthetic ones.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
 #[derive(Args)]
 struct RateArgs {
     /// Calls per second: R, steps R1:T1,R2:T2,... or ramp:FROM..TO:T.
@@ -166,11 +176,8 @@ struct RateArgs {
     /// Arrivals: constant or poisson.
     #[arg(long, default_value = "constant", value_parser = ["constant", "poisson"])]
     arrival: String,
-    /// Send the requests of this trace in turn (their timing is ignored) instead of synthetic ones.
-    #[arg(long)]
-    trace: Option<PathBuf>,
     #[command(flatten)]
-    shape: ShapeArgs,
+    source: SourceArgs,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -180,11 +187,8 @@ struct ClosedArgs {
     /// Workers, each with one call in flight.
     #[arg(long)]
     concurrency: usize,
-    /// Send the requests of this trace in turn instead of synthetic ones.
-    #[arg(long)]
-    trace: Option<PathBuf>,
     #[command(flatten)]
-    shape: ShapeArgs,
+    source: SourceArgs,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -231,15 +235,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             execute("replay", &args.run, duration, &records, Drive::Open(Box::new(replay)))
         }
         Command::Rate(args) => {
-            let records = requests(args.trace.as_deref(), &args.shape)?;
-            let seed = (args.arrival == "poisson").then_some(args.shape.seed);
+            let records = requests(&args.source)?;
+            let seed = (args.arrival == "poisson").then_some(args.source.shape.seed);
             let schedule = RateSchedule::new(args.rps, seed, records.len());
             let duration = args.run.duration.unwrap_or(Duration::from_secs(10));
             execute("rate", &args.run, duration, &records, Drive::Open(Box::new(schedule)))
         }
         Command::Closed(args) => {
             ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-            let records = requests(args.trace.as_deref(), &args.shape)?;
+            let records = requests(&args.source)?;
             let duration = args.run.duration.unwrap_or(Duration::from_secs(10));
             let drive = Drive::Closed {
                 concurrency: args.concurrency,
@@ -274,12 +278,12 @@ fn spec(shape: &ShapeArgs, calls: usize, rps: f64, arrival: Arrival) -> GenSpec 
     }
 }
 
-/// The requests of `trace`, or synthetic ones shaped by `shape`.
-fn requests(trace: Option<&Path>, shape: &ShapeArgs) -> anyhow::Result<Vec<Record>> {
-    match trace {
+/// The requests of `--trace`, or synthetic ones shaped by the gen flags.
+fn requests(source: &SourceArgs) -> anyhow::Result<Vec<Record>> {
+    match &source.trace {
         Some(path) => read_trace(path),
         None => Ok(generate::generate(&spec(
-            shape,
+            &source.shape,
             SYNTHETIC_REQUESTS,
             1.0,
             Arrival::Constant,

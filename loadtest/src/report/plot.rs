@@ -60,7 +60,8 @@ pub fn write(r: &Report, dir: &Path) -> anyhow::Result<()> {
             },
         ],
     )?;
-    let nines = |p: f64| -(1.0 - p / 100.0).max(1e-6).log10();
+    // 100% sits with the last finite percentile (99.999%), at the right edge.
+    let nines = |p: f64| -(1.0 - p / 100.0).max(1e-5).log10();
     chart(
         &dir.join(FILES[1]),
         &format!("Latency by percentile, {title}"),
@@ -146,13 +147,15 @@ fn draw(
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(16)
+        .margin_right(48)
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(x_desc).y_desc(y_desc);
     if let Some(f) = x_labels {
-        mesh.x_label_formatter(f);
+        // A custom axis (the nines) is labelled at its whole steps only: 0%, 90%, 99%, ...
+        mesh.x_labels(x_max.round() as usize + 1).x_label_formatter(f);
     }
     mesh.draw()?;
     for line in lines {

@@ -198,3 +198,57 @@ fn to_token_ids(trace: &mut Request, request: &pb::EmbedRequest, tokenizer: &Tok
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(sample: f64, buffer: usize) -> (Capture, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(buffer);
+        let capture = Capture {
+            tx,
+            sample,
+            seen: AtomicU64::new(0),
+        };
+        (capture, rx)
+    }
+
+    fn kept(rx: &mut mpsc::Receiver<Message>) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(Message::Call { request, .. }) = rx.try_recv() {
+            ids.push(request.request_id);
+        }
+        ids
+    }
+
+    fn request(n: usize) -> pb::EmbedRequest {
+        pb::EmbedRequest {
+            request_id: n.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sampling_keeps_exactly_the_rate_evenly_spread() {
+        let (c, mut rx) = capture(0.25, 100);
+        for n in 0..12 {
+            c.offer("Embed", Instant::now(), &request(n));
+        }
+        assert_eq!(kept(&mut rx), ["3", "7", "11"]);
+        let (c, mut rx) = capture(1.0, 100);
+        for n in 0..3 {
+            c.offer("Embed", Instant::now(), &request(n));
+        }
+        assert_eq!(kept(&mut rx), ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_records_without_waiting() {
+        let (c, mut rx) = capture(1.0, 2);
+        // No reader: the third and fourth offers find the buffer full and return at once.
+        for n in 0..4 {
+            c.offer("EmbedStream", Instant::now(), &request(n));
+        }
+        assert_eq!(kept(&mut rx), ["0", "1"]);
+    }
+}
