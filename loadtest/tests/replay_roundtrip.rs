@@ -10,8 +10,12 @@ use common::{Server, loadtest_exit, serial, trace};
 use marc_server::serve::CaptureConfig;
 use marc_trace::{Record, Rpc};
 
-/// How far a replayed call's offset may be from its intended one, relative to the first call.
+/// How far a replayed call's arrival may be from its replayed time (relative to the run's start): most calls
+/// ([`ON_TIME_SHARE`]) within [`JITTER_MS`], and the median within [`MEDIAN_JITTER_MS`]. Not every call: on a
+/// shared 2-core machine a process can be descheduled for a few hundred ms now and then.
 const JITTER_MS: f64 = 40.0;
+const ON_TIME_SHARE: f64 = 0.9;
+const MEDIAN_JITTER_MS: f64 = 10.0;
 
 /// Matches captured calls to the trace's by their first input's id (gen makes them unique).
 fn by_id(records: &[Record]) -> HashMap<String, &Record> {
@@ -58,11 +62,7 @@ fn replay_captured(
 fn assert_same_calls_and_spacing(sent: &[Record], captured: &[Record], speed: f64) {
     assert_eq!(captured.len(), sent.len(), "every call arrives once");
     let captured = by_id(captured);
-    let (sent0, captured0) = (
-        sent[0].offset_ns as f64,
-        captured[&sent[0].request.inputs[0].id].offset_ns as f64,
-    );
-    let mut worst: f64 = 0.0;
+    let mut offsets_ms = Vec::new();
     for s in sent {
         let c = captured[&s.request.inputs[0].id];
         assert_eq!(c.rpc, s.rpc);
@@ -73,11 +73,23 @@ fn assert_same_calls_and_spacing(sent: &[Record], captured: &[Record], speed: f6
             request.request_id = s.request.request_id.clone();
         }
         assert_eq!(request, s.request);
-        let want_ms = (s.offset_ns as f64 - sent0) / speed / 1e6;
-        let got_ms = (c.offset_ns as f64 - captured0) / 1e6;
-        worst = worst.max((got_ms - want_ms).abs());
+        // Where the call arrived against where the replay meant it, in the server's and the trace's clocks.
+        offsets_ms.push(c.offset_ns as f64 / 1e6 - s.offset_ns as f64 / speed / 1e6);
     }
-    assert!(worst < JITTER_MS, "a call arrived {worst:.1} ms off its replayed time");
+    // The clocks differ by a constant: the median offset, which one late call cannot move.
+    let median = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let shift = median(&mut offsets_ms.clone());
+    let mut errors: Vec<f64> = offsets_ms.iter().map(|o| (o - shift).abs()).collect();
+    let on_time = errors.iter().filter(|e| **e < JITTER_MS).count() as f64 / errors.len() as f64;
+    let median_error = median(&mut errors);
+    assert!(
+        on_time >= ON_TIME_SHARE && median_error < MEDIAN_JITTER_MS,
+        "{:.0}% of the calls within {JITTER_MS} ms of their replayed time, median error {median_error:.1} ms; errors: {errors:.1?}",
+        on_time * 100.0
+    );
 }
 
 #[test]

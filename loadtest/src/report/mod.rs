@@ -23,6 +23,9 @@ use crate::record::Measurements;
 /// The version of the JSON report's schema.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The largest report `compare` reads (a day-long run's per-second series is a few MiB).
+const MAX_REPORT_BYTES: u64 = 256 << 20;
+
 /// The percentiles of the spectrum: 0, 50, 75, 87.5, ... (halving the distance to 100 each step) down to
 /// 99.9990234375, then 100.
 pub fn spectrum_percentiles() -> Vec<f64> {
@@ -284,6 +287,14 @@ impl Report {
 
     /// Reads a report written by [`Report::write_json`], checking its schema version.
     pub fn read_json(path: &Path) -> anyhow::Result<Self> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            size <= MAX_REPORT_BYTES,
+            "{}: {size} bytes, more than a report's {MAX_REPORT_BYTES}",
+            path.display()
+        );
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
