@@ -134,13 +134,8 @@ pub struct Live {
 impl Recorder {
     /// A recorder whose clock starts now.
     pub fn new(late_threshold: Duration) -> Self {
-        Self::starting_at(Instant::now(), late_threshold)
-    }
-
-    /// A recorder whose clock started at `start`.
-    pub fn starting_at(start: Instant, late_threshold: Duration) -> Self {
         Self {
-            start,
+            start: Instant::now(),
             state: Mutex::new(State {
                 m: Measurements {
                     corrected: histogram(),

@@ -311,14 +311,6 @@ impl Request {
             request_id: self.request_id.clone(),
         }
     }
-
-    /// The number of tokens given as ids, plus the bytes of text (a cheap size measure that needs no tokenizer).
-    pub fn size_hint(&self) -> usize {
-        self.inputs
-            .iter()
-            .map(|i| i.token_ids.as_ref().map_or(0, Vec::len) + i.text.as_ref().map_or(0, String::len))
-            .sum()
-    }
 }
 
 /// Parses one line (without its newline) as a record; `line` is its number, for errors.
