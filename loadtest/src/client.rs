@@ -197,3 +197,33 @@ async fn open_stream(mut client: EmbedderClient<Channel>) -> Result<Stream, Stat
     });
     Ok(Stream { tx, pending })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(metadata: &[(&str, &str)]) -> marc_trace::Record {
+        marc_trace::Record {
+            offset_ns: 0,
+            rpc: Rpc::Embed,
+            request: marc_trace::Request::default(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn metadata_becomes_headers_and_bad_values_name_their_key() {
+        let prepared = Prepared::from_record(&record(&[("x-tenant", "a1"), ("grpc-timeout", "5S")])).unwrap();
+        let headers: Vec<_> = prepared
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(headers, [("grpc-timeout", "5S"), ("x-tenant", "a1")]);
+        let err = Prepared::from_record(&record(&[("x-tenant", "a\nb")])).unwrap_err();
+        assert!(format!("{err:#}").contains("metadata `x-tenant`"), "{err:#}");
+    }
+}

@@ -174,6 +174,28 @@ fn closed_and_replay_modes_stop_by_themselves() {
     // No schedule, so nothing can be late and the two histograms agree.
     assert_eq!(r["latency_ms"]["corrected"], r["latency_ms"]["uncorrected"]);
 
+    // Progress: without a terminal, one plain line per interval on stderr.
+    let out = loadtest_exit(
+        &[
+            "closed",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1s",
+            "--progress-interval",
+            "200ms",
+            "--target",
+            &target,
+        ],
+        0,
+    );
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = progress
+        .lines()
+        .filter(|l| l.contains("in flight") && l.contains("p99"))
+        .collect();
+    assert!((2..=8).contains(&lines.len()), "{progress}");
+
     // Closed loop bounded by count.
     let report = dir.path().join("count.json");
     loadtest_exit(

@@ -327,7 +327,13 @@ pub fn parse_line(text: &str, line: usize) -> Result<Record, TraceError> {
             });
         }
     }
-    for name in record.metadata.keys() {
+    for (name, value) in &record.metadata {
+        if !value.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t') {
+            return Err(TraceError::Invalid {
+                line,
+                message: format!("metadata `{name}`: the value must be printable ASCII"),
+            });
+        }
         let valid = !name.is_empty()
             && name
                 .bytes()
@@ -479,6 +485,10 @@ mod tests {
             (
                 ok.replace("}}", "},\"metadata\":{\"X Y\":\"1\"}}"),
                 "line 1: metadata: `X Y`",
+            ),
+            (
+                ok.replace("}}", "},\"metadata\":{\"x-a\":\"caf\\u00e9\"}}"),
+                "line 1: metadata `x-a`: the value must be printable ASCII",
             ),
             ("not json".to_owned(), "line 1: expected"),
         ];
