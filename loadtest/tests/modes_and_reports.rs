@@ -24,6 +24,16 @@ fn assert_valid(report: &Path) -> serde_json::Value {
     value
 }
 
+/// Runs a load-generating command against `target` with `--quiet --json DIR/NAME`, expecting exit `code`, and
+/// returns its report, validated against the schema.
+fn run_with_report(args: &[&str], target: &str, dir: &Path, name: &str, code: i32) -> serde_json::Value {
+    let report = dir.join(name);
+    let mut all = args.to_vec();
+    all.extend(["--target", target, "--quiet", "--json", report.to_str().unwrap()]);
+    loadtest_exit(&all, code);
+    assert_valid(&report)
+}
+
 #[test]
 fn rate_mode_writes_every_report_and_slo_sets_the_exit_code_both_ways() {
     let _serial = serial();
@@ -109,25 +119,14 @@ fn rate_mode_writes_every_report_and_slo_sets_the_exit_code_both_ways() {
     }
 
     // The same run with an objective no server meets: exit code 3, the verdict in the report.
-    let broken = dir.path().join("broken.json");
-    loadtest_exit(
-        &[
-            "rate",
-            "--rps",
-            "20",
-            "--duration",
-            "1s",
-            "--target",
-            &target,
-            "--quiet",
-            "--slo",
-            "p50<1us,errors<1%",
-            "--json",
-            broken.to_str().unwrap(),
-        ],
+    let broken = run_with_report(
+        &["rate", "--rps", "20", "--duration", "1s", "--slo", "p50<1us,errors<1%"],
+        &target,
+        dir.path(),
+        "broken.json",
         3,
     );
-    let verdicts = assert_valid(&broken)["slo"].clone();
+    let verdicts = &broken["slo"];
     assert_eq!(verdicts[0]["passed"], false);
     assert_eq!(verdicts[1]["passed"], true);
 
@@ -152,23 +151,13 @@ fn closed_and_replay_modes_stop_by_themselves() {
     let dir = tempfile::tempdir().unwrap();
 
     // Closed loop, 4 workers, bounded by duration.
-    let report = dir.path().join("closed.json");
-    loadtest_exit(
-        &[
-            "closed",
-            "--concurrency",
-            "4",
-            "--duration",
-            "1s",
-            "--target",
-            &target,
-            "--quiet",
-            "--json",
-            report.to_str().unwrap(),
-        ],
+    let r = run_with_report(
+        &["closed", "--concurrency", "4", "--duration", "1s"],
+        &target,
+        dir.path(),
+        "closed.json",
         0,
     );
-    let r = assert_valid(&report);
     assert!(r["calls"]["ok"].as_u64().unwrap() > 4);
     assert_eq!(r["run"]["mode"], "closed");
     // No schedule, so nothing can be late and the two histograms agree.
@@ -190,40 +179,25 @@ fn closed_and_replay_modes_stop_by_themselves() {
         0,
     );
     let progress = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = progress
+    let lines = progress
         .lines()
         .filter(|l| l.contains("in flight") && l.contains("p99"))
-        .collect();
-    assert!((2..=8).contains(&lines.len()), "{progress}");
+        .count();
+    assert!((2..=8).contains(&lines), "{progress}");
 
     // Closed loop bounded by count.
-    let report = dir.path().join("count.json");
-    loadtest_exit(
-        &[
-            "closed",
-            "--concurrency",
-            "3",
-            "--max-calls",
-            "25",
-            "--duration",
-            "30s",
-            "--target",
-            &target,
-            "--quiet",
-            "--json",
-            report.to_str().unwrap(),
-        ],
-        0,
-    );
-    assert_eq!(assert_valid(&report)["calls"]["sent"], 25);
+    let args = ["closed", "--concurrency", "3", "--max-calls", "25", "--duration", "30s"];
+    let r = run_with_report(&args, &target, dir.path(), "count.json", 0);
+    assert_eq!(r["calls"]["sent"], 25);
 
     // Replay with --loop, bounded by --max-calls: a 5-call trace sent three times over, and one more.
     let trace = dir.path().join("t.jsonl");
+    let trace = trace.to_str().unwrap();
     loadtest_exit(
         &[
             "gen",
             "--out",
-            trace.to_str().unwrap(),
+            trace,
             "--calls",
             "5",
             "--rps",
@@ -233,25 +207,8 @@ fn closed_and_replay_modes_stop_by_themselves() {
         ],
         0,
     );
-    let report = dir.path().join("loop.json");
-    loadtest_exit(
-        &[
-            "replay",
-            trace.to_str().unwrap(),
-            "--loop",
-            "--duration",
-            "10s",
-            "--max-calls",
-            "16",
-            "--target",
-            &target,
-            "--quiet",
-            "--json",
-            report.to_str().unwrap(),
-        ],
-        0,
-    );
-    let r = assert_valid(&report);
+    let args = ["replay", trace, "--loop", "--duration", "10s", "--max-calls", "16"];
+    let r = run_with_report(&args, &target, dir.path(), "loop.json", 0);
     assert_eq!(r["calls"]["ok"], 16);
     // 16 calls 10 ms apart: sent in about 0.15 s, far from the 10 s bound.
     assert!(r["duration_s"].as_f64().unwrap() < 5.0, "{}", r["duration_s"]);
