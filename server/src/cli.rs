@@ -11,11 +11,11 @@ use marc_models::Pooling;
 #[command(version, about)]
 pub(crate) struct Cli {
     /// Compute threads (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "MARC_THREADS")]
     pub(crate) threads: Option<usize>,
     /// GEMM activations: `exact` f32 (default), or `bf16`, rounded to bf16 for ~3x faster AMX
     /// matrix multiplies (relative error ~1e-2 in the hidden states; other CPUs run exact anyway).
-    #[arg(long, global = true, default_value = "exact", value_parser = parse_precision)]
+    #[arg(long, global = true, env = "MARC_PRECISION", default_value = "exact", value_parser = parse_precision)]
     pub(crate) precision: MatmulPrecision,
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -32,67 +32,91 @@ pub(crate) enum Command {
     Head(HeadCommand),
     /// Serve embeddings over gRPC (marc.v1.Embedder), with health, reflection and Prometheus metrics.
     Serve(ServeArgs),
+    /// Ask a running server whether it is SERVING (grpc.health.v1); exit 0 if so, for container health checks.
+    Health(HealthArgs),
 }
 
 #[derive(Args)]
+pub(crate) struct HealthArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "MARC_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
+    pub(crate) addr: String,
+    /// The service to ask about: empty for the whole server, or `marc.v1.Embedder`.
+    #[arg(long, default_value = "")]
+    pub(crate) service: String,
+    /// Milliseconds to wait for the connection and for the answer.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) timeout_ms: u64,
+}
+
+/// Every flag can also be set by an environment variable, `MARC_` and the flag's name in capitals
+/// (`--max-batch-tokens` = `MARC_MAX_BATCH_TOKENS`), so a Kubernetes ConfigMap can carry them; a flag on the
+/// command line wins over the variable.
+#[derive(Args)]
 pub(crate) struct ServeArgs {
     /// Model directory (config.json + safetensors [+ tokenizer.json] [+ heads/]); default: the demo model.
-    #[arg(long)]
+    #[arg(long, env = "MARC_MODEL")]
     pub(crate) model: Option<PathBuf>,
     /// Address for gRPC (port 0 picks a free port; the address is logged).
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "MARC_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub(crate) grpc_addr: String,
     /// Address for Prometheus metrics at /metrics.
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    #[arg(long, env = "MARC_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub(crate) metrics_addr: String,
     /// Tokens per forward pass (sequences are packed without padding; a longer item runs alone).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, env = "MARC_MAX_BATCH_TOKENS", default_value_t = 8192)]
     pub(crate) max_batch_tokens: usize,
     /// Microseconds a batch that is not full waits for more requests.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "MARC_MAX_BATCH_WAIT_US", default_value_t = 500)]
     pub(crate) max_batch_wait_us: u64,
     /// Tokens the queue holds; requests beyond it get RESOURCE_EXHAUSTED at once.
-    #[arg(long, default_value_t = 262_144)]
+    #[arg(long, env = "MARC_MAX_QUEUE_TOKENS", default_value_t = 262_144)]
     pub(crate) max_queue_tokens: usize,
     /// Inputs one request may carry.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "MARC_MAX_ITEMS_PER_REQUEST", default_value_t = 256)]
     pub(crate) max_items_per_request: usize,
     /// Tokens one input may have (after tokenization); longer inputs follow the request's truncation.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, env = "MARC_MAX_ITEM_TOKENS", default_value_t = 8192)]
     pub(crate) max_item_tokens: usize,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT; those still running then get UNAVAILABLE.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "MARC_DRAIN_TIMEOUT_S", default_value_t = 30)]
     pub(crate) drain_timeout_s: u64,
     /// Requests served at once across all calls (validated, tokenized, queued or computed); more get
     /// RESOURCE_EXHAUSTED at once. Bounds the memory of requests not yet in the token-bounded queue.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "MARC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub(crate) max_concurrent_requests: usize,
     /// Milliseconds a lower-priority request may wait before it is served ahead of higher-priority work.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "MARC_STARVATION_LIMIT_MS", default_value_t = 100)]
     pub(crate) starvation_limit_ms: u64,
     /// Requests one EmbedStream call may have in flight; the stream is not read further until one ends.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "MARC_MAX_STREAM_IN_FLIGHT", default_value_t = 64)]
     pub(crate) max_stream_in_flight: usize,
     /// The deepest hidden state raw requests may ask for (0 = embeddings); blocks past it and past every
     /// head's source layer are not loaded. Default: the whole model.
-    #[arg(long)]
+    #[arg(long, env = "MARC_MAX_LAYER")]
     pub(crate) max_layer: Option<usize>,
     /// Close each connection after this many seconds (calls in flight get a grace period), so clients
     /// reconnect and spread over replicas. Default: never.
-    #[arg(long)]
+    #[arg(long, env = "MARC_MAX_CONNECTION_AGE_S")]
     pub(crate) max_connection_age_s: Option<u64>,
     /// Log format on stderr: `text`, or `json` (one object per line, for log pipelines). Filter with RUST_LOG.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, env = "MARC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub(crate) log_format: String,
     /// Record live calls to FILE as a marc trace (JSON lines) for `marc-loadtest replay`. Recording never
     /// slows or fails a request: when its buffer is full a record is dropped (`marc_capture_dropped_total`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "MARC_CAPTURE", value_name = "FILE")]
     pub(crate) capture: Option<PathBuf>,
     /// The fraction of calls --capture records, in (0, 1] (exactly every 1/RATE-th call).
-    #[arg(long, value_name = "RATE", default_value_t = 1.0, requires = "capture")]
+    #[arg(
+        long,
+        env = "MARC_CAPTURE_SAMPLE",
+        value_name = "RATE",
+        default_value_t = 1.0,
+        requires = "capture"
+    )]
     pub(crate) capture_sample: f64,
     /// Record text inputs as the token ids the model saw (after truncation) instead of the text.
-    #[arg(long, requires = "capture")]
+    #[arg(long, env = "MARC_CAPTURE_TOKEN_IDS", requires = "capture")]
     pub(crate) capture_token_ids: bool,
 }
 

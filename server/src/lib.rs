@@ -25,6 +25,7 @@ pub fn main() -> ExitCode {
         cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
         cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
         cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
+        cli::Command::Health(args) => commands::health::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

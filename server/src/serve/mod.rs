@@ -275,6 +275,9 @@ pub async fn run(
         capture,
     });
 
+    ::metrics::gauge!(metrics::QUEUE_CAPACITY_TOKENS).set(config.max_queue_tokens as f64);
+    ::metrics::gauge!(metrics::CONCURRENCY_LIMIT).set(config.max_concurrent_requests as f64);
+    ::metrics::gauge!(metrics::SERVING).set(0.0);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_not_serving::<EmbedderServer<EmbedderService>>().await;
     reporter
@@ -293,6 +296,7 @@ pub async fn run(
         async move {
             shutdown.await;
             draining.cancel();
+            ::metrics::gauge!(metrics::SERVING).set(0.0);
             tracing::info!("draining: health NOT_SERVING, no new calls");
             reporter.set_not_serving::<EmbedderServer<EmbedderService>>().await;
             reporter
@@ -325,6 +329,7 @@ pub async fn run(
             Ok(Ok(load_time)) => {
                 ::metrics::gauge!(metrics::MODEL_LOAD_SECONDS).set(load_time.as_secs_f64());
                 if !draining.is_cancelled() {
+                    ::metrics::gauge!(metrics::SERVING).set(1.0);
                     reporter.set_serving::<EmbedderServer<EmbedderService>>().await;
                     reporter
                         .set_service_status("", tonic_health::ServingStatus::Serving)
