@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's checks, as CI runs them: formatting, lints, docs, then every test in release mode
 # (the SIMD paths and the batch-invariance promise are checked as they ship).
-# Needs only a Rust toolchain (cargo, rustfmt, clippy); everything else is vendored or committed.
+# Needs a Rust toolchain (cargo, rustfmt, clippy) and Python 3 with pip; deploy/check.sh installs Debian's
+# prometheus (as root) and two PyPI tools when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --release --quiet
 
 step "cargo test --release"
 cargo test --workspace --release
+
+step "deploy/check.sh (Dockerfiles, Kubernetes manifests, Prometheus rules, a real Prometheus scraping marc serve)"
+# The scrape test runs the release binaries that the tests above built.
+cargo build --workspace --release --bins --quiet
+bash deploy/check.sh
