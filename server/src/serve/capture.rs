@@ -2,8 +2,9 @@
 //! `marc-loadtest replay`.
 //!
 //! Capture must never slow or fail a request. A call is only looked at when it is sampled; it then takes a slot
-//! in a bounded channel without waiting (a full channel drops the record and counts it in
-//! `marc_capture_dropped_total`) and is cloned. Everything else (conversion, tokenization for
+//! in a bounded channel without waiting and is cloned. The buffer is bounded twice, by records and by the
+//! requests' encoded bytes (a few 16 MiB requests must not hold gigabytes); a record that does not fit is dropped
+//! and counted in `marc_capture_dropped_total`. Everything else (conversion, tokenization for
 //! `--capture-token-ids`, JSON, the file) happens on a dedicated thread, which flushes whenever it has caught
 //! up, so the file is complete up to the last few milliseconds even if the process is killed.
 
@@ -11,7 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use anyhow::{Context as _, ensure};
 use marc_models::tokenizer::Tokenizer;
 use marc_proto::marc::v1 as pb;
 use marc_trace::{Record, Request, Rpc};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -27,6 +29,9 @@ use super::metrics as m;
 
 /// Records buffered between the request path and the writer thread; more are dropped.
 const BUFFER: usize = 4096;
+
+/// Encoded request bytes buffered between the request path and the writer thread; more are dropped.
+const BUFFER_BYTES: usize = 64 << 20;
 
 /// How long shutdown waits for the writer to write what is buffered.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +52,8 @@ enum Message {
         rpc: Rpc,
         received: Instant,
         request: pb::EmbedRequest,
+        /// Its share of [`BUFFER_BYTES`], given back once written.
+        bytes: usize,
     },
     Stop,
 }
@@ -56,6 +63,8 @@ pub(crate) struct Capture {
     tx: mpsc::Sender<Message>,
     sample: f64,
     seen: AtomicU64,
+    /// Encoded bytes of the requests buffered now (shared with the writer).
+    buffered: Arc<AtomicUsize>,
 }
 
 /// The writer thread, joined at shutdown.
@@ -81,9 +90,21 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::channel(BUFFER);
     let start = Instant::now();
     let path = config.path.clone();
+    let buffered = Arc::new(AtomicUsize::new(0));
+    let written = buffered.clone();
     let thread = std::thread::Builder::new()
         .name("marc-capture".into())
-        .spawn(move || write_loop(rx, BufWriter::new(file), start, tokenizer, max_item_tokens, path))
+        .spawn(move || {
+            write_loop(
+                rx,
+                BufWriter::new(file),
+                start,
+                tokenizer,
+                max_item_tokens,
+                path,
+                written,
+            )
+        })
         .context("cannot start the capture thread")?;
     metrics::counter!(m::CAPTURE_DROPPED_TOTAL).absolute(0);
     Ok((
@@ -91,6 +112,7 @@ pub(crate) fn start(
             tx: tx.clone(),
             sample: config.sample,
             seen: AtomicU64::new(0),
+            buffered,
         },
         CaptureWriter { tx, thread },
     ))
@@ -109,13 +131,28 @@ impl Capture {
         } else {
             Rpc::Embed
         };
+        let bytes = request.encoded_len();
+        let fits = self
+            .buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + bytes <= BUFFER_BYTES).then_some(held + bytes)
+            })
+            .is_ok();
+        if !fits {
+            metrics::counter!(m::CAPTURE_DROPPED_TOTAL).increment(1);
+            return;
+        }
         match self.tx.try_reserve() {
             Ok(slot) => slot.send(Message::Call {
                 rpc,
                 received,
                 request: request.clone(),
+                bytes,
             }),
-            Err(_) => metrics::counter!(m::CAPTURE_DROPPED_TOTAL).increment(1),
+            Err(_) => {
+                self.buffered.fetch_sub(bytes, Ordering::AcqRel);
+                metrics::counter!(m::CAPTURE_DROPPED_TOTAL).increment(1);
+            }
         }
     }
 }
@@ -141,6 +178,7 @@ fn write_loop(
     tokenizer: Option<Arc<Tokenizer>>,
     max_item_tokens: usize,
     path: PathBuf,
+    buffered: Arc<AtomicUsize>,
 ) {
     let mut failed = false;
     loop {
@@ -156,7 +194,13 @@ fn write_loop(
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let Message::Call { rpc, received, request } = message else {
+        let Message::Call {
+            rpc,
+            received,
+            request,
+            bytes,
+        } = message
+        else {
             break;
         };
         let mut trace_request = Request::from(&request);
@@ -169,7 +213,10 @@ fn write_loop(
             request: trace_request,
             metadata: Default::default(),
         };
-        if failed || out.write_all(record.to_line().as_bytes()).is_err() {
+        let line = record.to_line();
+        drop(request);
+        buffered.fetch_sub(bytes, Ordering::AcqRel);
+        if failed || out.write_all(line.as_bytes()).is_err() {
             if !failed {
                 tracing::error!(file = %path.display(), "capture: cannot write the trace file; dropping records");
             }
@@ -209,6 +256,7 @@ mod tests {
             tx,
             sample,
             seen: AtomicU64::new(0),
+            buffered: Arc::new(AtomicUsize::new(0)),
         };
         (capture, rx)
     }
@@ -249,6 +297,25 @@ mod tests {
         for n in 0..4 {
             c.offer("EmbedStream", Instant::now(), &request(n));
         }
+        assert_eq!(kept(&mut rx), ["0", "1"]);
+    }
+
+    #[test]
+    fn the_buffer_holds_at_most_its_bytes() {
+        let (c, mut rx) = capture(1.0, 100);
+        let big = |n: usize| pb::EmbedRequest {
+            request_id: n.to_string(),
+            inputs: vec![pb::Input {
+                id: "x".repeat(BUFFER_BYTES / 3),
+                content: None,
+            }],
+            ..Default::default()
+        };
+        // Two fit in the byte budget, the third does not, though the channel has room for 100.
+        for n in 0..3 {
+            c.offer("Embed", Instant::now(), &big(n));
+        }
+        assert!(c.buffered.load(Ordering::Acquire) <= BUFFER_BYTES);
         assert_eq!(kept(&mut rx), ["0", "1"]);
     }
 }
