@@ -3,4 +3,5 @@
 pub(crate) mod bench;
 pub(crate) mod embed;
 pub(crate) mod head;
+pub(crate) mod quantize;
 pub(crate) mod serve;
