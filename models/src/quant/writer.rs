@@ -9,8 +9,13 @@
 //! `in_features` is not a multiple of 16. Stacked experts (transformers' `experts.up_proj
 //! [E, out, in]`) are written one quantised tensor per expert, as NVIDIA's checkpoints are.
 //! Input files map one to one onto output files, so memory holds one shard at a time.
+//!
+//! Like ModelOpt's export, the projections a serving engine fuses into one GEMM share one tensor
+//! scale: `q_proj`, `k_proj` and `v_proj` of an attention block get `weight_scale_2` of the
+//! largest of their three `amax` (their block scales follow from it), so the fused QKV weight has
+//! one scale.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use marc_kernels::quant::{NVFP4_BLOCK, Nvfp4ScaleRule, nvfp4_quantize, nvfp4_tensor_scale};
@@ -22,7 +27,10 @@ use super::format::HF_QUANT_CONFIG;
 use crate::checkpoint::{Checkpoint, INDEX_FILE, TensorRef, canonical_name};
 use crate::config::{NemotronHConfig, config_path};
 use crate::error::LoadError;
-use crate::weights::{float_dtype, widen_into};
+use crate::weights::{FloatType, float_dtype, widen_into};
+
+/// Projections that share one tensor scale with their siblings under the same parent (fused QKV).
+const FUSED_SIBLINGS: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
 
 /// Modules never quantised (glob patterns on module names, `*` any run of characters), as
 /// ModelOpt leaves them: embeddings, `lm_head`, the MoE router, and multi-token-prediction heads.
@@ -125,6 +133,7 @@ pub fn quantize_checkpoint(
         .copied()
         .chain(options.exclude.iter().map(String::as_str))
         .collect();
+    let fused_amax = fused_amax(&checkpoint)?;
     let mut summary = QuantizeSummary::default();
     let mut weight_map = BTreeMap::new();
     let mut done = 0u64;
@@ -136,7 +145,7 @@ pub fn quantize_checkpoint(
             let t = checkpoint
                 .get(canonical)?
                 .expect("Checkpoint::files lists only tensors it holds");
-            encode_tensor(&t, options.format, &excludes, &mut outputs, &mut summary)?;
+            encode_tensor(&t, options.format, &excludes, &fused_amax, &mut outputs, &mut summary)?;
             done += t.bytes.len() as u64;
             progress(done, total);
         }
@@ -156,12 +165,46 @@ pub fn quantize_checkpoint(
     Ok(summary)
 }
 
+/// The parent module of a fused sibling (`...mixer` of `...mixer.k_proj`).
+fn fused_parent(module: &str) -> Option<&str> {
+    let (parent, leaf) = module.rsplit_once('.')?;
+    FUSED_SIBLINGS.contains(&leaf).then_some(parent)
+}
+
+fn amax_of(dtype: FloatType, bytes: &[u8]) -> f32 {
+    let mut values = vec![0.0f32; bytes.len() / dtype.size_in_bytes()];
+    widen_into(dtype, bytes, &mut values);
+    values.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// The largest `amax` of each group of fused siblings, by parent module.
+fn fused_amax(checkpoint: &Checkpoint) -> Result<HashMap<String, f32>, QuantizeError> {
+    let mut groups: HashMap<String, f32> = HashMap::new();
+    for (_, names) in checkpoint.files() {
+        for canonical in names {
+            let Some(parent) = canonical.strip_suffix(".weight").and_then(fused_parent) else {
+                continue;
+            };
+            let t = checkpoint
+                .get(canonical)?
+                .expect("Checkpoint::files lists only tensors it holds");
+            if let (Ok(dtype), 2) = (float_dtype(&t), t.shape.len()) {
+                let amax = amax_of(dtype, t.bytes);
+                let group = groups.entry(parent.to_owned()).or_insert(0.0);
+                *group = group.max(amax);
+            }
+        }
+    }
+    Ok(groups)
+}
+
 /// Appends what `t` becomes to `out`: NVFP4 tensors, one per expert for stacked experts, or `t`
 /// as it is.
 fn encode_tensor(
     t: &TensorRef<'_>,
     format: OutputFormat,
     excludes: &[&str],
+    fused_amax: &HashMap<String, f32>,
     out: &mut Vec<Output>,
     summary: &mut QuantizeSummary,
 ) -> Result<(), QuantizeError> {
@@ -214,7 +257,10 @@ fn encode_tensor(
         };
         let mut values = vec![0.0f32; rows * cols];
         widen_into(dtype, bytes, &mut values);
-        let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let own_amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let amax = fused_parent(canonical_name(&module))
+            .and_then(|parent| fused_amax.get(parent))
+            .map_or(own_amax, |group| group.max(own_amax));
         let reason = reason.or((amax == 0.0).then_some("all zeros"));
         if let Some(reason) = reason {
             summary.kept.push((module.clone(), reason));
