@@ -43,6 +43,13 @@ unsafe fn load<W: Weight>(p: *const W) -> __m256 {
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
             }
             WeightDType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+            WeightDType::F8E4M3 => {
+                // As on AVX-512: E4M3 through f16 (see `avx512::load`).
+                let h = _mm_slli_epi16::<7>(_mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast())));
+                let h = _mm_and_si128(h, _mm_set1_epi16(0xBFFFu16 as i16));
+                _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0))
+            }
+            WeightDType::NVFP4 => unreachable!("NVFP4 panels are decoded before the kernels"),
         }
     }
 }
@@ -146,6 +153,7 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
             }
             x = x.add(t.x_stride);
         }
+        let scale = _mm256_set1_ps(t.scale);
         for v in 0..V {
             let (mask, valid) = lane_mask(t.cols, v);
             if valid == 0 {
@@ -157,9 +165,10 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
                 Some(_mm256_maskload_ps(t.bias.wrapping_add(v * L), mask))
             };
             for r in 0..R {
+                let scaled = _mm256_mul_ps(acc[r][v], scale);
                 let out = match b {
-                    Some(b) => _mm256_add_ps(acc[r][v], b),
-                    None => acc[r][v],
+                    Some(b) => _mm256_add_ps(scaled, b),
+                    None => scaled,
                 };
                 _mm256_maskstore_ps(t.y.wrapping_add(r * t.ldy + v * L), mask, out);
             }

@@ -1,7 +1,7 @@
 //! AVX-512F micro-kernels: up to 12 rows x 32 columns (24 zmm accumulators) per call.
 //!
 //! Per k-step a kernel loads each 16-lane weight vector once (widened exactly: bf16 by
-//! zero-extension and a 16-bit shift, f16 by `vcvtph2ps`), broadcasts each row's x value from
+//! zero-extension and a 16-bit shift, f16 by `vcvtph2ps`, FP8 E4M3 through f16), broadcasts each row's x value from
 //! the packed tile, and issues one FMA per (row, vector). Each accumulator lane is one output
 //! element's FMA chain; on this layout a 12 x 32 tile runs at ~88% of the FMA peak from L1.
 
@@ -44,6 +44,15 @@ unsafe fn load<W: Weight>(p: *const W) -> __m512 {
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
             }
             WeightDType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+            WeightDType::F8E4M3 => {
+                // Sign-extended to 16 bits and shifted left by 7, an E4M3 byte `s eeee mmm`
+                // becomes the f16 `s s eeee mmm 0000000`; clearing bit 14 leaves the f16 of
+                // value * 2^-8 (subnormals included), which widens and rescales exactly.
+                let h = _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())));
+                let h = _mm256_and_si256(h, _mm256_set1_epi16(0xBFFFu16 as i16));
+                _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
+            }
+            WeightDType::NVFP4 => unreachable!("NVFP4 panels are decoded before the kernels"),
         }
     }
 }
@@ -168,6 +177,7 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
             }
             x = x.add(t.x_stride);
         }
+        let scale = _mm512_set1_ps(t.scale);
         for v in 0..V {
             if mask[v] == 0 {
                 continue;
@@ -178,9 +188,10 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
                 Some(_mm512_maskz_loadu_ps(mask[v], t.bias.wrapping_add(v * L)))
             };
             for r in 0..R {
+                let scaled = _mm512_mul_ps(acc[r][v], scale);
                 let out = match b {
-                    Some(b) => _mm512_add_ps(acc[r][v], b),
-                    None => acc[r][v],
+                    Some(b) => _mm512_add_ps(scaled, b),
+                    None => scaled,
                 };
                 _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask[v], out);
             }

@@ -21,6 +21,7 @@ use super::MatmulPrecision;
 use super::packed::{Layout, NR, PackedMatrix};
 use super::xpack::pack_x;
 use crate::dtype::WeightDType;
+use crate::quant::e4m3::e4m3_to_f32;
 
 /// Bytes of weights (counted as f32) that a task keeps hot in L2 while the row tiles of x
 /// stream past them: the weights are the larger operand per k-step (NR values against MR), so
@@ -133,11 +134,23 @@ impl Weight for half::f16 {
     }
 }
 
+/// An FP8 E4M3 weight as stored (one byte).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(super) struct E4m3(#[allow(dead_code)] u8);
+
+impl Weight for E4m3 {
+    const DTYPE: WeightDType = WeightDType::F8E4M3;
+    fn widen(self) -> f32 {
+        e4m3_to_f32(self.0)
+    }
+}
+
 /// One call of a micro-kernel: `rows` rows of packed x times a group of consecutive panels.
 ///
 /// The ISA's `tile` reads `x[kk * x_stride + r]` for `kk < kc`, `r < rows`, the weights of panel
 /// `q` of the group at `w + q * panel_stride + kk * NR + c`, and writes
-/// `y[r * ldy + c]` for the first `cols` columns of the group only.
+/// `y[r * ldy + c]` for the first `cols` columns of the group only: `sum * scale (+ bias)`.
 #[derive(Clone, Copy)]
 pub(super) struct Tile<W> {
     pub(super) x: *const f32,
@@ -151,6 +164,9 @@ pub(super) struct Tile<W> {
     pub(super) cols: usize,
     /// When non-null, `bias[c]` is added once the chain is complete.
     pub(super) bias: *const f32,
+    /// Multiplies each complete chain before the bias is added (the weights' tensor scale;
+    /// 1.0, an exact no-op, for float weights).
+    pub(super) scale: f32,
 }
 
 /// What each ISA module provides.
@@ -170,6 +186,17 @@ pub(super) trait Isa {
     /// # Safety
     /// The CPU supports the ISA; `src` and `dst` are valid for `len` elements.
     unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32);
+
+    /// Decodes one NVFP4 panel of `k` k-steps at `src` into `k * NR` f32 at `dst`, in the
+    /// k-major layout of a float panel: each weight as `e2m1 * f32(block_scale)`, exactly.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA; `src` holds the panel's `k / 16` block records and `dst` is
+    /// valid for `k * NR` writes.
+    unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::nvfp4::decode_panel(src, k, dst) }
+    }
 }
 
 /// A raw pointer that tasks share; each task writes a disjoint set of elements.
@@ -205,17 +232,26 @@ pub(crate) fn matmul(
     if m == 0 {
         return;
     }
-    if w.layout() == Layout::AmxBf16 {
-        assert_eq!(isa, CpuIsa::Amx, "weights packed for AMX need the AMX path");
-        #[cfg(target_arch = "x86_64")]
-        super::amx::run(precision, x, m, w, bias, y);
-        return;
+    match w.layout() {
+        Layout::AmxBf16 => {
+            assert_eq!(isa, CpuIsa::Amx, "weights packed for AMX need the AMX path");
+            #[cfg(target_arch = "x86_64")]
+            super::amx::run(precision, x, m, w, bias, y);
+            return;
+        }
+        Layout::Nvfp4 if precision == MatmulPrecision::Nvfp4Activations && w.input_scale().is_some() => {
+            super::w4a4::run(isa, x, m, w, bias, y);
+            return;
+        }
+        Layout::Nvfp4 | Layout::Panels => {}
     }
-    let _ = precision;
     match w.dtype() {
         WeightDType::F32 => by_isa::<f32>(isa, x, m, w, bias, y),
         WeightDType::BF16 => by_isa::<half::bf16>(isa, x, m, w, bias, y),
         WeightDType::F16 => by_isa::<half::f16>(isa, x, m, w, bias, y),
+        WeightDType::F8E4M3 => by_isa::<E4m3>(isa, x, m, w, bias, y),
+        // The kernels see NVFP4 panels decoded to f32 (see `Job::run`).
+        WeightDType::NVFP4 => by_isa::<f32>(isa, x, m, w, bias, y),
     }
 }
 
@@ -304,20 +340,38 @@ impl Job<'_> {
     fn run<I: Isa, W: Weight>(&self) {
         let ps = self.w.panel_stride();
         let (p0, np) = (self.panel_range.start, self.panel_range.len());
+        if self.w.layout() == Layout::Nvfp4 {
+            let (k, pb) = (self.w.cols(), self.w.panel_bytes());
+            let src = self.w.data_ptr::<u8>().wrapping_add(p0 * pb);
+            self.with_scratch::<I>(np * ps, |buf| {
+                for q in 0..np {
+                    // SAFETY: the ISA is available (checked by `matmul`); panel p0 + q exists
+                    // (pb bytes of block records) and buf holds np * ps f32.
+                    unsafe { I::decode_nvfp4(src.wrapping_add(q * pb), k, buf.as_mut_ptr().add(q * ps)) };
+                }
+            });
+            return;
+        }
         let src = self.w.data_ptr::<W>().wrapping_add(p0 * ps);
         if W::DTYPE == WeightDType::F32 || self.tile_range.len() < WIDEN_MIN_TILES {
             self.sweep::<I, W>(src);
             return;
         }
+        // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
+        // np * ps elements from src, and the buffer as many f32.
+        self.with_scratch::<I>(np * ps, |buf| unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) });
+    }
+
+    /// Fills a per-thread f32 buffer of `len` values with `fill` (the group's weights as f32)
+    /// and sweeps the row tiles over it.
+    fn with_scratch<I: Isa>(&self, len: usize, fill: impl FnOnce(&mut [f32])) {
         SCRATCH.with(|cell| {
             // Nothing below re-enters rayon, so the borrow is never held already; fall back to
             // a fresh buffer rather than panic if that ever changes.
             let mut fresh = Vec::new();
             let mut held = cell.try_borrow_mut();
-            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), np * ps);
-            // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
-            // np * ps elements from src, and buf as many f32.
-            unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) };
+            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), len);
+            fill(buf);
             self.sweep::<I, f32>(buf.as_ptr());
         });
     }
@@ -339,6 +393,7 @@ impl Job<'_> {
                 ldy: n,
                 cols: n - p0 * NR,
                 bias: self.bias.map_or(std::ptr::null(), |b| b[p0 * NR..].as_ptr()),
+                scale: self.w.scale(),
             };
             // SAFETY: the ISA is available; the x tile holds k * rows packed values, w the
             // group's panels (k * NR values each, panel_stride apart), and y rows i0.. (< m)
