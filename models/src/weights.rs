@@ -83,14 +83,6 @@ pub(crate) fn widen_into(dtype: FloatType, bytes: &[u8], out: &mut [f32]) {
                 *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
             }
         }
-        WeightDType::F8E4M3 => {
-            for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = marc_kernels::e4m3_to_f32(b);
-            }
-        }
-        // `float_dtype` yields only the float types above; NVFP4 elements cannot be widened
-        // one by one (they need their block scales).
-        WeightDType::NVFP4 => unreachable!("NVFP4 tensors are not widened element by element"),
     }
 }
 
