@@ -55,3 +55,28 @@ impl Quantization {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn fixture(case: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/nvfp4").join(case)
+    }
+
+    #[test]
+    fn info_names_format_and_mode() {
+        let exact = MatmulPrecision::Exact;
+        let mixed = Quantization::resolve(&fixture("modelopt_mixed"), Some(QuantMode::W4A4)).unwrap();
+        assert_eq!(mixed.describe(exact), "modelopt-mixed w4a4");
+        let ct = Quantization::resolve(&fixture("compressed_tensors_nvfp4"), None).unwrap();
+        assert_eq!(ct.describe(exact), "compressed-tensors-nvfp4 w4a16");
+        let plain = Quantization::resolve(&fixture("base_bf16"), None).unwrap();
+        assert_eq!(plain.describe(exact), "none");
+        assert_eq!(plain.describe(MatmulPrecision::Bf16Activations), "bf16");
+        let refused = Quantization::resolve(&fixture("base_bf16"), Some(QuantMode::W4A16)).unwrap_err();
+        assert!(refused.to_string().contains("not quantised"), "{refused}");
+    }
+}
