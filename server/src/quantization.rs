@@ -63,7 +63,9 @@ mod tests {
     use super::*;
 
     fn fixture(case: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/nvfp4").join(case)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/tests/fixtures/nvfp4")
+            .join(case)
     }
 
     #[test]
