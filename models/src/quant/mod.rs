@@ -1,7 +1,7 @@
 //! Quantised checkpoints: NVIDIA ModelOpt's NVFP4 and mixed NVFP4 + FP8 exports, and
 //! compressed-tensors' `nvfp4-pack-quantized` (llm-compressor).
 //!
-//! - [`format`]: what the checkpoint *says* it is (`hf_quant_config.json`, `config.json`'s
+//! - [`format`](mod@format): what the checkpoint *says* it is (`hf_quant_config.json`, `config.json`'s
 //!   `quantization_config`), for reporting and for refusing formats we cannot run.
 //! - `stored`: what each Linear *is*, decided from the tensors actually stored (never from
 //!   `exclude_modules`, which has been seen holding garbage), checked and packed for the kernels.
