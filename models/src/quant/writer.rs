@@ -89,17 +89,6 @@ pub enum QuantizeError {
         /// What went wrong.
         message: String,
     },
-    /// The quantiser refused a tensor (a NaN or infinite weight).
-    #[error("{path}: tensor `{tensor}`: {source}")]
-    Kernel {
-        /// The input file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// The quantiser's error.
-        #[source]
-        source: marc_kernels::KernelError,
-    },
 }
 
 /// One tensor to write.
@@ -276,7 +265,8 @@ fn encode_tensor(
         let mut packed = vec![0u8; rows * cols / 2];
         let mut scales = vec![0u8; rows * cols / NVFP4_BLOCK];
         nvfp4_quantize(&values, tensor_scale, Nvfp4ScaleRule::Weight, &mut packed, &mut scales).map_err(|source| {
-            QuantizeError::Kernel {
+            // The quantiser refuses NaN and infinite weights.
+            LoadError::Kernel {
                 path: t.path.to_owned(),
                 tensor: t.name.to_owned(),
                 source,
