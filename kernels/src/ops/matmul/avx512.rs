@@ -7,9 +7,12 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{Isa, PREFETCH_BYTES, Tile, Weight};
-use super::packed::NR;
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
+use super::nvfp4::SCALES_AT;
+use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
+use crate::quant::e2m1::E2M1_VALUES;
+use crate::quant::nvfp4::NVFP4_BLOCK;
 
 /// Lanes per vector.
 const L: usize = 16;
@@ -22,12 +25,81 @@ impl Isa for Avx512 {
 
     unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         // SAFETY: forwarded from the caller (ISA available, pointers valid).
-        unsafe { tile::<W>(rows, panels, t) }
+        unsafe { tile::<W, false>(rows, panels, t) }
     }
 
     unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
         // SAFETY: forwarded from the caller.
         unsafe { widen::<W>(src, len, dst) }
+    }
+
+    const NVFP4_IN_REGISTERS: bool = true;
+
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+        // SAFETY: forwarded from the caller (ISA available, pointers valid); with `true` the
+        // kernels read `t.w` as the bytes of block records (the element type is a formality).
+        unsafe { tile::<E4m3, true>(rows, panels, &t.cast()) }
+    }
+
+    unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { decode_nvfp4(src, k, dst) }
+    }
+}
+
+/// The 16 E2M1 values, a lookup table for `vpermps` (which reads the low 4 bits of each index
+/// lane).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn e2m1_table() -> __m512 {
+    // SAFETY: the table has 16 f32.
+    unsafe { _mm512_loadu_ps(E2M1_VALUES.as_ptr()) }
+}
+
+/// The 16 bytes at `p` (one k-step pair of 16 columns) decoded to the two k-steps' E2M1
+/// values: (low nibbles, high nibbles).
+///
+/// # Safety
+/// 16 bytes are readable at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn decode_pair_e2m1(p: *const u8, table: __m512) -> (__m512, __m512) {
+    // SAFETY: per the caller.
+    let idx = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) });
+    let even = _mm512_permutexvar_ps(idx, table);
+    let odd = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), table);
+    (even, odd)
+}
+
+/// [`decode_pair_e2m1`] times the block scales `s`. Exact: 2 significant bits times 4.
+///
+/// # Safety
+/// 16 bytes are readable at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn decode_pair(p: *const u8, table: __m512, s: __m512) -> (__m512, __m512) {
+    // SAFETY: per the caller.
+    let (even, odd) = unsafe { decode_pair_e2m1(p, table) };
+    (_mm512_mul_ps(even, s), _mm512_mul_ps(odd, s))
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
+    let table = e2m1_table();
+    for b in 0..k / NVFP4_BLOCK {
+        // SAFETY: the panel holds k / 16 records at src and dst k * NR f32 (the caller).
+        unsafe {
+            let record = src.add(b * NVFP4_RECORD);
+            let out = dst.add(b * NVFP4_BLOCK * NR);
+            for half in 0..NR / L {
+                let s = load(record.add(SCALES_AT + half * L).cast::<E4m3>());
+                for t in 0..NVFP4_BLOCK / 2 {
+                    let (even, odd) = decode_pair(record.add(t * NR + half * L), table, s);
+                    _mm512_storeu_ps(out.add(2 * t * NR + half * L), even);
+                    _mm512_storeu_ps(out.add((2 * t + 1) * NR + half * L), odd);
+                }
+            }
+        }
     }
 }
 
@@ -68,8 +140,9 @@ unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
 /// Splits a call into kernels the register file holds: 2 zmm per row per panel, at most 24
 /// accumulators, preferring more panels for few rows (more independent FMA chains, which is
 /// what hides the 4-cycle FMA latency when m is 1..3).
+/// With `NVFP4`, `W` is `u8` and the panels are NVFP4 block records.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
+unsafe fn tile<W: Weight, const NVFP4: bool>(rows: usize, panels: usize, t: &Tile<W>) {
     let mut t = *t;
     let mut left = panels;
     while left > 0 {
@@ -86,7 +159,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
             1
         };
         // SAFETY: forwarded; (rows, p) is one of the instantiated shapes below.
-        unsafe { by_shape(rows, p, &t) };
+        unsafe { by_shape::<W, NVFP4>(rows, p, &t) };
         left -= p;
         t.w = t.w.wrapping_add(p * t.panel_stride);
         t.y = t.y.wrapping_add(p * NR);
@@ -98,12 +171,12 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn by_shape<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
+unsafe fn by_shape<W: Weight, const NVFP4: bool>(rows: usize, panels: usize, t: &Tile<W>) {
     macro_rules! shapes {
         ($( ($r:literal, $p:literal) ),* $(,)?) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller.
-                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }>(t) }, )*
+                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }, NVFP4>(t) }, )*
                 _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
             }
         };
@@ -140,22 +213,68 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
     ((1u32 << valid) - 1) as __mmask16
 }
 
-/// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps.
+/// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps, then the
+/// epilogue (`* scale`, `+ bias`, masked stores).
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<W: Weight, const R: usize, const V: usize, const NVFP4: bool>(t: &Tile<W>) {
+    // SAFETY: forwarded from the caller; with NVFP4, W is u8 and the panels block records.
+    let acc = unsafe {
+        if NVFP4 {
+            chains_nvfp4::<R, V>(t.w.cast(), t)
+        } else {
+            chains::<W, R, V>(t)
+        }
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { store(&acc, t) }
+}
+
+/// The epilogue of a tile: `acc * t.scale (+ bias)` into the first `t.cols` columns of y.
+///
+/// # Safety
+/// As for `Isa::tile`: y holds rows `0..R` (`t.ldy` apart) and bias the columns written.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
+    let scale = _mm512_set1_ps(t.scale);
+    for v in 0..V {
+        let mask = lane_mask(t.cols, v);
+        if mask == 0 {
+            continue;
+        }
+        // SAFETY: y and bias are accessed only in the lanes `mask` enables (masked-off lanes
+        // are never touched, so pointers past the end of y are fine).
+        unsafe {
+            let b = if t.bias.is_null() {
+                None
+            } else {
+                Some(_mm512_maskz_loadu_ps(mask, t.bias.wrapping_add(v * L)))
+            };
+            for (r, acc) in acc.iter().enumerate() {
+                let scaled = _mm512_mul_ps(acc[v], scale);
+                let out = match b {
+                    Some(b) => _mm512_add_ps(scaled, b),
+                    None => scaled,
+                };
+                _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask, out);
+            }
+        }
+    }
+}
+
+/// The FMA chains of an `R` x `V` tile over float panels.
 // Index loops over the register tile read more plainly than zipped iterators here.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
-    let mut mask = [0 as __mmask16; V];
+#[inline]
+unsafe fn chains<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) -> [[__m512; V]; R] {
     let mut wp = [t.w; V];
     for v in 0..V {
-        mask[v] = lane_mask(t.cols, v);
         wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
     }
     let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, each weight vector
-    // pointer is followed by kc lines of NR elements, and y / bias are accessed only in the
-    // lanes `mask` enables (masked-off lanes are never touched, so pointers past the end of
-    // y are fine).
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each weight vector
+    // pointer is followed by kc lines of NR elements.
     unsafe {
         let mut x = t.x;
         let ahead = PREFETCH_BYTES / size_of::<W>();
@@ -177,24 +296,138 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
             }
             x = x.add(t.x_stride);
         }
-        let scale = _mm512_set1_ps(t.scale);
-        for v in 0..V {
-            if mask[v] == 0 {
-                continue;
+    }
+    acc
+}
+
+/// The FMA chains of an `R` x `V` tile over NVFP4 block records at `w` (panels
+/// `t.panel_stride` bytes apart): per block, the 16-column scale vectors, then per k-step pair
+/// one 16-byte load per vector decoded to both k-steps' weights ([`decode_pair`]). The chains
+/// are those of [`chains`] on the decoded panels, k-step by k-step.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<impl Weight>) -> [[__m512; V]; R] {
+    let mut wp = [w; V];
+    for v in 0..V {
+        wp[v] = w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
+    }
+    let table = e2m1_table();
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each panel holds
+    // kc / 16 block records; prefetches may point anywhere.
+    unsafe {
+        let mut x = t.x;
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = b * NVFP4_RECORD;
+            let mut s = [_mm512_setzero_ps(); V];
+            for v in 0..V {
+                s[v] = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                if v % 2 == 0 {
+                    for line in (0..NVFP4_RECORD).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
+                    }
+                }
             }
-            let b = if t.bias.is_null() {
-                None
-            } else {
-                Some(_mm512_maskz_loadu_ps(mask[v], t.bias.wrapping_add(v * L)))
-            };
-            for r in 0..R {
-                let scaled = _mm512_mul_ps(acc[r][v], scale);
-                let out = match b {
-                    Some(b) => _mm512_add_ps(scaled, b),
-                    None => scaled,
-                };
-                _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask[v], out);
+            for pair in 0..NVFP4_BLOCK / 2 {
+                let mut even = [_mm512_setzero_ps(); V];
+                let mut odd = [_mm512_setzero_ps(); V];
+                for v in 0..V {
+                    (even[v], odd[v]) = decode_pair(wp[v].add(record + pair * NR), table, s[v]);
+                }
+                for (kk, wv) in [even, odd].iter().enumerate() {
+                    let xk = x.add(kk * t.x_stride);
+                    for r in 0..R {
+                        let xb = _mm512_set1_ps(*xk.add(r));
+                        for v in 0..V {
+                            acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
+                        }
+                    }
+                }
+                x = x.add(2 * t.x_stride);
             }
         }
+    }
+    acc
+}
+
+/// W4A4 (see `w4a4.rs`): `rows` (1..=3) rows of NVFP4-quantised x against `panels` NVFP4
+/// panels. `t.x` is the tile's E2M1 activation values (`[kc][rows]`), `xs` its block scales
+/// (`[kc / 16][rows]`), `t.w` the panels' block records (`t.panel_stride` bytes apart) and
+/// `t.scale` is `input_scale * tensor_scale`.
+///
+/// # Safety
+/// AVX-512F is available and the pointers are valid as described (and on `Tile`).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = if rows == 1 && left >= 2 { 2 } else { 1 };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (rows, p) {
+                (1, 2) => w4a4_kernel::<1, 4>(&t, xs),
+                (1, _) => w4a4_kernel::<1, 2>(&t, xs),
+                (2, _) => w4a4_kernel::<2, 2>(&t, xs),
+                (3, _) => w4a4_kernel::<3, 2>(&t, xs),
+                _ => unreachable!("W4A4 tiles have at most 3 rows, got {rows}"),
+            }
+        }
+        left -= p;
+        t.w = t.w.wrapping_add(p * t.panel_stride);
+        t.y = t.y.wrapping_add(p * NR);
+        t.cols = t.cols.saturating_sub(p * NR);
+        if !t.bias.is_null() {
+            t.bias = t.bias.wrapping_add(p * NR);
+        }
+    }
+}
+
+/// `R` x `V` W4A4 tile: per block, the exact E2M1 dot products (even and odd k-steps in
+/// separate chains, for twice the independent FMAs; every partial sum is exact, so the order is
+/// free), then `acc = fma(dot, xs * ws, acc)`, then the common epilogue.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn w4a4_kernel<const R: usize, const V: usize>(t: &Tile<u8>, xs: *const f32) {
+    let mut wp = [t.w; V];
+    for v in 0..V {
+        wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
+    }
+    let table = e2m1_table();
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the caller: x holds kc * rows values, xs kc / 16 * rows, each panel kc / 16
+    // block records; prefetches may point anywhere.
+    unsafe {
+        let mut x = t.x;
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = b * NVFP4_RECORD;
+            let mut even_dot = [[_mm512_setzero_ps(); V]; R];
+            let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
+            for pair in 0..NVFP4_BLOCK / 2 {
+                for v in 0..V {
+                    if pair == 0 && v % 2 == 0 {
+                        for line in (0..NVFP4_RECORD).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
+                        }
+                    }
+                    let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                    for r in 0..R {
+                        even_dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r)), even, even_dot[r][v]);
+                        odd_dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(R + r)), odd, odd_dot[r][v]);
+                    }
+                }
+                x = x.add(2 * R);
+            }
+            for v in 0..V {
+                let ws = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                for r in 0..R {
+                    let dot = _mm512_add_ps(even_dot[r][v], odd_dot[r][v]);
+                    let scale = _mm512_mul_ps(_mm512_set1_ps(*xs.add(b * R + r)), ws);
+                    acc[r][v] = _mm512_fmadd_ps(dot, scale, acc[r][v]);
+                }
+            }
+        }
+        store(&acc, t);
     }
 }

@@ -36,6 +36,9 @@ const GROUP_PANELS_ONE_TILE: usize = 4;
 /// Row tiles from which a task widens its bf16/f16 group to f32 once, instead of widening
 /// in registers once per tile.
 const WIDEN_MIN_TILES: usize = 5;
+/// Row tiles from which a task decodes its NVFP4 group to f32 once, instead of decoding in
+/// registers once per tile (on ISAs that can).
+const NVFP4_DECODE_MIN_TILES: usize = 3;
 /// How far ahead in a weight stream the SIMD kernels prefetch: enough to cover L3 latency
 /// when a group's panels are first read (later tiles find them in L2 and lose nothing).
 pub(super) const PREFETCH_BYTES: usize = 2048;
@@ -169,6 +172,25 @@ pub(super) struct Tile<W> {
     pub(super) scale: f32,
 }
 
+impl<W> Tile<W> {
+    /// The same tile with its weight pointer viewed as `U` (for kernels that read the bytes of
+    /// NVFP4 panels through a generic signature).
+    pub(super) fn cast<U>(&self) -> Tile<U> {
+        Tile {
+            x: self.x,
+            x_stride: self.x_stride,
+            w: self.w.cast(),
+            panel_stride: self.panel_stride,
+            kc: self.kc,
+            y: self.y,
+            ldy: self.ldy,
+            cols: self.cols,
+            bias: self.bias,
+            scale: self.scale,
+        }
+    }
+}
+
 /// What each ISA module provides.
 pub(super) trait Isa {
     /// Rows per x tile of the blocked path (the register-blocking height).
@@ -196,6 +218,21 @@ pub(super) trait Isa {
     unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
         // SAFETY: forwarded from the caller.
         unsafe { super::nvfp4::decode_panel(src, k, dst) }
+    }
+
+    /// Whether [`Self::tile_nvfp4`] is fast enough to use for a few row tiles (otherwise
+    /// NVFP4 groups are always decoded to f32 first).
+    const NVFP4_IN_REGISTERS: bool = false;
+
+    /// [`Self::tile`] on NVFP4 panels (`t.w` at the group's block records, `t.panel_stride`
+    /// in bytes), each weight decoded to `e2m1 * f32(block_scale)` where it is used: the same
+    /// FMA chains, so the same bits, as `tile` on the decoded panels.
+    ///
+    /// # Safety
+    /// As for [`Self::tile`], with the panels as block records.
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::nvfp4::tile_portable(rows, panels, t) }
     }
 }
 
@@ -341,6 +378,10 @@ impl Job<'_> {
         let ps = self.w.panel_stride();
         let (p0, np) = (self.panel_range.start, self.panel_range.len());
         if self.w.layout() == Layout::Nvfp4 {
+            if I::NVFP4_IN_REGISTERS && self.tile_range.len() < NVFP4_DECODE_MIN_TILES {
+                self.sweep_nvfp4::<I>();
+                return;
+            }
             let (k, pb) = (self.w.cols(), self.w.panel_bytes());
             let src = self.w.data_ptr::<u8>().wrapping_add(p0 * pb);
             self.with_scratch::<I>(np * ps, |buf| {
@@ -378,6 +419,29 @@ impl Job<'_> {
 
     /// Every row tile of the task against the group's panels, starting at `w`.
     fn sweep<I: Isa, V: Weight>(&self, w: *const V) {
+        self.sweep_with::<I, V>(w, self.w.panel_stride(), |rows, panels, tile| {
+            // SAFETY: the ISA is available; the tile's pointers are valid as described in
+            // `sweep_with`.
+            unsafe { I::tile(rows, panels, tile) }
+        });
+    }
+
+    /// Every row tile of the task against the group's NVFP4 block records, decoded in the
+    /// micro-kernels.
+    fn sweep_nvfp4<I: Isa>(&self) {
+        let pb = self.w.panel_bytes();
+        let w = self.w.data_ptr::<u8>().wrapping_add(self.panel_range.start * pb);
+        self.sweep_with::<I, u8>(w, pb, |rows, panels, tile| {
+            // SAFETY: as in `sweep`, with the group's panels as block records.
+            unsafe { I::tile_nvfp4(rows, panels, tile) }
+        });
+    }
+
+    /// Runs `kernel(rows, panels, tile)` for every row tile of the task, the tile's weights
+    /// starting at `w` with panels `panel_stride` elements apart. Each call has the ISA
+    /// available; its x tile holds k * rows packed values, w the group's panels, and y rows
+    /// i0.. (< m) and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
+    fn sweep_with<I: Isa, V>(&self, w: *const V, panel_stride: usize, kernel: impl Fn(usize, usize, &Tile<V>)) {
         let (n, k) = (self.w.rows(), self.w.cols());
         let p0 = self.panel_range.start;
         for t in self.tile_range.clone() {
@@ -387,7 +451,7 @@ impl Job<'_> {
                 x: self.xp[i0 * k..].as_ptr(),
                 x_stride: rows,
                 w,
-                panel_stride: self.w.panel_stride(),
+                panel_stride,
                 kc: k,
                 y: self.y.wrapping_add(i0 * n + p0 * NR),
                 ldy: n,
@@ -395,10 +459,7 @@ impl Job<'_> {
                 bias: self.bias.map_or(std::ptr::null(), |b| b[p0 * NR..].as_ptr()),
                 scale: self.w.scale(),
             };
-            // SAFETY: the ISA is available; the x tile holds k * rows packed values, w the
-            // group's panels (k * NR values each, panel_stride apart), and y rows i0.. (< m)
-            // and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
-            unsafe { I::tile(rows, self.panel_range.len(), &tile) };
+            kernel(rows, self.panel_range.len(), &tile);
         }
     }
 }

@@ -9,6 +9,7 @@
 //! A task decodes only its own group of panels, into a per-thread buffer sized to stay in L2;
 //! the whole dequantised matrix never exists.
 
+use super::cpu::Tile;
 use super::packed::{NR, NVFP4_RECORD};
 use crate::quant::e2m1::E2M1_VALUES;
 use crate::quant::e4m3::e4m3_to_f32;
@@ -41,6 +42,42 @@ pub(super) unsafe fn decode_panel(src: *const u8, k: usize, dst: *mut f32) {
                 let s = e4m3_to_f32(scales[c]);
                 even[c] = E2M1_VALUES[usize::from(line[c] & 0xF)] * s;
                 odd[c] = E2M1_VALUES[usize::from(line[c] >> 4)] * s;
+            }
+        }
+    }
+}
+
+/// The portable `Isa::tile_nvfp4`: each output's FMA chain over k, weights decoded on the fly.
+///
+/// # Safety
+/// As for `Isa::tile` (see `Tile`), with the panels as block records `t.panel_stride` bytes
+/// apart.
+pub(super) unsafe fn tile_portable(rows: usize, panels: usize, t: &Tile<u8>) {
+    for q in 0..panels {
+        let c0 = q * NR;
+        let cols = t.cols.saturating_sub(c0).min(NR);
+        // SAFETY: per the contract, panel q holds kc / 16 records; x, y and bias are valid for
+        // the rows and the first `cols` columns accessed here.
+        unsafe {
+            let panel = std::slice::from_raw_parts(t.w.add(q * t.panel_stride), t.kc / NVFP4_BLOCK * NVFP4_RECORD);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let mut acc = 0.0f32;
+                    for (b, record) in panel.chunks_exact(NVFP4_RECORD).enumerate() {
+                        let s = e4m3_to_f32(record[SCALES_AT + c]);
+                        for (i, &byte) in record[..SCALES_AT].iter().skip(c).step_by(NR).enumerate() {
+                            let kk = b * NVFP4_BLOCK + 2 * i;
+                            let (even, odd) = (
+                                E2M1_VALUES[usize::from(byte & 0xF)],
+                                E2M1_VALUES[usize::from(byte >> 4)],
+                            );
+                            acc = (*t.x.add(kk * t.x_stride + r)).mul_add(even * s, acc);
+                            acc = (*t.x.add((kk + 1) * t.x_stride + r)).mul_add(odd * s, acc);
+                        }
+                    }
+                    let v = acc * t.scale;
+                    *t.y.add(r * t.ldy + c0 + c) = if t.bias.is_null() { v } else { v + *t.bias.add(c0 + c) };
+                }
             }
         }
     }

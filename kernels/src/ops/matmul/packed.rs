@@ -319,15 +319,6 @@ impl PackedMatrix {
         self.padded_k() * NR
     }
 
-    /// The bytes of panel `p` (`p < panels()`).
-    pub(crate) fn panel(&self, p: usize) -> &[u8] {
-        let pb = self.panel_bytes();
-        // SAFETY: `Line` is 64 plain bytes with no padding; the storage holds panels() *
-        // panel_bytes() bytes (`zeroed`), and the slice is bounds-checked against that.
-        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast(), self.data.len() * 64) };
-        &bytes[p * pb..(p + 1) * pb]
-    }
-
     /// How the elements of a panel are ordered.
     pub(crate) fn layout(&self) -> Layout {
         self.layout
