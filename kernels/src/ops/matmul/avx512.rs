@@ -25,7 +25,7 @@ impl Isa for Avx512 {
 
     unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         // SAFETY: forwarded from the caller (ISA available, pointers valid).
-        unsafe { tile::<W, false>(rows, panels, t) }
+        unsafe { tile::<W>(rows, panels, t) }
     }
 
     unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
@@ -33,17 +33,10 @@ impl Isa for Avx512 {
         unsafe { widen::<W>(src, len, dst) }
     }
 
-    const NVFP4_IN_REGISTERS: bool = true;
-
     unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
-        // SAFETY: forwarded from the caller (ISA available, pointers valid); with `true` the
-        // kernels read `t.w` as the bytes of block records (the element type is a formality).
-        unsafe { tile::<E4m3, true>(rows, panels, &t.cast()) }
-    }
-
-    unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
-        // SAFETY: forwarded from the caller.
-        unsafe { decode_nvfp4(src, k, dst) }
+        // SAFETY: forwarded from the caller (ISA available, pointers valid); the kernels read
+        // `t.w` as the bytes of block records (the element type is a formality).
+        unsafe { tile_nvfp4(rows, panels, &t.cast()) }
     }
 }
 
@@ -69,38 +62,6 @@ unsafe fn decode_pair_e2m1(p: *const u8, table: __m512) -> (__m512, __m512) {
     let even = _mm512_permutexvar_ps(idx, table);
     let odd = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), table);
     (even, odd)
-}
-
-/// [`decode_pair_e2m1`] times the block scales `s`. Exact: 2 significant bits times 4.
-///
-/// # Safety
-/// 16 bytes are readable at `p`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn decode_pair(p: *const u8, table: __m512, s: __m512) -> (__m512, __m512) {
-    // SAFETY: per the caller.
-    let (even, odd) = unsafe { decode_pair_e2m1(p, table) };
-    (_mm512_mul_ps(even, s), _mm512_mul_ps(odd, s))
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
-    let table = e2m1_table();
-    for b in 0..k / NVFP4_BLOCK {
-        // SAFETY: the panel holds k / 16 records at src and dst k * NR f32 (the caller).
-        unsafe {
-            let record = src.add(b * NVFP4_RECORD);
-            let out = dst.add(b * NVFP4_BLOCK * NR);
-            for half in 0..NR / L {
-                let s = load(record.add(SCALES_AT + half * L).cast::<E4m3>());
-                for t in 0..NVFP4_BLOCK / 2 {
-                    let (even, odd) = decode_pair(record.add(t * NR + half * L), table, s);
-                    _mm512_storeu_ps(out.add(2 * t * NR + half * L), even);
-                    _mm512_storeu_ps(out.add((2 * t + 1) * NR + half * L), odd);
-                }
-            }
-        }
-    }
 }
 
 /// Loads 16 weights and widens them to f32.
@@ -140,9 +101,72 @@ unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
 /// Splits a call into kernels the register file holds: 2 zmm per row per panel, at most 24
 /// accumulators, preferring more panels for few rows (more independent FMA chains, which is
 /// what hides the 4-cycle FMA latency when m is 1..3).
-/// With `NVFP4`, `W` is `u8` and the panels are NVFP4 block records.
+/// NVFP4 tiles: each row needs two accumulators per vector (the block's dot product and the
+/// running sum), so the register tile is half as wide as for float weights: 1 row x 4 panels,
+/// up to 3 rows x 2 panels, up to 6 rows x 1 panel, up to 12 rows x half a panel.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<W: Weight, const NVFP4: bool>(rows: usize, panels: usize, t: &Tile<W>) {
+unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = match rows {
+            1 if left >= 4 => 4,
+            1..=3 if left >= 2 => 2,
+            _ => 1,
+        };
+        // SAFETY: forwarded from the caller to every kernel; each half-panel view stays inside
+        // the panel (the nibble lines and the scale line of a record are both NR bytes, so a
+        // half is 16 bytes further in both).
+        unsafe {
+            match (rows, p) {
+                (1, 4) => kernel::<E4m3, 1, 8, true>(&t),
+                (1, 2) => kernel::<E4m3, 1, 4, true>(&t),
+                (2, 2) => kernel::<E4m3, 2, 4, true>(&t),
+                (3, 2) => kernel::<E4m3, 3, 4, true>(&t),
+                (1, _) => kernel::<E4m3, 1, 2, true>(&t),
+                (2, _) => kernel::<E4m3, 2, 2, true>(&t),
+                (3, _) => kernel::<E4m3, 3, 2, true>(&t),
+                (4, _) => kernel::<E4m3, 4, 2, true>(&t),
+                (5, _) => kernel::<E4m3, 5, 2, true>(&t),
+                (6, _) => kernel::<E4m3, 6, 2, true>(&t),
+                _ => {
+                    for half in 0..2 {
+                        let h = Tile {
+                            w: t.w.wrapping_add(half * L),
+                            y: t.y.wrapping_add(half * L),
+                            cols: t.cols.saturating_sub(half * L),
+                            bias: if t.bias.is_null() {
+                                t.bias
+                            } else {
+                                t.bias.wrapping_add(half * L)
+                            },
+                            ..t
+                        };
+                        match rows {
+                            7 => kernel::<E4m3, 7, 1, true>(&h),
+                            8 => kernel::<E4m3, 8, 1, true>(&h),
+                            9 => kernel::<E4m3, 9, 1, true>(&h),
+                            10 => kernel::<E4m3, 10, 1, true>(&h),
+                            11 => kernel::<E4m3, 11, 1, true>(&h),
+                            12 => kernel::<E4m3, 12, 1, true>(&h),
+                            _ => unreachable!("AVX-512 tiles have at most 12 rows, got {rows}"),
+                        }
+                    }
+                }
+            }
+        }
+        left -= p;
+        t.w = t.w.wrapping_add(p * t.panel_stride);
+        t.y = t.y.wrapping_add(p * NR);
+        t.cols = t.cols.saturating_sub(p * NR);
+        if !t.bias.is_null() {
+            t.bias = t.bias.wrapping_add(p * NR);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
     let mut t = *t;
     let mut left = panels;
     while left > 0 {
@@ -159,7 +183,7 @@ unsafe fn tile<W: Weight, const NVFP4: bool>(rows: usize, panels: usize, t: &Til
             1
         };
         // SAFETY: forwarded; (rows, p) is one of the instantiated shapes below.
-        unsafe { by_shape::<W, NVFP4>(rows, p, &t) };
+        unsafe { by_shape::<W>(rows, p, &t) };
         left -= p;
         t.w = t.w.wrapping_add(p * t.panel_stride);
         t.y = t.y.wrapping_add(p * NR);
@@ -171,12 +195,12 @@ unsafe fn tile<W: Weight, const NVFP4: bool>(rows: usize, panels: usize, t: &Til
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn by_shape<W: Weight, const NVFP4: bool>(rows: usize, panels: usize, t: &Tile<W>) {
+unsafe fn by_shape<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
     macro_rules! shapes {
         ($( ($r:literal, $p:literal) ),* $(,)?) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller.
-                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }, NVFP4>(t) }, )*
+                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }, false>(t) }, )*
                 _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
             }
         };
@@ -214,7 +238,8 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
 }
 
 /// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps, then the
-/// epilogue (`* scale`, `+ bias`, masked stores).
+/// epilogue (`* scale`, `+ bias`, masked stores). With `NVFP4`, the panels are NVFP4 block
+/// records (`W` is a one-byte formality).
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<W: Weight, const R: usize, const V: usize, const NVFP4: bool>(t: &Tile<W>) {
     // SAFETY: forwarded from the caller; with NVFP4, W is u8 and the panels block records.
@@ -300,10 +325,10 @@ unsafe fn chains<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) -> [[__
     acc
 }
 
-/// The FMA chains of an `R` x `V` tile over NVFP4 block records at `w` (panels
-/// `t.panel_stride` bytes apart): per block, the 16-column scale vectors, then per k-step pair
-/// one 16-byte load per vector decoded to both k-steps' weights ([`decode_pair`]). The chains
-/// are those of [`chains`] on the decoded panels, k-step by k-step.
+/// The chains of an `R` x `V` tile over NVFP4 block records at `w` (panels `t.panel_stride`
+/// bytes apart), in the W4A16 order of `nvfp4.rs`: per block, an FMA chain over its 16 k-steps
+/// of x times the E2M1 values (one 16-byte load per vector and k-step pair, decoded by
+/// [`decode_pair_e2m1`]), then `acc = fma(dot, block_scale, acc)`.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -320,31 +345,27 @@ unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<im
         let mut x = t.x;
         for b in 0..t.kc / NVFP4_BLOCK {
             let record = b * NVFP4_RECORD;
-            let mut s = [_mm512_setzero_ps(); V];
-            for v in 0..V {
-                s[v] = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
-                if v % 2 == 0 {
-                    for line in (0..NVFP4_RECORD).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
-                    }
-                }
-            }
+            let mut dot = [[_mm512_setzero_ps(); V]; R];
             for pair in 0..NVFP4_BLOCK / 2 {
-                let mut even = [_mm512_setzero_ps(); V];
-                let mut odd = [_mm512_setzero_ps(); V];
                 for v in 0..V {
-                    (even[v], odd[v]) = decode_pair(wp[v].add(record + pair * NR), table, s[v]);
-                }
-                for (kk, wv) in [even, odd].iter().enumerate() {
-                    let xk = x.add(kk * t.x_stride);
-                    for r in 0..R {
-                        let xb = _mm512_set1_ps(*xk.add(r));
-                        for v in 0..V {
-                            acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
+                    if pair == 0 && v % 2 == 0 {
+                        for line in (0..NVFP4_RECORD).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
                         }
+                    }
+                    let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                    for r in 0..R {
+                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r)), even, dot[r][v]);
+                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(t.x_stride + r)), odd, dot[r][v]);
                     }
                 }
                 x = x.add(2 * t.x_stride);
+            }
+            for v in 0..V {
+                let s = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                for r in 0..R {
+                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], s, acc[r][v]);
+                }
             }
         }
     }

@@ -36,9 +36,6 @@ const GROUP_PANELS_ONE_TILE: usize = 4;
 /// Row tiles from which a task widens its bf16/f16 group to f32 once, instead of widening
 /// in registers once per tile.
 const WIDEN_MIN_TILES: usize = 5;
-/// Row tiles from which a task decodes its NVFP4 group to f32 once, instead of decoding in
-/// registers once per tile (on ISAs that can).
-const NVFP4_DECODE_MIN_TILES: usize = 3;
 /// How far ahead in a weight stream the SIMD kernels prefetch: enough to cover L3 latency
 /// when a group's panels are first read (later tiles find them in L2 and lose nothing).
 pub(super) const PREFETCH_BYTES: usize = 2048;
@@ -209,24 +206,9 @@ pub(super) trait Isa {
     /// The CPU supports the ISA; `src` and `dst` are valid for `len` elements.
     unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32);
 
-    /// Decodes one NVFP4 panel of `k` k-steps at `src` into `k * NR` f32 at `dst`, in the
-    /// k-major layout of a float panel: each weight as `e2m1 * f32(block_scale)`, exactly.
-    ///
-    /// # Safety
-    /// The CPU supports the ISA; `src` holds the panel's `k / 16` block records and `dst` is
-    /// valid for `k * NR` writes.
-    unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
-        // SAFETY: forwarded from the caller.
-        unsafe { super::nvfp4::decode_panel(src, k, dst) }
-    }
-
-    /// Whether [`Self::tile_nvfp4`] is fast enough to use for a few row tiles (otherwise
-    /// NVFP4 groups are always decoded to f32 first).
-    const NVFP4_IN_REGISTERS: bool = false;
-
     /// [`Self::tile`] on NVFP4 panels (`t.w` at the group's block records, `t.panel_stride`
-    /// in bytes), each weight decoded to `e2m1 * f32(block_scale)` where it is used: the same
-    /// FMA chains, so the same bits, as `tile` on the decoded panels.
+    /// in bytes), decoded where they are used, in the order of operations of `nvfp4.rs` (the
+    /// same on every ISA).
     ///
     /// # Safety
     /// As for [`Self::tile`], with the panels as block records.
@@ -287,7 +269,7 @@ pub(crate) fn matmul(
         WeightDType::BF16 => by_isa::<half::bf16>(isa, x, m, w, bias, y),
         WeightDType::F16 => by_isa::<half::f16>(isa, x, m, w, bias, y),
         WeightDType::F8E4M3 => by_isa::<E4m3>(isa, x, m, w, bias, y),
-        // The kernels see NVFP4 panels decoded to f32 (see `Job::run`).
+        // NVFP4 panels go to `Isa::tile_nvfp4` (see `Job::run`); the type is a formality.
         WeightDType::NVFP4 => by_isa::<f32>(isa, x, m, w, bias, y),
     }
 }
@@ -375,44 +357,26 @@ struct Job<'a> {
 
 impl Job<'_> {
     fn run<I: Isa, W: Weight>(&self) {
-        let ps = self.w.panel_stride();
-        let (p0, np) = (self.panel_range.start, self.panel_range.len());
         if self.w.layout() == Layout::Nvfp4 {
-            if I::NVFP4_IN_REGISTERS && self.tile_range.len() < NVFP4_DECODE_MIN_TILES {
-                self.sweep_nvfp4::<I>();
-                return;
-            }
-            let (k, pb) = (self.w.cols(), self.w.panel_bytes());
-            let src = self.w.data_ptr::<u8>().wrapping_add(p0 * pb);
-            self.with_scratch::<I>(np * ps, |buf| {
-                for q in 0..np {
-                    // SAFETY: the ISA is available (checked by `matmul`); panel p0 + q exists
-                    // (pb bytes of block records) and buf holds np * ps f32.
-                    unsafe { I::decode_nvfp4(src.wrapping_add(q * pb), k, buf.as_mut_ptr().add(q * ps)) };
-                }
-            });
+            self.sweep_nvfp4::<I>();
             return;
         }
+        let ps = self.w.panel_stride();
+        let (p0, np) = (self.panel_range.start, self.panel_range.len());
         let src = self.w.data_ptr::<W>().wrapping_add(p0 * ps);
         if W::DTYPE == WeightDType::F32 || self.tile_range.len() < WIDEN_MIN_TILES {
             self.sweep::<I, W>(src);
             return;
         }
-        // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
-        // np * ps elements from src, and the buffer as many f32.
-        self.with_scratch::<I>(np * ps, |buf| unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) });
-    }
-
-    /// Fills a per-thread f32 buffer of `len` values with `fill` (the group's weights as f32)
-    /// and sweeps the row tiles over it.
-    fn with_scratch<I: Isa>(&self, len: usize, fill: impl FnOnce(&mut [f32])) {
         SCRATCH.with(|cell| {
             // Nothing below re-enters rayon, so the borrow is never held already; fall back to
             // a fresh buffer rather than panic if that ever changes.
             let mut fresh = Vec::new();
             let mut held = cell.try_borrow_mut();
-            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), len);
-            fill(buf);
+            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), np * ps);
+            // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
+            // np * ps elements from src, and buf as many f32.
+            unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) };
             self.sweep::<I, f32>(buf.as_ptr());
         });
     }

@@ -313,8 +313,8 @@ impl PackedMatrix {
     }
 
     /// Elements from the start of one panel to the start of the next (`k * NR`, with k
-    /// rounded up to a multiple of 32 in the AMX layout); for NVFP4, those of a panel decoded
-    /// to f32.
+    /// rounded up to a multiple of 32 in the AMX layout); for NVFP4 (whose panels are
+    /// [`Self::panel_bytes`] apart), the elements a panel holds.
     pub(crate) fn panel_stride(&self) -> usize {
         self.padded_k() * NR
     }
