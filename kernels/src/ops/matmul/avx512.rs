@@ -7,9 +7,12 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{Isa, PREFETCH_BYTES, Tile, Weight};
-use super::packed::NR;
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
+use super::nvfp4::SCALES_AT;
+use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
+use crate::quant::e2m1::E2M1_VALUES;
+use crate::quant::nvfp4::NVFP4_BLOCK;
 
 /// Lanes per vector.
 const L: usize = 16;
@@ -29,6 +32,36 @@ impl Isa for Avx512 {
         // SAFETY: forwarded from the caller.
         unsafe { widen::<W>(src, len, dst) }
     }
+
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+        // SAFETY: forwarded from the caller (ISA available, pointers valid); the kernels read
+        // `t.w` as the bytes of block records (the element type is a formality).
+        unsafe { tile_nvfp4(rows, panels, &t.cast()) }
+    }
+}
+
+/// The 16 E2M1 values, a lookup table for `vpermps` (which reads the low 4 bits of each index
+/// lane).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn e2m1_table() -> __m512 {
+    // SAFETY: the table has 16 f32.
+    unsafe { _mm512_loadu_ps(E2M1_VALUES.as_ptr()) }
+}
+
+/// The 16 bytes at `p` (one k-step pair of 16 columns) decoded to the two k-steps' E2M1
+/// values: (low nibbles, high nibbles).
+///
+/// # Safety
+/// 16 bytes are readable at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn decode_pair_e2m1(p: *const u8, table: __m512) -> (__m512, __m512) {
+    // SAFETY: per the caller.
+    let idx = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) });
+    let even = _mm512_permutexvar_ps(idx, table);
+    let odd = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), table);
+    (even, odd)
 }
 
 /// Loads 16 weights and widens them to f32.
@@ -68,6 +101,70 @@ unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
 /// Splits a call into kernels the register file holds: 2 zmm per row per panel, at most 24
 /// accumulators, preferring more panels for few rows (more independent FMA chains, which is
 /// what hides the 4-cycle FMA latency when m is 1..3).
+/// NVFP4 tiles: each row needs two accumulators per vector (the block's dot product and the
+/// running sum), so the register tile is half as wide as for float weights: 1 row x 4 panels,
+/// up to 3 rows x 2 panels, up to 6 rows x 1 panel, up to 12 rows x half a panel.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = match rows {
+            1 if left >= 4 => 4,
+            1..=3 if left >= 2 => 2,
+            _ => 1,
+        };
+        // SAFETY: forwarded from the caller to every kernel; each half-panel view stays inside
+        // the panel (the nibble lines and the scale line of a record are both NR bytes, so a
+        // half is 16 bytes further in both).
+        unsafe {
+            match (rows, p) {
+                (1, 4) => kernel::<E4m3, 1, 8, true>(&t),
+                (1, 2) => kernel::<E4m3, 1, 4, true>(&t),
+                (2, 2) => kernel::<E4m3, 2, 4, true>(&t),
+                (3, 2) => kernel::<E4m3, 3, 4, true>(&t),
+                (1, _) => kernel::<E4m3, 1, 2, true>(&t),
+                (2, _) => kernel::<E4m3, 2, 2, true>(&t),
+                (3, _) => kernel::<E4m3, 3, 2, true>(&t),
+                (4, _) => kernel::<E4m3, 4, 2, true>(&t),
+                (5, _) => kernel::<E4m3, 5, 2, true>(&t),
+                (6, _) => kernel::<E4m3, 6, 2, true>(&t),
+                _ => {
+                    for half in 0..2 {
+                        let h = Tile {
+                            w: t.w.wrapping_add(half * L),
+                            y: t.y.wrapping_add(half * L),
+                            cols: t.cols.saturating_sub(half * L),
+                            bias: if t.bias.is_null() {
+                                t.bias
+                            } else {
+                                t.bias.wrapping_add(half * L)
+                            },
+                            ..t
+                        };
+                        match rows {
+                            7 => kernel::<E4m3, 7, 1, true>(&h),
+                            8 => kernel::<E4m3, 8, 1, true>(&h),
+                            9 => kernel::<E4m3, 9, 1, true>(&h),
+                            10 => kernel::<E4m3, 10, 1, true>(&h),
+                            11 => kernel::<E4m3, 11, 1, true>(&h),
+                            12 => kernel::<E4m3, 12, 1, true>(&h),
+                            _ => unreachable!("AVX-512 tiles have at most 12 rows, got {rows}"),
+                        }
+                    }
+                }
+            }
+        }
+        left -= p;
+        t.w = t.w.wrapping_add(p * t.panel_stride);
+        t.y = t.y.wrapping_add(p * NR);
+        t.cols = t.cols.saturating_sub(p * NR);
+        if !t.bias.is_null() {
+            t.bias = t.bias.wrapping_add(p * NR);
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
     let mut t = *t;
@@ -86,7 +183,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
             1
         };
         // SAFETY: forwarded; (rows, p) is one of the instantiated shapes below.
-        unsafe { by_shape(rows, p, &t) };
+        unsafe { by_shape::<W>(rows, p, &t) };
         left -= p;
         t.w = t.w.wrapping_add(p * t.panel_stride);
         t.y = t.y.wrapping_add(p * NR);
@@ -103,7 +200,7 @@ unsafe fn by_shape<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         ($( ($r:literal, $p:literal) ),* $(,)?) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller.
-                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }>(t) }, )*
+                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }, false>(t) }, )*
                 _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
             }
         };
@@ -140,22 +237,69 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
     ((1u32 << valid) - 1) as __mmask16
 }
 
-/// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps.
+/// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps, then the
+/// epilogue (`* scale`, `+ bias`, masked stores). With `NVFP4`, the panels are NVFP4 block
+/// records (`W` is a one-byte formality).
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<W: Weight, const R: usize, const V: usize, const NVFP4: bool>(t: &Tile<W>) {
+    // SAFETY: forwarded from the caller; with NVFP4, W is u8 and the panels block records.
+    let acc = unsafe {
+        if NVFP4 {
+            chains_nvfp4::<R, V>(t.w.cast(), t)
+        } else {
+            chains::<W, R, V>(t)
+        }
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { store(&acc, t) }
+}
+
+/// The epilogue of a tile: `acc * t.scale (+ bias)` into the first `t.cols` columns of y.
+///
+/// # Safety
+/// As for `Isa::tile`: y holds rows `0..R` (`t.ldy` apart) and bias the columns written.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
+    let scale = _mm512_set1_ps(t.scale);
+    for v in 0..V {
+        let mask = lane_mask(t.cols, v);
+        if mask == 0 {
+            continue;
+        }
+        // SAFETY: y and bias are accessed only in the lanes `mask` enables (masked-off lanes
+        // are never touched, so pointers past the end of y are fine).
+        unsafe {
+            let b = if t.bias.is_null() {
+                None
+            } else {
+                Some(_mm512_maskz_loadu_ps(mask, t.bias.wrapping_add(v * L)))
+            };
+            for (r, acc) in acc.iter().enumerate() {
+                let scaled = _mm512_mul_ps(acc[v], scale);
+                let out = match b {
+                    Some(b) => _mm512_add_ps(scaled, b),
+                    None => scaled,
+                };
+                _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask, out);
+            }
+        }
+    }
+}
+
+/// The FMA chains of an `R` x `V` tile over float panels.
 // Index loops over the register tile read more plainly than zipped iterators here.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
-    let mut mask = [0 as __mmask16; V];
+#[inline]
+unsafe fn chains<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) -> [[__m512; V]; R] {
     let mut wp = [t.w; V];
     for v in 0..V {
-        mask[v] = lane_mask(t.cols, v);
         wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
     }
     let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, each weight vector
-    // pointer is followed by kc lines of NR elements, and y / bias are accessed only in the
-    // lanes `mask` enables (masked-off lanes are never touched, so pointers past the end of
-    // y are fine).
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each weight vector
+    // pointer is followed by kc lines of NR elements.
     unsafe {
         let mut x = t.x;
         let ahead = PREFETCH_BYTES / size_of::<W>();
@@ -177,24 +321,134 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
             }
             x = x.add(t.x_stride);
         }
-        let scale = _mm512_set1_ps(t.scale);
-        for v in 0..V {
-            if mask[v] == 0 {
-                continue;
+    }
+    acc
+}
+
+/// The chains of an `R` x `V` tile over NVFP4 block records at `w` (panels `t.panel_stride`
+/// bytes apart), in the W4A16 order of `nvfp4.rs`: per block, an FMA chain over its 16 k-steps
+/// of x times the E2M1 values (one 16-byte load per vector and k-step pair, decoded by
+/// [`decode_pair_e2m1`]), then `acc = fma(dot, block_scale, acc)`.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<impl Weight>) -> [[__m512; V]; R] {
+    let mut wp = [w; V];
+    for v in 0..V {
+        wp[v] = w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
+    }
+    let table = e2m1_table();
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each panel holds
+    // kc / 16 block records; prefetches may point anywhere.
+    unsafe {
+        let mut x = t.x;
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = b * NVFP4_RECORD;
+            let mut dot = [[_mm512_setzero_ps(); V]; R];
+            for pair in 0..NVFP4_BLOCK / 2 {
+                for v in 0..V {
+                    if pair == 0 && v % 2 == 0 {
+                        for line in (0..NVFP4_RECORD).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
+                        }
+                    }
+                    let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                    for r in 0..R {
+                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r)), even, dot[r][v]);
+                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(t.x_stride + r)), odd, dot[r][v]);
+                    }
+                }
+                x = x.add(2 * t.x_stride);
             }
-            let b = if t.bias.is_null() {
-                None
-            } else {
-                Some(_mm512_maskz_loadu_ps(mask[v], t.bias.wrapping_add(v * L)))
-            };
-            for r in 0..R {
-                let scaled = _mm512_mul_ps(acc[r][v], scale);
-                let out = match b {
-                    Some(b) => _mm512_add_ps(scaled, b),
-                    None => scaled,
-                };
-                _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask[v], out);
+            for v in 0..V {
+                let s = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                for r in 0..R {
+                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], s, acc[r][v]);
+                }
             }
         }
+    }
+    acc
+}
+
+/// W4A4 (see `w4a4.rs`): `rows` (1..=3) rows of NVFP4-quantised x against `panels` NVFP4
+/// panels. `t.x` is the tile's E2M1 activation values (`[kc][rows]`), `xs` its block scales
+/// (`[kc / 16][rows]`), `t.w` the panels' block records (`t.panel_stride` bytes apart) and
+/// `t.scale` is `input_scale * tensor_scale`.
+///
+/// # Safety
+/// AVX-512F is available and the pointers are valid as described (and on `Tile`).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = if rows == 1 && left >= 2 { 2 } else { 1 };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (rows, p) {
+                (1, 2) => w4a4_kernel::<1, 4>(&t, xs),
+                (1, _) => w4a4_kernel::<1, 2>(&t, xs),
+                (2, _) => w4a4_kernel::<2, 2>(&t, xs),
+                (3, _) => w4a4_kernel::<3, 2>(&t, xs),
+                _ => unreachable!("W4A4 tiles have at most 3 rows, got {rows}"),
+            }
+        }
+        left -= p;
+        t.w = t.w.wrapping_add(p * t.panel_stride);
+        t.y = t.y.wrapping_add(p * NR);
+        t.cols = t.cols.saturating_sub(p * NR);
+        if !t.bias.is_null() {
+            t.bias = t.bias.wrapping_add(p * NR);
+        }
+    }
+}
+
+/// `R` x `V` W4A4 tile: per block, the exact E2M1 dot products (even and odd k-steps in
+/// separate chains, for twice the independent FMAs; every partial sum is exact, so the order is
+/// free), then `acc = fma(dot, xs * ws, acc)`, then the common epilogue.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn w4a4_kernel<const R: usize, const V: usize>(t: &Tile<u8>, xs: *const f32) {
+    let mut wp = [t.w; V];
+    for v in 0..V {
+        wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
+    }
+    let table = e2m1_table();
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the caller: x holds kc * rows values, xs kc / 16 * rows, each panel kc / 16
+    // block records; prefetches may point anywhere.
+    unsafe {
+        let mut x = t.x;
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = b * NVFP4_RECORD;
+            let mut even_dot = [[_mm512_setzero_ps(); V]; R];
+            let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
+            for pair in 0..NVFP4_BLOCK / 2 {
+                for v in 0..V {
+                    if pair == 0 && v % 2 == 0 {
+                        for line in (0..NVFP4_RECORD).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
+                        }
+                    }
+                    let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                    for r in 0..R {
+                        even_dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r)), even, even_dot[r][v]);
+                        odd_dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(R + r)), odd, odd_dot[r][v]);
+                    }
+                }
+                x = x.add(2 * R);
+            }
+            for v in 0..V {
+                let ws = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                for r in 0..R {
+                    let dot = _mm512_add_ps(even_dot[r][v], odd_dot[r][v]);
+                    let scale = _mm512_mul_ps(_mm512_set1_ps(*xs.add(b * R + r)), ws);
+                    acc[r][v] = _mm512_fmadd_ps(dot, scale, acc[r][v]);
+                }
+            }
+        }
+        store(&acc, t);
     }
 }

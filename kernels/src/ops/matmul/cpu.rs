@@ -169,6 +169,25 @@ pub(super) struct Tile<W> {
     pub(super) scale: f32,
 }
 
+impl<W> Tile<W> {
+    /// The same tile with its weight pointer viewed as `U` (for kernels that read the bytes of
+    /// NVFP4 panels through a generic signature).
+    pub(super) fn cast<U>(&self) -> Tile<U> {
+        Tile {
+            x: self.x,
+            x_stride: self.x_stride,
+            w: self.w.cast(),
+            panel_stride: self.panel_stride,
+            kc: self.kc,
+            y: self.y,
+            ldy: self.ldy,
+            cols: self.cols,
+            bias: self.bias,
+            scale: self.scale,
+        }
+    }
+}
+
 /// What each ISA module provides.
 pub(super) trait Isa {
     /// Rows per x tile of the blocked path (the register-blocking height).
@@ -187,15 +206,15 @@ pub(super) trait Isa {
     /// The CPU supports the ISA; `src` and `dst` are valid for `len` elements.
     unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32);
 
-    /// Decodes one NVFP4 panel of `k` k-steps at `src` into `k * NR` f32 at `dst`, in the
-    /// k-major layout of a float panel: each weight as `e2m1 * f32(block_scale)`, exactly.
+    /// [`Self::tile`] on NVFP4 panels (`t.w` at the group's block records, `t.panel_stride`
+    /// in bytes), decoded where they are used, in the order of operations of `nvfp4.rs` (the
+    /// same on every ISA).
     ///
     /// # Safety
-    /// The CPU supports the ISA; `src` holds the panel's `k / 16` block records and `dst` is
-    /// valid for `k * NR` writes.
-    unsafe fn decode_nvfp4(src: *const u8, k: usize, dst: *mut f32) {
+    /// As for [`Self::tile`], with the panels as block records.
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
         // SAFETY: forwarded from the caller.
-        unsafe { super::nvfp4::decode_panel(src, k, dst) }
+        unsafe { super::nvfp4::tile_portable(rows, panels, t) }
     }
 }
 
@@ -250,7 +269,7 @@ pub(crate) fn matmul(
         WeightDType::BF16 => by_isa::<half::bf16>(isa, x, m, w, bias, y),
         WeightDType::F16 => by_isa::<half::f16>(isa, x, m, w, bias, y),
         WeightDType::F8E4M3 => by_isa::<E4m3>(isa, x, m, w, bias, y),
-        // The kernels see NVFP4 panels decoded to f32 (see `Job::run`).
+        // NVFP4 panels go to `Isa::tile_nvfp4` (see `Job::run`); the type is a formality.
         WeightDType::NVFP4 => by_isa::<f32>(isa, x, m, w, bias, y),
     }
 }
@@ -338,46 +357,55 @@ struct Job<'a> {
 
 impl Job<'_> {
     fn run<I: Isa, W: Weight>(&self) {
-        let ps = self.w.panel_stride();
-        let (p0, np) = (self.panel_range.start, self.panel_range.len());
         if self.w.layout() == Layout::Nvfp4 {
-            let (k, pb) = (self.w.cols(), self.w.panel_bytes());
-            let src = self.w.data_ptr::<u8>().wrapping_add(p0 * pb);
-            self.with_scratch::<I>(np * ps, |buf| {
-                for q in 0..np {
-                    // SAFETY: the ISA is available (checked by `matmul`); panel p0 + q exists
-                    // (pb bytes of block records) and buf holds np * ps f32.
-                    unsafe { I::decode_nvfp4(src.wrapping_add(q * pb), k, buf.as_mut_ptr().add(q * ps)) };
-                }
-            });
+            self.sweep_nvfp4::<I>();
             return;
         }
+        let ps = self.w.panel_stride();
+        let (p0, np) = (self.panel_range.start, self.panel_range.len());
         let src = self.w.data_ptr::<W>().wrapping_add(p0 * ps);
         if W::DTYPE == WeightDType::F32 || self.tile_range.len() < WIDEN_MIN_TILES {
             self.sweep::<I, W>(src);
             return;
         }
-        // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
-        // np * ps elements from src, and the buffer as many f32.
-        self.with_scratch::<I>(np * ps, |buf| unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) });
-    }
-
-    /// Fills a per-thread f32 buffer of `len` values with `fill` (the group's weights as f32)
-    /// and sweeps the row tiles over it.
-    fn with_scratch<I: Isa>(&self, len: usize, fill: impl FnOnce(&mut [f32])) {
         SCRATCH.with(|cell| {
             // Nothing below re-enters rayon, so the borrow is never held already; fall back to
             // a fresh buffer rather than panic if that ever changes.
             let mut fresh = Vec::new();
             let mut held = cell.try_borrow_mut();
-            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), len);
-            fill(buf);
+            let buf = aligned(held.as_deref_mut().unwrap_or(&mut fresh), np * ps);
+            // SAFETY: the ISA is available (checked by `matmul`); the group's np panels hold
+            // np * ps elements from src, and buf as many f32.
+            unsafe { I::widen(src, np * ps, buf.as_mut_ptr()) };
             self.sweep::<I, f32>(buf.as_ptr());
         });
     }
 
     /// Every row tile of the task against the group's panels, starting at `w`.
     fn sweep<I: Isa, V: Weight>(&self, w: *const V) {
+        self.sweep_with::<I, V>(w, self.w.panel_stride(), |rows, panels, tile| {
+            // SAFETY: the ISA is available; the tile's pointers are valid as described in
+            // `sweep_with`.
+            unsafe { I::tile(rows, panels, tile) }
+        });
+    }
+
+    /// Every row tile of the task against the group's NVFP4 block records, decoded in the
+    /// micro-kernels.
+    fn sweep_nvfp4<I: Isa>(&self) {
+        let pb = self.w.panel_bytes();
+        let w = self.w.data_ptr::<u8>().wrapping_add(self.panel_range.start * pb);
+        self.sweep_with::<I, u8>(w, pb, |rows, panels, tile| {
+            // SAFETY: as in `sweep`, with the group's panels as block records.
+            unsafe { I::tile_nvfp4(rows, panels, tile) }
+        });
+    }
+
+    /// Runs `kernel(rows, panels, tile)` for every row tile of the task, the tile's weights
+    /// starting at `w` with panels `panel_stride` elements apart. Each call has the ISA
+    /// available; its x tile holds k * rows packed values, w the group's panels, and y rows
+    /// i0.. (< m) and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
+    fn sweep_with<I: Isa, V>(&self, w: *const V, panel_stride: usize, kernel: impl Fn(usize, usize, &Tile<V>)) {
         let (n, k) = (self.w.rows(), self.w.cols());
         let p0 = self.panel_range.start;
         for t in self.tile_range.clone() {
@@ -387,7 +415,7 @@ impl Job<'_> {
                 x: self.xp[i0 * k..].as_ptr(),
                 x_stride: rows,
                 w,
-                panel_stride: self.w.panel_stride(),
+                panel_stride,
                 kc: k,
                 y: self.y.wrapping_add(i0 * n + p0 * NR),
                 ldy: n,
@@ -395,10 +423,7 @@ impl Job<'_> {
                 bias: self.bias.map_or(std::ptr::null(), |b| b[p0 * NR..].as_ptr()),
                 scale: self.w.scale(),
             };
-            // SAFETY: the ISA is available; the x tile holds k * rows packed values, w the
-            // group's panels (k * NR values each, panel_stride apart), and y rows i0.. (< m)
-            // and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
-            unsafe { I::tile(rows, self.panel_range.len(), &tile) };
+            kernel(rows, self.panel_range.len(), &tile);
         }
     }
 }

@@ -1,14 +1,20 @@
-//! NVFP4 weights for the float kernels (W4A16): block records decoded to f32 panels.
+//! NVFP4 weights with f32 activations (W4A16): the order of operations, and its portable kernel.
 //!
-//! Each weight is decoded to `e2m1 * f32(block_scale)`, which is exact in f32 (2 significant
-//! bits times 4), so the kernels run the same FMA chain as on f32 weights holding those
-//! values; the tensor scale multiplies each output once its sum is complete (`Tile::scale`).
-//! The result is thus `tensor_scale * (x · decoded)` with the f32 rounding of one FMA chain,
-//! within f32 rounding of an f32 matmul on the fully decoded weights.
+//! The micro-kernels read the block records of `packed.rs` and decode the nibbles where they
+//! use them (on AVX-512 one `vpermps` over the 16 E2M1 values per 16 weights); no decoded copy
+//! of the weights exists, not even of a panel. Every output element is, in this order:
+//! 1. per block of 16 k-steps, `dot = fma(x[kk], e2m1[kk], dot)` from `+0.0`, kk increasing;
+//! 2. `acc = fma(dot, f32(block_scale), acc)` from `+0.0`, blocks increasing;
+//! 3. `y = acc * tensor_scale`, then `+ bias` (`Tile::scale`).
 //!
-//! A task decodes only its own group of panels, into a per-thread buffer sized to stay in L2;
-//! the whole dequantised matrix never exists.
+//! Scaling per block rather than per weight saves one multiply per 16 weights and vector, the
+//! largest part of the decoding cost at batch 1 (where the GEMV is bound by the decoding, not by
+//! memory). Every product and sum is an f32 operation on exact inputs (`e2m1 * block_scale` is
+//! exact), so the result is within f32 rounding of an f32 matmul on the decoded weights; the
+//! sequence is the same on every ISA and for every tile shape, which keeps rows bitwise batch-
+//! and thread-invariant and the ISA paths bitwise equal.
 
+use super::cpu::Tile;
 use super::packed::{NR, NVFP4_RECORD};
 use crate::quant::e2m1::E2M1_VALUES;
 use crate::quant::e4m3::e4m3_to_f32;
@@ -17,30 +23,36 @@ use crate::quant::nvfp4::NVFP4_BLOCK;
 /// Bytes of nibbles in a block record, before its scales.
 pub(super) const SCALES_AT: usize = NVFP4_BLOCK / 2 * NR;
 
-/// Decodes one panel of `k` k-steps (portable code; the reference for the SIMD decoders).
+/// The portable `Isa::tile_nvfp4`, the reference for the SIMD kernels: per output, per block,
+/// an FMA chain of x times the E2M1 values, then `acc = fma(dot, block_scale, acc)`.
 ///
 /// # Safety
-/// `src` holds `k / 16` block records; `dst` is valid for `k * NR` writes.
-pub(super) unsafe fn decode_panel(src: *const u8, k: usize, dst: *mut f32) {
-    // SAFETY: per the caller, the panel is k / 16 records of NVFP4_RECORD bytes and dst holds
-    // k * NR f32.
-    let (panel, out) = unsafe {
-        (
-            std::slice::from_raw_parts(src, k / NVFP4_BLOCK * NVFP4_RECORD),
-            std::slice::from_raw_parts_mut(dst, k * NR),
-        )
-    };
-    for (record, out) in panel
-        .chunks_exact(NVFP4_RECORD)
-        .zip(out.chunks_exact_mut(NVFP4_BLOCK * NR))
-    {
-        let scales = &record[SCALES_AT..];
-        for (line, pair) in record[..SCALES_AT].chunks_exact(NR).zip(out.chunks_exact_mut(2 * NR)) {
-            let (even, odd) = pair.split_at_mut(NR);
-            for c in 0..NR {
-                let s = e4m3_to_f32(scales[c]);
-                even[c] = E2M1_VALUES[usize::from(line[c] & 0xF)] * s;
-                odd[c] = E2M1_VALUES[usize::from(line[c] >> 4)] * s;
+/// As for `Isa::tile` (see `Tile`), with the panels as block records `t.panel_stride` bytes
+/// apart.
+pub(super) unsafe fn tile_portable(rows: usize, panels: usize, t: &Tile<u8>) {
+    for q in 0..panels {
+        let c0 = q * NR;
+        let cols = t.cols.saturating_sub(c0).min(NR);
+        // SAFETY: per the contract, panel q holds kc / 16 records; x, y and bias are valid for
+        // the rows and the first `cols` columns accessed here.
+        unsafe {
+            let panel = std::slice::from_raw_parts(t.w.add(q * t.panel_stride), t.kc / NVFP4_BLOCK * NVFP4_RECORD);
+            for r in 0..rows {
+                let x = |kk: usize| *t.x.add(kk * t.x_stride + r);
+                for c in 0..cols {
+                    let mut acc = 0.0f32;
+                    for (b, record) in panel.chunks_exact(NVFP4_RECORD).enumerate() {
+                        let mut dot = 0.0f32;
+                        for (i, &byte) in record[..SCALES_AT].iter().skip(c).step_by(NR).enumerate() {
+                            let kk = b * NVFP4_BLOCK + 2 * i;
+                            dot = x(kk).mul_add(E2M1_VALUES[usize::from(byte & 0xF)], dot);
+                            dot = x(kk + 1).mul_add(E2M1_VALUES[usize::from(byte >> 4)], dot);
+                        }
+                        acc = dot.mul_add(e4m3_to_f32(record[SCALES_AT + c]), acc);
+                    }
+                    let v = acc * t.scale;
+                    *t.y.add(r * t.ldy + c0 + c) = if t.bias.is_null() { v } else { v + *t.bias.add(c0 + c) };
+                }
             }
         }
     }

@@ -313,19 +313,10 @@ impl PackedMatrix {
     }
 
     /// Elements from the start of one panel to the start of the next (`k * NR`, with k
-    /// rounded up to a multiple of 32 in the AMX layout); for NVFP4, those of a panel decoded
-    /// to f32.
+    /// rounded up to a multiple of 32 in the AMX layout); for NVFP4 (whose panels are
+    /// [`Self::panel_bytes`] apart), the elements a panel holds.
     pub(crate) fn panel_stride(&self) -> usize {
         self.padded_k() * NR
-    }
-
-    /// The bytes of panel `p` (`p < panels()`).
-    pub(crate) fn panel(&self, p: usize) -> &[u8] {
-        let pb = self.panel_bytes();
-        // SAFETY: `Line` is 64 plain bytes with no padding; the storage holds panels() *
-        // panel_bytes() bytes (`zeroed`), and the slice is bounds-checked against that.
-        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast(), self.data.len() * 64) };
-        &bytes[p * pb..(p + 1) * pb]
     }
 
     /// How the elements of a panel are ordered.
