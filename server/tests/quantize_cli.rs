@@ -90,7 +90,7 @@ fn modelopt_output_equals_modelopts_encoding_bit_for_bit() {
     }
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("hf_quant_config.json")).unwrap()).unwrap();
-    assert_eq!(config["quantization"]["quant_algo"], "NVFP4");
+    assert_eq!(config["quantization"]["quant_algo"], "W4A16_NVFP4");
 
     // It loads in marc and embeds; W4A4 is refused with the reason.
     let input = dir.path().join("in.jsonl");

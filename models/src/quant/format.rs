@@ -1,7 +1,7 @@
 //! What a checkpoint declares about its quantisation.
 //!
 //! ModelOpt writes `hf_quant_config.json` (`{"producer": {"name": "modelopt"}, "quantization":
-//! {"quant_algo": "NVFP4" | "FP8" | "MIXED_PRECISION", ...}}`) and, in recent versions, the same
+//! {"quant_algo": "NVFP4" | "W4A16_NVFP4" | "FP8" | "MIXED_PRECISION", ...}}`) and, in recent versions, the same
 //! facts as `config.json`'s `quantization_config` (`quant_method: "modelopt"`). llm-compressor
 //! writes `quantization_config` with `quant_method: "compressed-tensors"` and a `format`.
 //!
@@ -22,7 +22,7 @@ pub const HF_QUANT_CONFIG: &str = "hf_quant_config.json";
 /// The quantisation formats marc loads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuantFormat {
-    /// ModelOpt `quant_algo: "NVFP4"`.
+    /// ModelOpt `quant_algo: "NVFP4"` (or `"W4A16_NVFP4"`, the weight-only export).
     ModelOptNvfp4,
     /// ModelOpt `quant_algo: "FP8"` (per-tensor E4M3 weights).
     ModelOptFp8,
@@ -129,13 +129,14 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, LoadError> 
 
 fn modelopt_format(path: &Path, key: &str, algo: Option<&str>) -> Result<QuantFormat, LoadError> {
     match algo {
-        Some("NVFP4") => Ok(QuantFormat::ModelOptNvfp4),
+        // W4A16_NVFP4 is ModelOpt's name for a weight-only NVFP4 export (no input scales).
+        Some("NVFP4" | "W4A16_NVFP4") => Ok(QuantFormat::ModelOptNvfp4),
         Some("FP8") => Ok(QuantFormat::ModelOptFp8),
         Some("MIXED_PRECISION") => Ok(QuantFormat::ModelOptMixed),
         other => Err(LoadError::Config {
             path: path.to_owned(),
             key: key.to_owned(),
-            expected: "\"NVFP4\", \"FP8\" or \"MIXED_PRECISION\"".into(),
+            expected: "\"NVFP4\", \"W4A16_NVFP4\", \"FP8\" or \"MIXED_PRECISION\"".into(),
             found: other.map_or("nothing".into(), |a| format!("{a:?}")),
         }),
     }
@@ -201,6 +202,11 @@ mod tests {
         );
         let modelopt = r#"{"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4"}}"#;
         assert_eq!(format(&[("config.json", modelopt)]), Some(QuantFormat::ModelOptNvfp4));
+        let weight_only = r#"{"quantization_config": {"quant_method": "modelopt", "quant_algo": "W4A16_NVFP4"}}"#;
+        assert_eq!(
+            format(&[("config.json", weight_only)]),
+            Some(QuantFormat::ModelOptNvfp4)
+        );
         let ct = r#"{"quantization_config": {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized",
             "config_groups": {"group_0": {"format": "nvfp4-pack-quantized"}}}}"#;
         assert_eq!(

@@ -29,6 +29,9 @@ use crate::config::{NemotronHConfig, config_path};
 use crate::error::LoadError;
 use crate::weights::{FloatType, float_dtype, widen_into};
 
+/// ModelOpt's `quant_algo` for NVFP4 weights without activation scales.
+const WEIGHT_ONLY_ALGO: &str = "W4A16_NVFP4";
+
 /// Projections that share one tensor scale with their siblings under the same parent (fused QKV).
 const FUSED_SIBLINGS: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
 
@@ -350,12 +353,12 @@ fn write_configs(
         OutputFormat::ModelOpt => {
             let hf = json!({
                 "producer": producer,
-                "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": null,
+                "quantization": {"quant_algo": WEIGHT_ONLY_ALGO, "kv_cache_quant_algo": null,
                                  "group_size": NVFP4_BLOCK, "exclude_modules": ignore},
             });
             write_text(&output.join(HF_QUANT_CONFIG), &pretty(&hf))?;
             json!({
-                "quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": NVFP4_BLOCK,
+                "quant_method": "modelopt", "quant_algo": WEIGHT_ONLY_ALGO, "group_size": NVFP4_BLOCK,
                 "producer": producer, "ignore": ignore,
                 "config_groups": {"group_0": {"weights": weights, "targets": ["Linear"]}},
             })
