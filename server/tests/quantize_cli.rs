@@ -195,3 +195,43 @@ fn quant_flag_is_refused_for_unquantised_models() {
     let w4a4 = run("modelopt_nvfp4", "w4a4");
     assert!(w4a4.status.success(), "{}", stderr(&w4a4));
 }
+
+/// Sharded inputs give sharded outputs (one per input shard, with an index), and transformers' stacked
+/// experts (`experts.up_proj [E, out, in]`) come out one NVFP4 tensor per expert; both load and embed.
+#[test]
+fn sharded_and_stacked_expert_checkpoints_are_quantised() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"token_ids\": [3, 1, 4, 1, 5]}\n").unwrap();
+    for case in ["moe_bf16_legacy", "mamba_groups_bf16"] {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/tests/fixtures")
+            .join(case);
+        let out_dir = dir.path().join(case);
+        let out = marc(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{case}: {}", stderr(&out));
+        let embedded = marc(&[
+            "embed",
+            "--model",
+            out_dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            dir.path().join("out.jsonl").to_str().unwrap(),
+        ]);
+        assert!(embedded.status.success(), "{case}: {}", stderr(&embedded));
+    }
+    let sharded = dir.path().join("moe_bf16_legacy");
+    assert!(sharded.join("model.safetensors.index.json").is_file());
+    assert!(sharded.join("model-00003-of-00003.safetensors").is_file());
+    let stacked = tensors(&dir.path().join("mamba_groups_bf16"));
+    let expert = &stacked["model.layers.1.mixer.experts.7.down_proj.weight"];
+    assert_eq!((expert.0, expert.1.clone()), (Dtype::U8, vec![64, 24]));
+    assert!(!stacked.contains_key("model.layers.1.mixer.experts.down_proj"));
+}
