@@ -5,6 +5,8 @@
 //!
 //! `cargo run -p marc-kernels --release --example weight_formats [threads] [reps] [filter]`
 //!
+//! `M=1,8` limits the batch sizes, `GIB` sets the weight bytes per format.
+//!
 //! Prints, per (shape, m, format): µs per call (best of `reps` sweeps over all copies), GB/s of
 //! weight bytes read (`PackedMatrix::size_in_bytes`, scales included), GFLOP/s (2·m·n·k), and
 //! the speed-up over bf16 in the same run. `PRECISION=w4a4` runs NVFP4 with
@@ -40,6 +42,9 @@ fn main() {
     let only: Option<String> = args.next();
     let gib: f64 = std::env::var("GIB").map_or(1.0, |v| v.parse().expect("GIB"));
     let w4a4 = std::env::var("PRECISION").is_ok_and(|p| p == "w4a4");
+    let rows_wanted: Option<Vec<usize>> = std::env::var("M")
+        .ok()
+        .map(|v| v.split(',').map(|m| m.parse().expect("M=1,8,...")).collect());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -53,7 +58,10 @@ fn main() {
             continue;
         }
         let values: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0).collect();
-        for m in ROWS {
+        for m in ROWS
+            .into_iter()
+            .filter(|m| rows_wanted.as_ref().is_none_or(|w| w.contains(m)))
+        {
             let x: Vec<f32> = values.iter().cycle().skip(17).take(m * k).copied().collect();
             let mut y = vec![0.0f32; m * n];
             let mut bf16_us = f64::NAN;

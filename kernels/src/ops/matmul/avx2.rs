@@ -87,17 +87,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
                 (3, _) => kernel::<W, 3, 4>(&t),
                 _ => {
                     for half in 0..2 {
-                        let h = Tile {
-                            w: t.w.wrapping_add(half * 2 * L),
-                            y: t.y.wrapping_add(half * 2 * L),
-                            cols: t.cols.saturating_sub(half * 2 * L),
-                            bias: if t.bias.is_null() {
-                                t.bias
-                            } else {
-                                t.bias.wrapping_add(half * 2 * L)
-                            },
-                            ..t
-                        };
+                        let h = t.at_column(half * 2 * L);
                         match rows {
                             4 => kernel::<W, 4, 2>(&h),
                             5 => kernel::<W, 5, 2>(&h),
@@ -109,12 +99,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
             }
         }
         left -= p;
-        t.w = t.w.wrapping_add(p * t.panel_stride);
-        t.y = t.y.wrapping_add(p * NR);
-        t.cols = t.cols.saturating_sub(p * NR);
-        if !t.bias.is_null() {
-            t.bias = t.bias.wrapping_add(p * NR);
-        }
+        t.advance(p);
     }
 }
 
@@ -211,18 +196,9 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
     } * L;
     for q in 0..panels {
         for c0 in (0..NR).step_by(width) {
-            let at = q * NR + c0;
-            let v = Tile {
-                w: t.w.wrapping_add(q * t.panel_stride + c0),
-                y: t.y.wrapping_add(at),
-                cols: t.cols.saturating_sub(at),
-                bias: if t.bias.is_null() {
-                    t.bias
-                } else {
-                    t.bias.wrapping_add(at)
-                },
-                ..*t
-            };
+            let mut v = *t;
+            v.advance(q);
+            let v = v.at_column(c0);
             if v.cols == 0 {
                 return;
             }

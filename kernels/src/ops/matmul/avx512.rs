@@ -131,17 +131,7 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
                 (6, _) => kernel::<E4m3, 6, 2, true>(&t),
                 _ => {
                     for half in 0..2 {
-                        let h = Tile {
-                            w: t.w.wrapping_add(half * L),
-                            y: t.y.wrapping_add(half * L),
-                            cols: t.cols.saturating_sub(half * L),
-                            bias: if t.bias.is_null() {
-                                t.bias
-                            } else {
-                                t.bias.wrapping_add(half * L)
-                            },
-                            ..t
-                        };
+                        let h = t.at_column(half * L);
                         match rows {
                             7 => kernel::<E4m3, 7, 1, true>(&h),
                             8 => kernel::<E4m3, 8, 1, true>(&h),
@@ -156,12 +146,7 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
             }
         }
         left -= p;
-        t.w = t.w.wrapping_add(p * t.panel_stride);
-        t.y = t.y.wrapping_add(p * NR);
-        t.cols = t.cols.saturating_sub(p * NR);
-        if !t.bias.is_null() {
-            t.bias = t.bias.wrapping_add(p * NR);
-        }
+        t.advance(p);
     }
 }
 
@@ -185,12 +170,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         // SAFETY: forwarded; (rows, p) is one of the instantiated shapes below.
         unsafe { by_shape::<W>(rows, p, &t) };
         left -= p;
-        t.w = t.w.wrapping_add(p * t.panel_stride);
-        t.y = t.y.wrapping_add(p * NR);
-        t.cols = t.cols.saturating_sub(p * NR);
-        if !t.bias.is_null() {
-            t.bias = t.bias.wrapping_add(p * NR);
-        }
+        t.advance(p);
     }
 }
 
@@ -293,10 +273,7 @@ unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &T
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn chains<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) -> [[__m512; V]; R] {
-    let mut wp = [t.w; V];
-    for v in 0..V {
-        wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
-    }
+    let wp = vector_ptrs::<W, V>(t.w, t.panel_stride);
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each weight vector
     // pointer is followed by kc lines of NR elements.
@@ -325,42 +302,75 @@ unsafe fn chains<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) -> [[__
     acc
 }
 
+/// The pointers of a tile's `V` 16-column vectors in consecutive panels from `w`.
+#[inline(always)]
+fn vector_ptrs<T, const V: usize>(w: *const T, panel_stride: usize) -> [*const T; V] {
+    std::array::from_fn(|v| w.wrapping_add((v / 2) * panel_stride + (v % 2) * L))
+}
+
+/// The E2M1 dot products of one NVFP4 block (at byte `record` of each vector's panel) with
+/// `R` rows of x (`x` at the block's first k-step, rows `x_stride` apart per k-step): one FMA
+/// chain per (row, vector) in k order, or, with `SPLIT`, the even and odd k-steps in two chains
+/// summed at the end (twice the independent FMAs; only where every partial sum is exact).
+///
+/// # Safety
+/// x holds 16 k-steps of `x_stride` values; each vector pointer is followed by the record.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block_dots<const R: usize, const V: usize, const SPLIT: bool>(
+    wp: &[*const u8; V],
+    record: usize,
+    x: *const f32,
+    x_stride: usize,
+) -> [[__m512; V]; R] {
+    let table = e2m1_table();
+    let mut dot = [[_mm512_setzero_ps(); V]; R];
+    let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the caller; prefetches may point anywhere.
+    unsafe {
+        for v in (0..V).step_by(2) {
+            for line in (0..NVFP4_RECORD).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
+            }
+        }
+        for pair in 0..NVFP4_BLOCK / 2 {
+            let (xe, xo) = (x.add(2 * pair * x_stride), x.add((2 * pair + 1) * x_stride));
+            for v in 0..V {
+                let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                for r in 0..R {
+                    dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xe.add(r)), even, dot[r][v]);
+                    let chain = if SPLIT { &mut odd_dot[r][v] } else { &mut dot[r][v] };
+                    *chain = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, *chain);
+                }
+            }
+        }
+    }
+    if SPLIT {
+        for r in 0..R {
+            for v in 0..V {
+                dot[r][v] = _mm512_add_ps(dot[r][v], odd_dot[r][v]);
+            }
+        }
+    }
+    dot
+}
+
 /// The chains of an `R` x `V` tile over NVFP4 block records at `w` (panels `t.panel_stride`
-/// bytes apart), in the W4A16 order of `nvfp4.rs`: per block, an FMA chain over its 16 k-steps
-/// of x times the E2M1 values (one 16-byte load per vector and k-step pair, decoded by
-/// [`decode_pair_e2m1`]), then `acc = fma(dot, block_scale, acc)`.
+/// bytes apart), in the W4A16 order of `nvfp4.rs`: per block, the FMA chain of x times the
+/// E2M1 values ([`block_dots`]), then `acc = fma(dot, block_scale, acc)`.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<impl Weight>) -> [[__m512; V]; R] {
-    let mut wp = [w; V];
-    for v in 0..V {
-        wp[v] = w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
-    }
-    let table = e2m1_table();
+    let wp = vector_ptrs::<u8, V>(w, t.panel_stride);
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each panel holds
-    // kc / 16 block records; prefetches may point anywhere.
+    // kc / 16 block records.
     unsafe {
-        let mut x = t.x;
         for b in 0..t.kc / NVFP4_BLOCK {
             let record = b * NVFP4_RECORD;
-            let mut dot = [[_mm512_setzero_ps(); V]; R];
-            for pair in 0..NVFP4_BLOCK / 2 {
-                for v in 0..V {
-                    if pair == 0 && v % 2 == 0 {
-                        for line in (0..NVFP4_RECORD).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
-                        }
-                    }
-                    let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
-                    for r in 0..R {
-                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r)), even, dot[r][v]);
-                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(t.x_stride + r)), odd, dot[r][v]);
-                    }
-                }
-                x = x.add(2 * t.x_stride);
-            }
+            let dot = block_dots::<R, V, false>(&wp, record, t.x.add(b * NVFP4_BLOCK * t.x_stride), t.x_stride);
             for v in 0..V {
                 let s = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
                 for r in 0..R {
@@ -396,12 +406,7 @@ pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *co
             }
         }
         left -= p;
-        t.w = t.w.wrapping_add(p * t.panel_stride);
-        t.y = t.y.wrapping_add(p * NR);
-        t.cols = t.cols.saturating_sub(p * NR);
-        if !t.bias.is_null() {
-            t.bias = t.bias.wrapping_add(p * NR);
-        }
+        t.advance(p);
     }
 }
 
@@ -411,41 +416,19 @@ pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *co
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 unsafe fn w4a4_kernel<const R: usize, const V: usize>(t: &Tile<u8>, xs: *const f32) {
-    let mut wp = [t.w; V];
-    for v in 0..V {
-        wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
-    }
-    let table = e2m1_table();
+    let wp = vector_ptrs::<u8, V>(t.w, t.panel_stride);
     let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: per the caller: x holds kc * rows values, xs kc / 16 * rows, each panel kc / 16
-    // block records; prefetches may point anywhere.
+    // SAFETY: per the caller: x holds kc * R values, xs kc / 16 * R, each panel kc / 16 block
+    // records.
     unsafe {
-        let mut x = t.x;
         for b in 0..t.kc / NVFP4_BLOCK {
             let record = b * NVFP4_RECORD;
-            let mut even_dot = [[_mm512_setzero_ps(); V]; R];
-            let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
-            for pair in 0..NVFP4_BLOCK / 2 {
-                for v in 0..V {
-                    if pair == 0 && v % 2 == 0 {
-                        for line in (0..NVFP4_RECORD).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
-                        }
-                    }
-                    let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
-                    for r in 0..R {
-                        even_dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r)), even, even_dot[r][v]);
-                        odd_dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(R + r)), odd, odd_dot[r][v]);
-                    }
-                }
-                x = x.add(2 * R);
-            }
+            let dot = block_dots::<R, V, true>(&wp, record, t.x.add(b * NVFP4_BLOCK * R), R);
             for v in 0..V {
                 let ws = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
                 for r in 0..R {
-                    let dot = _mm512_add_ps(even_dot[r][v], odd_dot[r][v]);
                     let scale = _mm512_mul_ps(_mm512_set1_ps(*xs.add(b * R + r)), ws);
-                    acc[r][v] = _mm512_fmadd_ps(dot, scale, acc[r][v]);
+                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], scale, acc[r][v]);
                 }
             }
         }

@@ -169,7 +169,31 @@ pub(super) struct Tile<W> {
     pub(super) scale: f32,
 }
 
-impl<W> Tile<W> {
+impl<W: Copy> Tile<W> {
+    /// The tile moved `panels` panels on (the next kernel's part of the group).
+    pub(super) fn advance(&mut self, panels: usize) {
+        self.w = self.w.wrapping_add(panels * self.panel_stride);
+        self.columns_from(panels * NR);
+    }
+
+    /// The tile viewed from column `c` of its first panel on, for kernels narrower than a
+    /// panel (`c` elements further in every line of weights: `c` bytes in an NVFP4 record).
+    pub(super) fn at_column(&self, c: usize) -> Tile<W> {
+        let mut view = *self;
+        view.w = view.w.wrapping_add(c);
+        view.columns_from(c);
+        view
+    }
+
+    /// Moves y, bias and the column count `c` columns on (not the weights).
+    fn columns_from(&mut self, c: usize) {
+        self.y = self.y.wrapping_add(c);
+        self.cols = self.cols.saturating_sub(c);
+        if !self.bias.is_null() {
+            self.bias = self.bias.wrapping_add(c);
+        }
+    }
+
     /// The same tile with its weight pointer viewed as `U` (for kernels that read the bytes of
     /// NVFP4 panels through a generic signature).
     pub(super) fn cast<U>(&self) -> Tile<U> {

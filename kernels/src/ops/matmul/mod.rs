@@ -17,7 +17,8 @@
 //!   slower path), cache blocking and the rayon split.
 //! - `amx.rs`: the AMX path for bf16 weights (own packing of x and weights, own split).
 //! - `avx512.rs` (12 x 32 register tile), `avx2.rs` (6 x 16), `scalar.rs` (`f32::mul_add`).
-//! - `nvfp4.rs`: decoding NVFP4 panels for the float kernels (W4A16).
+//! - `nvfp4.rs`: NVFP4 weights with f32 activations (W4A16): the order of operations and the
+//!   portable kernel; the SIMD ones sit with their ISA.
 //! - `w4a4.rs`: NVFP4 weights times NVFP4-quantised activations
 //!   ([`MatmulPrecision::Nvfp4Activations`]).
 //!
@@ -108,6 +109,9 @@ pub fn matmul_precision() -> MatmulPrecision {
 ///
 /// On the AMX path (bf16 weights on a CPU with AMX) the sum runs in another fixed order, see
 /// `amx.rs`; the same invariances hold, with the precision set by [`set_matmul_precision`].
+/// FP8 weights run the same chain on their decoded E4M3 values, times the tensor scale before
+/// the bias; NVFP4 weights sum per 16-block and scale each block (`nvfp4.rs`), or, under
+/// [`MatmulPrecision::Nvfp4Activations`], quantise x too (`w4a4.rs`).
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) -> Result<(), KernelError> {
     matmul_with_precision(x, m, w, bias, y, matmul_precision())
 }

@@ -124,16 +124,7 @@ impl PackedMatrix {
                 reason: format!("{dtype} weights carry scales: use PackedMatrix::from_fp8_e4m3 or from_nvfp4"),
             });
         }
-        let expected = checked_len(n, k, dtype.size_in_bytes())?;
-        if bytes.len() != expected {
-            return Err(KernelError::WeightByteLength {
-                rows: n,
-                cols: k,
-                dtype,
-                expected,
-                found: bytes.len(),
-            });
-        }
+        check_byte_len(n, k, dtype, checked_len(n, k, dtype.size_in_bytes())?, bytes.len())?;
         let mut packed = Self::zeroed(layout, dtype, n, k);
         // Elements are stored in native byte order so kernels can load them directly.
         match dtype {
@@ -159,17 +150,7 @@ impl PackedMatrix {
     /// positive, or if a weight is one of the E4M3 NaN codes.
     pub fn from_fp8_e4m3(n: usize, k: usize, bytes: &[u8], scale: f32) -> Result<Self, KernelError> {
         const OP: &str = "PackedMatrix::from_fp8_e4m3";
-        let dtype = WeightDType::F8E4M3;
-        let expected = checked_len(n, k, 1)?;
-        if bytes.len() != expected {
-            return Err(KernelError::WeightByteLength {
-                rows: n,
-                cols: k,
-                dtype,
-                expected,
-                found: bytes.len(),
-            });
-        }
+        check_byte_len(n, k, WeightDType::F8E4M3, checked_len(n, k, 1)?, bytes.len())?;
         check_scale(OP, "scale", scale)?;
         if let Some(at) = bytes.iter().position(|&b| e4m3_is_nan(b)) {
             return Err(KernelError::InvalidValue {
@@ -178,7 +159,7 @@ impl PackedMatrix {
                 reason: format!("element [{}, {}] is an E4M3 NaN ({:#04x})", at / k, at % k, bytes[at]),
             });
         }
-        let mut packed = Self::zeroed(Layout::Panels, dtype, n, k);
+        let mut packed = Self::zeroed(Layout::Panels, WeightDType::F8E4M3, n, k);
         packed.scale = scale;
         packed.fill::<1>(|row, kk| [bytes[row * k + kk]]);
         Ok(packed)
@@ -209,15 +190,7 @@ impl PackedMatrix {
                 reason: format!("NVFP4 weights of shape [{n}, {k}]: in_features must be a multiple of {NVFP4_BLOCK}"),
             });
         }
-        if packed.len() != values / 2 {
-            return Err(KernelError::WeightByteLength {
-                rows: n,
-                cols: k,
-                dtype,
-                expected: values / 2,
-                found: packed.len(),
-            });
-        }
+        check_byte_len(n, k, dtype, values / 2, packed.len())?;
         crate::error::check_len(OP, "block_scales", block_scales.len(), values / NVFP4_BLOCK)?;
         check_scale(OP, "tensor_scale", tensor_scale)?;
         if let Some(s) = input_scale {
@@ -398,6 +371,21 @@ impl PackedMatrix {
             .par_chunks_mut(panel_bytes)
             .enumerate()
             .for_each(|(p, dst)| write(p, dst));
+    }
+}
+
+/// Checks that `found` bytes are the `expected` of `[n, k]` weights of `dtype`.
+fn check_byte_len(n: usize, k: usize, dtype: WeightDType, expected: usize, found: usize) -> Result<(), KernelError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(KernelError::WeightByteLength {
+            rows: n,
+            cols: k,
+            dtype,
+            expected,
+            found,
+        })
     }
 }
 
