@@ -34,6 +34,7 @@ fn weights(dtype: WeightDType, n: usize, k: usize) -> PackedMatrix {
         WeightDType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         WeightDType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
         WeightDType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        other => panic!("not a float dtype: {other}"),
     };
     PackedMatrix::from_bytes(dtype, n, k, &bytes).expect("weights")
 }

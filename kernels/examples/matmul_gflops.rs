@@ -46,6 +46,7 @@ fn main() {
                 WeightDType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 WeightDType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
                 WeightDType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+                other => panic!("not a float dtype: {other}"),
             };
             let w = PackedMatrix::from_bytes(dtype, n, k, &bytes).expect("weights");
             let x: Vec<f32> = v.iter().cycle().take(m * k).copied().collect();

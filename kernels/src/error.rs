@@ -43,6 +43,16 @@ pub enum KernelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A value that the op cannot work with (a non-finite or negative scale, a NaN code).
+    #[error("{op}: invalid `{what}`: {reason}")]
+    InvalidValue {
+        /// The op that checked.
+        op: &'static str,
+        /// Which argument (e.g. `"tensor_scale"`, `"block_scales"`).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A packed sequence op refused its arguments.
     #[error(transparent)]
     Sequence(#[from] crate::ops::SeqOpError),

@@ -31,6 +31,7 @@ fn weights(dtype: WeightDType, n: usize, k: usize, seed: u64) -> (Vec<f32>, Pack
                 h.iter().flat_map(|v| v.to_le_bytes()).collect(),
             )
         }
+        other => panic!("{other} weights are tested in tests/quantized_matmul.rs"),
     };
     let packed = PackedMatrix::from_bytes(dtype, n, k, &bytes).expect("valid weights");
     (exact, packed)
@@ -205,6 +206,7 @@ fn from_bytes_accepts_unaligned_bytes() {
                 .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                 .collect(),
             WeightDType::F16 => raw.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            other => panic!("{other} weights are tested in tests/quantized_matmul.rs"),
         };
         let mut storage = vec![0u8; bytes.len() + 1];
         storage[1..].copy_from_slice(&bytes);

@@ -196,6 +196,24 @@ impl Checkpoint {
         format!("{prefix}{canonical}")
     }
 
+    /// The checkpoint's files, each with the canonical names of the tensors it holds (sorted), in
+    /// the order the files were first named (opens no file).
+    pub fn files(&self) -> Vec<(&Path, Vec<&str>)> {
+        let mut files: Vec<(&Path, Vec<&str>)> = self.files.iter().map(|f| (f.path.as_path(), Vec::new())).collect();
+        for (canonical, entry) in &self.entries {
+            files[entry.file].1.push(canonical);
+        }
+        for (_, names) in &mut files {
+            names.sort_unstable();
+        }
+        files
+    }
+
+    /// Whether the tensors come from a shard index (`model.safetensors.index.json`).
+    pub fn is_sharded(&self) -> bool {
+        self.dir.join(INDEX_FILE).is_file()
+    }
+
     /// Bytes of all tensors whose canonical name satisfies `wanted`; opens the files that hold them.
     pub fn total_bytes(&self, wanted: impl Fn(&str) -> bool) -> Result<u64, LoadError> {
         let mut total = 0u64;

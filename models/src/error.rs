@@ -82,6 +82,30 @@ pub enum LoadError {
         /// The dtype in the file.
         found: String,
     },
+    /// A tensor holds values (or a layout) the format forbids: a NaN, infinite, negative or zero
+    /// scale, an NVFP4 row length that is not a multiple of 16, ...
+    #[error("{path}: tensor `{tensor}`: expected {expected}, found {found}")]
+    Invalid {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What the format requires.
+        expected: String,
+        /// What the file holds.
+        found: String,
+    },
+    /// The load options ask for something this checkpoint cannot do (e.g. W4A4 on an NVFP4
+    /// layer stored without an activation scale).
+    #[error("{path}: tensor `{tensor}`: {message}")]
+    Unsupported {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What is missing and what to do instead.
+        message: String,
+    },
     /// A kernel rejected a weight (for example while packing it).
     #[error("{path}: tensor `{tensor}`: {source}")]
     Kernel {

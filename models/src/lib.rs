@@ -3,6 +3,7 @@
 //! - [`config`]: `config.json` (modern and legacy keys) resolved and validated.
 //! - [`checkpoint`]: memory-mapped safetensors, single or sharded, NVIDIA's or transformers' names.
 //! - [`weights`]: typed tensor access with shape/dtype checks; weights stay in their dtype.
+//! - [`quant`]: NVFP4 / FP8 checkpoints (ModelOpt, compressed-tensors), recognised per tensor.
 //! - `blocks`: the Mamba-2, attention, MLP and MoE mixers.
 //! - [`model`]: [`NemotronH`], loaded only as deep as needed, run on a [`PackedBatch`].
 //! - [`pooling`], [`tokenizer`]: from hidden states to vectors, from text to ids.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod heads;
 pub mod model;
 pub mod pooling;
+pub mod quant;
 pub mod scratch;
 pub mod synthetic;
 pub mod tokenizer;
@@ -27,3 +29,4 @@ pub use error::{ForwardError, LoadError};
 pub use heads::{CompressionHead, default_head, load_heads};
 pub use model::{BlockTimings, LoadOptions, LoadProgress, NemotronH};
 pub use pooling::Pooling;
+pub use quant::{CheckpointQuantization, QuantFormat, QuantMode};

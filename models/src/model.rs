@@ -12,6 +12,7 @@ use crate::blocks::Mixer;
 use crate::checkpoint::{Checkpoint, layer_of};
 use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::{ForwardError, LoadError};
+use crate::quant::QuantMode;
 use crate::scratch;
 use crate::weights::{EmbeddingTable, WeightLoader};
 
@@ -24,6 +25,8 @@ pub struct LoadOptions {
     /// How GEMMs treat activations: exact f32 (the default), or the opt-in bf16 mode (see
     /// [`MatmulPrecision::Bf16Activations`]; only AMX machines run it faster).
     pub precision: MatmulPrecision,
+    /// How NVFP4 layers of a quantised checkpoint run (no effect on other layers).
+    pub quant: QuantMode,
 }
 
 /// Progress of a load: bytes of weights read so far and in all.
@@ -97,7 +100,7 @@ impl NemotronH {
         })?;
         progress(LoadProgress { done: 0, total });
         let mut report = |done: u64| progress(LoadProgress { done, total });
-        let mut w = WeightLoader::new(&checkpoint, options.precision, &mut report);
+        let mut w = WeightLoader::new(&checkpoint, options.precision, options.quant, &mut report);
 
         let hidden = config.hidden_size;
         let embeddings = w.embedding("embeddings.weight", config.vocab_size, hidden)?;

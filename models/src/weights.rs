@@ -1,6 +1,7 @@
 //! Typed access to a checkpoint's tensors: every fetch checks the shape and dtype the config
 //! implies, converts small parameters to `f32`, packs matrices for the GEMM in their own dtype
-//! (bf16 stays bf16), and reports the bytes it consumed for the progress display.
+//! (bf16 stays bf16, NVFP4 and FP8 stay quantised), and reports the bytes it consumed for the
+//! progress display.
 
 use half::{bf16, f16};
 use marc_kernels::{MatmulPrecision, PackedMatrix, WeightDType};
@@ -8,6 +9,8 @@ use safetensors::Dtype;
 
 use crate::checkpoint::{Checkpoint, TensorRef};
 use crate::error::LoadError;
+use crate::quant::QuantMode;
+use crate::quant::stored::StoredWeight;
 use crate::scratch::{self, Buffer};
 
 /// Receives the number of checkpoint bytes consumed so far.
@@ -15,7 +18,7 @@ pub type ProgressFn<'a> = dyn FnMut(u64) + 'a;
 
 /// An embedding table kept in the checkpoint's dtype; rows are widened when looked up.
 pub struct EmbeddingTable {
-    dtype: WeightDType,
+    dtype: FloatType,
     width: usize,
     bytes: Vec<u8>,
 }
@@ -39,20 +42,43 @@ impl EmbeddingTable {
     }
 }
 
+/// The plain floating element types: what embeddings, vectors and unquantised matrices come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FloatType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl FloatType {
+    pub(crate) const fn size_in_bytes(self) -> usize {
+        self.weight_dtype().size_in_bytes()
+    }
+
+    /// The kernels' name for it.
+    pub(crate) const fn weight_dtype(self) -> WeightDType {
+        match self {
+            Self::F32 => WeightDType::F32,
+            Self::BF16 => WeightDType::BF16,
+            Self::F16 => WeightDType::F16,
+        }
+    }
+}
+
 /// Converts little-endian elements of `dtype` to f32.
-pub(crate) fn widen_into(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
+pub(crate) fn widen_into(dtype: FloatType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
-        WeightDType::F32 => {
+        FloatType::F32 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                 *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
-        WeightDType::BF16 => {
+        FloatType::BF16 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                 *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
             }
         }
-        WeightDType::F16 => {
+        FloatType::F16 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                 *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
             }
@@ -61,11 +87,11 @@ pub(crate) fn widen_into(dtype: WeightDType, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// The floating dtypes weights may come in.
-pub(crate) fn float_dtype(t: &TensorRef<'_>) -> Result<WeightDType, LoadError> {
+pub(crate) fn float_dtype(t: &TensorRef<'_>) -> Result<FloatType, LoadError> {
     match t.dtype {
-        Dtype::F32 => Ok(WeightDType::F32),
-        Dtype::BF16 => Ok(WeightDType::BF16),
-        Dtype::F16 => Ok(WeightDType::F16),
+        Dtype::F32 => Ok(FloatType::F32),
+        Dtype::BF16 => Ok(FloatType::BF16),
+        Dtype::F16 => Ok(FloatType::F16),
         other => Err(LoadError::DType {
             path: t.path.to_owned(),
             tensor: t.name.to_owned(),
@@ -75,7 +101,7 @@ pub(crate) fn float_dtype(t: &TensorRef<'_>) -> Result<WeightDType, LoadError> {
     }
 }
 
-fn check_shape(t: &TensorRef<'_>, expected: &[usize]) -> Result<(), LoadError> {
+pub(crate) fn check_shape(t: &TensorRef<'_>, expected: &[usize]) -> Result<(), LoadError> {
     if t.shape != expected {
         return Err(LoadError::Shape {
             path: t.path.to_owned(),
@@ -87,7 +113,7 @@ fn check_shape(t: &TensorRef<'_>, expected: &[usize]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn describe(shape: &[usize]) -> String {
+pub(crate) fn describe(shape: &[usize]) -> String {
     format!("a F32/BF16/F16 tensor of shape {shape:?}")
 }
 
@@ -95,6 +121,7 @@ fn describe(shape: &[usize]) -> String {
 pub(crate) struct WeightLoader<'a> {
     checkpoint: &'a Checkpoint,
     precision: MatmulPrecision,
+    quant: QuantMode,
     consumed: u64,
     progress: &'a mut ProgressFn<'a>,
 }
@@ -103,21 +130,27 @@ impl<'a> WeightLoader<'a> {
     pub(crate) fn new(
         checkpoint: &'a Checkpoint,
         precision: MatmulPrecision,
+        quant: QuantMode,
         progress: &'a mut ProgressFn<'a>,
     ) -> Self {
         Self {
             checkpoint,
             precision,
+            quant,
             consumed: 0,
             progress,
         }
     }
 
+    fn count(&mut self, bytes: u64) {
+        self.consumed += bytes;
+        (self.progress)(self.consumed);
+    }
+
     fn fetch(&mut self, name: &str, shape: &[usize]) -> Result<TensorRef<'a>, LoadError> {
         let t = self.checkpoint.require(name, &describe(shape))?;
         check_shape(&t, shape)?;
-        self.consumed += t.bytes.len() as u64;
-        (self.progress)(self.consumed);
+        self.count(t.bytes.len() as u64);
         Ok(t)
     }
 
@@ -140,24 +173,64 @@ impl<'a> WeightLoader<'a> {
         present.then(|| self.vector(name, &[len])).transpose()
     }
 
-    /// A Linear weight `[rows = out, cols = in]`, packed in its own dtype.
-    pub(crate) fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
-        let t = self.fetch(name, &[rows, cols])?;
-        pack(&t, rows, cols)
+    /// The weight of Linear `prefix` (`[rows = out, cols = in]`), as stored: unquantised, NVFP4
+    /// or FP8 (see [`crate::quant`]).
+    fn stored(&mut self, prefix: &str, rows: usize, cols: usize) -> Result<StoredWeight<'a>, LoadError> {
+        let (stored, bytes) = StoredWeight::find(self.checkpoint, prefix, rows, cols)?;
+        self.count(bytes);
+        Ok(stored)
     }
 
-    /// A Linear weight and its bias when `bias` is set.
-    pub(crate) fn linear(&mut self, prefix: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear, LoadError> {
+    /// How the GEMM of a Linear stored as `stored` treats its activations under the load options.
+    fn precision_for(&self, stored: &StoredWeight<'_>) -> Result<MatmulPrecision, LoadError> {
+        if self.quant != QuantMode::W4A4 || !stored.is_nvfp4() {
+            return Ok(self.precision);
+        }
+        if stored.input_scale().is_none() {
+            let t = stored.tensor();
+            return Err(LoadError::Unsupported {
+                path: t.path.to_owned(),
+                tensor: t.name.to_owned(),
+                message: "--quant w4a4 quantises an NVFP4 layer's activations with its static input scale \
+                          (`input_scale` / `input_global_scale`), and this layer has none (a weight-only \
+                          checkpoint, as `marc quantize` writes); run it with --quant w4a16"
+                    .into(),
+            });
+        }
+        Ok(MatmulPrecision::Nvfp4Activations)
+    }
+
+    fn linear_from(
+        &self,
+        stored: &StoredWeight<'_>,
+        rows: usize,
+        cols: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Linear, LoadError> {
+        let precision = self.precision_for(stored)?;
         Ok(Linear {
-            weight: self.matrix(&format!("{prefix}.weight"), rows, cols)?,
-            bias: self.optional_vector(&format!("{prefix}.bias"), rows, bias)?,
-            precision: self.precision,
+            weight: stored.pack(rows, cols, precision == MatmulPrecision::Nvfp4Activations)?,
+            bias,
+            precision,
         })
+    }
+
+    /// The weight of Linear `prefix` packed for a GEMM that always runs exact (the MoE router).
+    pub(crate) fn exact_matrix(&mut self, prefix: &str, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
+        self.stored(prefix, rows, cols)?.pack(rows, cols, false)
+    }
+
+    /// A Linear `prefix` (`{prefix}.weight`, its scales if quantised, and its bias when `bias` is set).
+    pub(crate) fn linear(&mut self, prefix: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear, LoadError> {
+        let stored = self.stored(prefix, rows, cols)?;
+        let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
+        self.linear_from(&stored, rows, cols, bias)
     }
 
     /// A Linear weight `[sum(parts), cols]` (and bias) split by output rows into one Linear per
     /// part: a projection whose outputs feed different consumers (Mamba's `in_proj` -> z, xBC, dt)
-    /// then writes each part contiguously. Each output is computed exactly as unsplit.
+    /// then writes each part contiguously. Each output is computed exactly as unsplit (quantised
+    /// weights keep their per-row block scales and share the tensor scale).
     pub(crate) fn linear_split<const N: usize>(
         &mut self,
         prefix: &str,
@@ -166,21 +239,14 @@ impl<'a> WeightLoader<'a> {
         bias: bool,
     ) -> Result<[Linear; N], LoadError> {
         let rows: usize = parts.iter().sum();
-        let t = self.fetch(&format!("{prefix}.weight"), &[rows, cols])?;
+        let stored = self.stored(prefix, rows, cols)?;
         let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
-        let row_bytes = cols * float_dtype(&t)?.size_in_bytes();
         let mut linears = Vec::with_capacity(N);
         let mut first = 0;
         for part in parts {
-            let slice = TensorRef {
-                bytes: &t.bytes[first * row_bytes..(first + part) * row_bytes],
-                ..t
-            };
-            linears.push(Linear {
-                weight: pack(&slice, part, cols)?,
-                bias: bias.as_ref().map(|b| b[first..first + part].to_vec()),
-                precision: self.precision,
-            });
+            let slice = stored.rows(first, part, cols)?;
+            let part_bias = bias.as_ref().map(|b| b[first..first + part].to_vec());
+            linears.push(self.linear_from(&slice, part, cols, part_bias)?);
             first += part;
         }
         let mut linears = linears.into_iter();
@@ -189,10 +255,10 @@ impl<'a> WeightLoader<'a> {
         }))
     }
 
-    /// Routed expert `expert`'s `proj` (`up_proj` / `down_proj`) weight under `prefix`
-    /// (`layers.N.mixer.experts`): NVIDIA's one tensor per expert, or transformers' stacked
-    /// `[num_experts, rows, cols]` tensor.
-    pub(crate) fn expert_matrix(
+    /// Routed expert `expert`'s `proj` (`up_proj` / `down_proj`) under `prefix`
+    /// (`layers.N.mixer.experts`), bias-free: NVIDIA's one Linear per expert (any stored format),
+    /// or transformers' stacked `[num_experts, rows, cols]` unquantised tensor.
+    pub(crate) fn expert_linear(
         &mut self,
         prefix: &str,
         proj: &str,
@@ -200,11 +266,14 @@ impl<'a> WeightLoader<'a> {
         num_experts: usize,
         rows: usize,
         cols: usize,
-    ) -> Result<PackedMatrix, LoadError> {
-        let per_expert = format!("{prefix}.{expert}.{proj}.weight");
+    ) -> Result<Linear, LoadError> {
+        let per_expert = format!("{prefix}.{expert}.{proj}");
         let stacked = format!("{prefix}.{proj}");
-        if self.checkpoint.contains(&per_expert) || !self.checkpoint.contains(&stacked) {
-            return self.matrix(&per_expert, rows, cols);
+        let stored_per_expert = ["weight", "weight_packed"]
+            .iter()
+            .any(|leaf| self.checkpoint.contains(&format!("{per_expert}.{leaf}")));
+        if stored_per_expert || !self.checkpoint.contains(&stacked) {
+            return self.linear(&per_expert, rows, cols, false);
         }
         let t = self
             .checkpoint
@@ -216,26 +285,8 @@ impl<'a> WeightLoader<'a> {
             bytes: &t.bytes[expert * size..(expert + 1) * size],
             ..t
         };
-        self.consumed += size as u64;
-        (self.progress)(self.consumed);
-        pack(&slice, rows, cols)
-    }
-
-    /// Routed expert `expert`'s `proj` as a bias-free Linear; see [`WeightLoader::expert_matrix`].
-    pub(crate) fn expert_linear(
-        &mut self,
-        prefix: &str,
-        proj: &str,
-        expert: usize,
-        num_experts: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Linear, LoadError> {
-        Ok(Linear {
-            weight: self.expert_matrix(prefix, proj, expert, num_experts, rows, cols)?,
-            bias: None,
-            precision: self.precision,
-        })
+        self.count(size as u64);
+        self.linear_from(&StoredWeight::Float(slice), rows, cols, None)
     }
 
     /// The embedding table `[vocab, hidden]`, kept in its dtype.
@@ -250,7 +301,7 @@ impl<'a> WeightLoader<'a> {
 }
 
 pub(crate) fn pack(t: &TensorRef<'_>, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
-    let dtype = float_dtype(t)?;
+    let dtype = float_dtype(t)?.weight_dtype();
     PackedMatrix::from_bytes(dtype, rows, cols, t.bytes).map_err(|source| LoadError::Kernel {
         path: t.path.to_owned(),
         tensor: t.name.to_owned(),
@@ -264,7 +315,8 @@ pub struct Linear {
     pub weight: PackedMatrix,
     /// `[out]`.
     pub bias: Option<Vec<f32>>,
-    /// How the GEMM treats activations (exact f32 unless the model was loaded in bf16 mode).
+    /// How the GEMM treats activations: exact f32, the opt-in bf16 mode, or NVFP4 quantisation
+    /// of the activations (W4A4, on NVFP4 weights with an input scale).
     pub precision: MatmulPrecision,
 }
 

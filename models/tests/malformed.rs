@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use marc_models::synthetic::{SyntheticDType, write_random_checkpoint};
-use marc_models::{ForwardError, LoadError, LoadOptions, NemotronH, PackedBatch};
+use marc_models::{ForwardError, LoadError, LoadOptions, NemotronH, PackedBatch, QuantMode};
 use safetensors::{Dtype, SafeTensors};
 
 const CONFIG: &str = r#"{
@@ -260,4 +260,173 @@ fn layer_beyond_the_model_is_refused() {
     .err()
     .unwrap();
     assert_mentions(&err, &["layer 5", "0..=4"]);
+}
+
+// ---- Quantised checkpoints: ModelOpt's own NVFP4 export (fixtures/nvfp4/modelopt_nvfp4), broken one way each.
+
+fn nvfp4_checkpoint(case: &str) -> tempfile::TempDir {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/nvfp4")
+        .join(case);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+const OUT_PROJ: &str = "backbone.layers.0.mixer.out_proj";
+
+fn f32_scalar(value: f32) -> (Dtype, Vec<usize>, Vec<u8>) {
+    (Dtype::F32, vec![], value.to_le_bytes().to_vec())
+}
+
+#[test]
+fn nvfp4_fixtures_load() {
+    for case in ["modelopt_nvfp4", "modelopt_mixed", "compressed_tensors_nvfp4"] {
+        let dir = nvfp4_checkpoint(case);
+        NemotronH::load(dir.path(), LoadOptions::default()).unwrap_or_else(|e| panic!("{case}: {e}"));
+    }
+}
+
+#[test]
+fn nvfp4_wrong_packed_shape() {
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.get_mut(&format!("{OUT_PROJ}.weight")).unwrap().1 = vec![32, 96]; // same bytes, [64, 48] expected
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, LoadError::Shape { .. }), "{err}");
+    assert_mentions(
+        &err,
+        &[
+            "model.safetensors",
+            &format!("{OUT_PROJ}.weight`"),
+            "[64, 48]",
+            "[32, 96]",
+        ],
+    );
+}
+
+#[test]
+fn nvfp4_wrong_block_scale_shape() {
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.get_mut(&format!("{OUT_PROJ}.weight_scale")).unwrap().1 = vec![32, 12];
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, LoadError::Shape { .. }), "{err}");
+    assert_mentions(&err, &[&format!("{OUT_PROJ}.weight_scale`"), "[64, 6]", "[32, 12]"]);
+}
+
+#[test]
+fn nvfp4_wrong_block_scale_dtype() {
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.get_mut(&format!("{OUT_PROJ}.weight_scale")).unwrap().0 = Dtype::U8;
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, LoadError::DType { .. }), "{err}");
+    assert_mentions(&err, &[&format!("{OUT_PROJ}.weight_scale`"), "F8_E4M3", "U8"]);
+}
+
+#[test]
+fn nvfp4_missing_tensor_scale() {
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.remove(&format!("{OUT_PROJ}.weight_scale_2"));
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, LoadError::MissingTensor { .. }), "{err}");
+    assert_mentions(&err, &[&format!("{OUT_PROJ}.weight_scale_2"), "F32 scalar"]);
+
+    let dir = nvfp4_checkpoint("compressed_tensors_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.remove(&format!("{OUT_PROJ}.weight_global_scale"));
+    });
+    assert_mentions(&load_err(dir.path()), &[&format!("{OUT_PROJ}.weight_global_scale")]);
+}
+
+#[test]
+fn nvfp4_non_finite_or_negative_tensor_scales() {
+    for (value, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (-0.25, "-0.25"), (0.0, "0")] {
+        let dir = nvfp4_checkpoint("modelopt_nvfp4");
+        rewrite(dir.path(), |t| {
+            t.insert(format!("{OUT_PROJ}.weight_scale_2"), f32_scalar(value));
+        });
+        let err = load_err(dir.path());
+        assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+        assert_mentions(
+            &err,
+            &[&format!("{OUT_PROJ}.weight_scale_2`"), "positive finite", shown],
+        );
+    }
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.insert(format!("{OUT_PROJ}.input_scale"), f32_scalar(f32::NAN));
+    });
+    assert_mentions(&load_err(dir.path()), &[&format!("{OUT_PROJ}.input_scale`"), "NaN"]);
+}
+
+#[test]
+fn nvfp4_nan_or_negative_block_scales() {
+    for (byte, what) in [(0x7f_u8, "NaN"), (0xb8, "negative")] {
+        let dir = nvfp4_checkpoint("modelopt_nvfp4");
+        rewrite(dir.path(), |t| {
+            t.get_mut(&format!("{OUT_PROJ}.weight_scale")).unwrap().2[7] = byte;
+        });
+        let err = load_err(dir.path());
+        assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+        assert_mentions(&err, &[&format!("{OUT_PROJ}.weight_scale`"), what, "element 7"]);
+    }
+}
+
+#[test]
+fn nvfp4_scale_of_wrong_shape() {
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.insert(format!("{OUT_PROJ}.weight_scale_2"), (Dtype::F32, vec![2], vec![0; 8]));
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, LoadError::Shape { .. }), "{err}");
+    assert_mentions(&err, &[&format!("{OUT_PROJ}.weight_scale_2`"), "[2]"]);
+}
+
+/// An NVFP4 Linear whose `in_features` (40) is not a multiple of the block size.
+#[test]
+fn nvfp4_in_features_not_a_multiple_of_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("\"intermediate_size\": 48", "\"intermediate_size\": 40");
+    write_random_checkpoint(&config, dir.path(), SyntheticDType::BF16, 1).unwrap();
+    let name = "backbone.layers.3.mixer.down_proj";
+    rewrite(dir.path(), |t| {
+        t.insert(format!("{name}.weight"), (Dtype::U8, vec![32, 20], vec![0; 32 * 20]));
+        t.insert(
+            format!("{name}.weight_scale"),
+            (Dtype::F8_E4M3, vec![32, 2], vec![0x38; 64]),
+        );
+        t.insert(format!("{name}.weight_scale_2"), f32_scalar(1.0));
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+    assert_mentions(&err, &[&format!("{name}.weight`"), "multiple of 16", "in_features 40"]);
+}
+
+#[test]
+fn w4a4_needs_an_input_scale() {
+    let dir = nvfp4_checkpoint("modelopt_nvfp4");
+    rewrite(dir.path(), |t| {
+        t.remove(&format!("{OUT_PROJ}.input_scale"));
+    });
+    // W4A16 does not need it ...
+    NemotronH::load(dir.path(), LoadOptions::default()).unwrap();
+    // ... W4A4 does, and says which layer lacks it.
+    let options = LoadOptions {
+        quant: QuantMode::W4A4,
+        ..Default::default()
+    };
+    let err = NemotronH::load(dir.path(), options).err().unwrap();
+    assert!(matches!(err, LoadError::Unsupported { .. }), "{err}");
+    assert_mentions(&err, &[&format!("{OUT_PROJ}.weight`"), "input_scale", "--quant w4a16"]);
 }

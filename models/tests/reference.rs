@@ -7,8 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
+use common::{check_layers, parse_reference, read_reference, relative_l2};
 use marc_models::{LoadOptions, NemotronH, PackedBatch};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
+
+mod common;
 
 const TOLERANCE: f64 = 1e-5;
 
@@ -23,52 +26,6 @@ fn fixture_cases() -> Vec<PathBuf> {
     cases
 }
 
-/// Reference inputs and per-layer states of one case: `(token ids, [layers+1][tokens*hidden])`.
-type Reference = Vec<(Vec<u32>, Vec<Vec<f32>>)>;
-
-fn read_reference(case: &Path, num_states: usize) -> Reference {
-    let bytes = std::fs::read(case.join("reference.safetensors")).unwrap();
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    parse_reference(&tensors, num_states)
-}
-
-fn parse_reference(tensors: &SafeTensors<'_>, num_states: usize) -> Reference {
-    let mut out = Vec::new();
-    for i in 0.. {
-        let Ok(ids) = tensors.tensor(&format!("input_ids.{i}")) else {
-            break;
-        };
-        assert_eq!(ids.dtype(), Dtype::I64);
-        let ids: Vec<u32> = ids
-            .data()
-            .chunks_exact(8)
-            .map(|b| u32::try_from(i64::from_le_bytes(b.try_into().unwrap())).unwrap())
-            .collect();
-        let states = tensors.tensor(&format!("hidden_states.{i}")).unwrap();
-        assert_eq!(states.dtype(), Dtype::F32);
-        assert_eq!(states.shape()[0], num_states);
-        assert_eq!(states.shape()[1], ids.len());
-        let values: Vec<f32> = states
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        let per_layer = values.len() / num_states;
-        out.push((ids, values.chunks_exact(per_layer).map(<[f32]>::to_vec).collect()));
-    }
-    out
-}
-
-fn relative_l2(got: &[f32], expected: &[f32]) -> f64 {
-    assert_eq!(got.len(), expected.len());
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (g, e) in got.iter().zip(expected) {
-        diff += (f64::from(*g) - f64::from(*e)).powi(2);
-        norm += f64::from(*e).powi(2);
-    }
-    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 #[test]
 fn every_layer_matches_transformers() {
     let cases = fixture_cases();
@@ -81,34 +38,13 @@ fn every_layer_matches_transformers() {
         let model = NemotronH::load(case, LoadOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let reference = read_reference(case, model.config().num_layers() + 1);
         assert!(!reference.is_empty(), "{}: no inputs", case.display());
-        let worst = check_layers(&case.display().to_string(), &model, &reference);
+        let worst = check_layers(&case.display().to_string(), &model, &reference, TOLERANCE);
         report.push(format!(
             "{}: worst relative L2 {worst:.2e}",
             case.file_name().unwrap().to_string_lossy()
         ));
     }
     eprintln!("{}", report.join("\n"));
-}
-
-/// Compares every layer of every reference input; returns the worst error.
-fn check_layers(name: &str, model: &NemotronH, reference: &Reference) -> f64 {
-    let layers: Vec<usize> = (0..=model.config().num_layers()).collect();
-    let mut worst = 0.0f64;
-    for (input, (ids, expected)) in reference.iter().enumerate() {
-        let got = model
-            .hidden_states(&PackedBatch::from_sequences(&[ids]), &layers)
-            .unwrap();
-        for (layer, (g, e)) in got.iter().zip(expected).enumerate() {
-            let err = relative_l2(g, e);
-            assert!(
-                err <= TOLERANCE,
-                "{name} input {input} ({} tokens) layer {layer}: relative L2 error {err:.3e} > {TOLERANCE:e}",
-                ids.len(),
-            );
-            worst = worst.max(err);
-        }
-    }
-    worst
 }
 
 /// The demo model, from text: our tokenizer gives the reference's ids and the model its states.
@@ -128,7 +64,7 @@ fn demo_model_matches_transformers_from_text() {
     for (text, (ids, _)) in texts.iter().zip(&reference) {
         assert_eq!(&tokenizer.encode(text).unwrap(), ids, "{text:?}");
     }
-    check_layers("demo", &model, &reference);
+    check_layers("demo", &model, &reference, TOLERANCE);
 }
 
 /// A model loaded only up to a middle layer computes the same states as the full model there.

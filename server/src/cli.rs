@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use marc_kernels::MatmulPrecision;
-use marc_models::Pooling;
+use marc_models::{Pooling, QuantMode};
 
 /// marc: compressed middle-layer representations of Nemotron-H models.
 #[derive(Parser)]
@@ -34,6 +34,40 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Ask a running server whether it is SERVING (grpc.health.v1); exit 0 if so, for container health checks.
     Health(HealthArgs),
+    /// Write an NVFP4 checkpoint (ModelOpt or compressed-tensors layout) from an unquantised one.
+    Quantize(QuantizeArgs),
+}
+
+/// `--quant` (shared by `marc embed` and `marc serve`).
+#[derive(Args)]
+pub(crate) struct QuantArgs {
+    /// How the NVFP4 layers of a quantised checkpoint (ModelOpt, compressed-tensors) run: `w4a16`
+    /// (the default: weights decoded in the kernel, f32 activations) or `w4a4` (activations quantised
+    /// to NVFP4 with each layer's static input scale, as Blackwell tensor cores do). Refused for a
+    /// checkpoint without NVFP4 layers, whose weights always run as stored.
+    #[arg(long, env = "MARC_QUANT", value_parser = parse_quant)]
+    pub(crate) quant: Option<QuantMode>,
+}
+
+#[derive(Args)]
+pub(crate) struct QuantizeArgs {
+    /// The unquantised model directory (config.json + safetensors [+ tokenizer files] [+ heads/]).
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Where to write the NVFP4 checkpoint (tokenizer files and heads are copied along).
+    #[arg(long)]
+    pub(crate) output: PathBuf,
+    /// The layout: `modelopt` (NVIDIA ModelOpt's export, with hf_quant_config.json) or
+    /// `compressed-tensors` (`nvfp4-pack-quantized`, as llm-compressor writes).
+    #[arg(long, default_value = "modelopt", value_parser = ["modelopt", "compressed-tensors"])]
+    pub(crate) format: String,
+    /// Module-name patterns (`*` wildcards, e.g. `*.out_proj`) to leave unquantised, besides what
+    /// ModelOpt leaves: embeddings, lm_head, the MoE router gate, conv1d, norms, SSM parameters.
+    #[arg(long, num_args = 1..)]
+    pub(crate) exclude: Vec<String>,
+    /// Replace an output directory that already holds a model.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args)]
@@ -118,6 +152,8 @@ pub(crate) struct ServeArgs {
     /// Record text inputs as the token ids the model saw (after truncation) instead of the text.
     #[arg(long, env = "MARC_CAPTURE_TOKEN_IDS", requires = "capture")]
     pub(crate) capture_token_ids: bool,
+    #[command(flatten)]
+    pub(crate) quant: QuantArgs,
 }
 
 #[derive(Subcommand)]
@@ -200,6 +236,8 @@ pub(crate) struct EmbedArgs {
     /// Tokens per forward pass (items are packed without padding up to this budget).
     #[arg(long, default_value_t = 8192)]
     pub(crate) max_batch_tokens: usize,
+    #[command(flatten)]
+    pub(crate) quant: QuantArgs,
 }
 
 impl EmbedArgs {
@@ -214,6 +252,10 @@ impl EmbedArgs {
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    s.parse()
+}
+
+fn parse_quant(s: &str) -> Result<QuantMode, String> {
     s.parse()
 }
 

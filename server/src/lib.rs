@@ -3,6 +3,7 @@
 //! process on an ephemeral port.
 //!
 //! - `cli.rs`: flags; `commands/`: one module per subcommand; `input.rs`: `marc embed`'s JSONL input.
+//! - `quantization.rs`: `--quant` resolved against what the checkpoint declares.
 //! - `output.rs`: what a request asks for (head, layer, pooling, dimensions, normalisation) and how it is
 //!   computed from hidden states, shared by `marc embed` and the server.
 //! - [`serve`]: the server.
@@ -11,6 +12,7 @@ mod cli;
 mod commands;
 mod input;
 mod output;
+mod quantization;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ pub fn main() -> ExitCode {
         cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
         cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
         cli::Command::Health(args) => commands::health::run(&args),
+        cli::Command::Quantize(args) => commands::quantize::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

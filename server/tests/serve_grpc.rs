@@ -714,3 +714,49 @@ async fn measure_latency_and_throughput() {
     );
     server.stop().await;
 }
+
+/// A ModelOpt MIXED_PRECISION checkpoint (NVFP4 experts, FP8 Mamba and shared-expert projections) served with
+/// `--quant w4a4`: `Info` says so, and the raw last-layer states equal the reference activation quantiser's
+/// (`models/tests/fixtures/nvfp4`, computed by transformers on independently decoded weights).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvfp4_checkpoint_is_served_in_w4a4() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/nvfp4/modelopt_mixed");
+    let server = Server::spawn(dir.clone(), |c| c.quant = Some(marc_models::QuantMode::W4A4)).await;
+    bounded("health SERVING", server.wait_serving()).await;
+    let mut client = server.client().await;
+    let info = bounded("info", client.info(InfoRequest {})).await.unwrap().into_inner();
+    assert_eq!(info.quantization, "modelopt-mixed w4a4");
+
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let token_ids: Vec<u32> = reference
+        .tensor("input_ids.2")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| u32::try_from(i64::from_le_bytes(b.try_into().unwrap())).unwrap())
+        .collect();
+    let states: Vec<f32> = reference
+        .tensor("w4a4_hidden_states.2")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let last = &states[states.len() - token_ids.len() * 64..];
+    let got = embed(
+        &mut client,
+        EmbedRequest {
+            raw: true,
+            ..request(vec![ids("x", token_ids.clone())])
+        },
+    )
+    .await
+    .unwrap();
+    let values = &got.embeddings[0].values;
+    let diff: f64 = values.iter().zip(last).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let norm: f64 = last.iter().map(|b| f64::from(*b).powi(2)).sum();
+    let relative = (diff / norm).sqrt();
+    assert!(relative <= 1e-5, "relative L2 {relative:.3e}");
+    server.stop().await;
+}

@@ -58,7 +58,7 @@ impl Moe {
             .collect::<Result<Vec<_>, LoadError>>()?;
         Ok(Self {
             cfg: cfg.clone(),
-            router: w.matrix(&format!("{prefix}.gate.weight"), cfg.num_experts, hidden)?,
+            router: w.exact_matrix(&format!("{prefix}.gate"), cfg.num_experts, hidden)?,
             correction_bias: w.vector(&format!("{prefix}.gate.e_score_correction_bias"), &[cfg.num_experts])?,
             experts,
             shared: Mlp::load(

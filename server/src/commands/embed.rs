@@ -17,12 +17,15 @@ use anyhow::{Context, anyhow, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use marc_kernels::MatmulPrecision;
 use marc_models::heads::HEADS_DIR;
-use marc_models::{CompressionHead, LoadOptions, NemotronH, NemotronHConfig, PackedBatch, Pooling, load_heads};
+use marc_models::{
+    CompressionHead, LoadOptions, NemotronH, NemotronHConfig, PackedBatch, Pooling, QuantMode, load_heads,
+};
 use serde::Serialize;
 
 use crate::cli::{EmbedArgs, default_model_dir};
 use crate::input::{Item, read_items};
 use crate::output::{self, Field, HeadChoice, OutputRequest, OutputSpec, Served, Source, plan};
+use crate::quantization::Quantization;
 
 #[derive(Serialize)]
 struct EmbeddingLine<'a> {
@@ -96,8 +99,9 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
     }
     let layer = spec.layer(&heads);
 
+    let quantization = Quantization::resolve(&dir, args.quant.quant)?;
     let items = read_items(&args.input, &dir, config.vocab_size)?;
-    let model = load_model(&dir, layer, precision)?;
+    let model = load_model(&dir, layer, precision, quantization.mode)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = bar(
@@ -128,11 +132,17 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
     Ok(())
 }
 
-pub(crate) fn load_model(dir: &Path, layer: usize, precision: MatmulPrecision) -> anyhow::Result<NemotronH> {
+pub(crate) fn load_model(
+    dir: &Path,
+    layer: usize,
+    precision: MatmulPrecision,
+    quant: QuantMode,
+) -> anyhow::Result<NemotronH> {
     let bar = bar(0, "loading {bar:40} {bytes}/{total_bytes}");
     let options = LoadOptions {
         max_layer: Some(layer),
         precision,
+        quant,
     };
     let model = NemotronH::load_with_progress(dir, options, &mut |p| {
         bar.set_length(p.total);

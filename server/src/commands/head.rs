@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use marc_kernels::MatmulPrecision;
 use marc_models::heads::{self, HeadInfo, pca};
-use marc_models::{NemotronHConfig, Pooling};
+use marc_models::{NemotronHConfig, Pooling, QuantMode};
 
 use crate::cli::HeadInitArgs;
 use crate::commands::embed::{bar, for_each_batch, load_model};
@@ -51,7 +51,7 @@ pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision) -> anyhow::R
         );
     }
 
-    let model = load_model(dir, args.layer, precision)?;
+    let model = load_model(dir, args.layer, precision, QuantMode::default())?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = bar(

@@ -4,4 +4,5 @@ pub(crate) mod bench;
 pub(crate) mod embed;
 pub(crate) mod head;
 pub(crate) mod health;
+pub(crate) mod quantize;
 pub(crate) mod serve;

@@ -22,6 +22,7 @@ pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Resul
     }
     let config = ServeConfig {
         precision,
+        quant: args.quant.quant,
         max_batch_tokens: args.max_batch_tokens,
         max_batch_wait: Duration::from_micros(args.max_batch_wait_us),
         max_queue_tokens: args.max_queue_tokens,

@@ -25,7 +25,9 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, ensure};
 use marc_kernels::MatmulPrecision;
 use marc_models::tokenizer::Tokenizer;
-use marc_models::{CompressionHead, LoadOptions, NemotronH, NemotronHConfig, Pooling, default_head, load_heads};
+use marc_models::{
+    CompressionHead, LoadOptions, NemotronH, NemotronHConfig, Pooling, QuantMode, default_head, load_heads,
+};
 use marc_proto::FILE_DESCRIPTOR_SET;
 use marc_proto::marc::v1::embedder_server::EmbedderServer;
 use tokio::net::TcpListener;
@@ -39,6 +41,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 pub use capture::CaptureConfig;
 
 use crate::output::Served;
+use crate::quantization::Quantization;
 use engine::{BatchSettings, Engine};
 use grpc::service::{Context, EmbedderService, REQUEST_ID_HEADER};
 
@@ -58,6 +61,9 @@ pub struct ServeConfig {
     pub model_dir: PathBuf,
     /// GEMM precision.
     pub precision: MatmulPrecision,
+    /// How a quantised checkpoint's NVFP4 layers run (`--quant`); `None`: w4a16, and unquantised
+    /// checkpoints are accepted.
+    pub quant: Option<QuantMode>,
     /// Tokens per forward pass.
     pub max_batch_tokens: usize,
     /// How long a non-full batch waits for more work.
@@ -93,6 +99,7 @@ impl ServeConfig {
         Self {
             model_dir,
             precision: MatmulPrecision::Exact,
+            quant: None,
             max_batch_tokens: 8192,
             max_batch_wait: Duration::from_micros(500),
             max_queue_tokens: 262_144,
@@ -181,6 +188,7 @@ pub async fn run(
 
     let dir = config.model_dir.clone();
     let model_config = NemotronHConfig::from_file(&dir.join("config.json"))?;
+    let quantization = Quantization::resolve(&dir, config.quant)?;
     let heads = Arc::new(
         load_heads(
             &dir,
@@ -212,10 +220,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| "NemotronHForCausalLM".into()),
         weight_dtype: described.dtype.clone().unwrap_or_else(|| "unknown".into()),
-        quantization: match config.precision {
-            MatmulPrecision::Exact => "none".into(),
-            _ => "bf16".into(),
-        },
+        quantization: quantization.describe(config.precision),
         num_layers: model_config.num_layers(),
         hidden_size: model_config.hidden_size,
         vocab_size: model_config.vocab_size,
@@ -239,6 +244,7 @@ pub async fn run(
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let precision = config.precision;
+    let quant = quantization.mode;
     let load_dir = dir.clone();
     let engine = Engine::start(
         BatchSettings {
@@ -254,6 +260,7 @@ pub async fn run(
                 LoadOptions {
                     max_layer: Some(load_depth),
                     precision,
+                    quant,
                 },
             )
             .with_context(|| format!("cannot load the model in {}", load_dir.display()))

@@ -257,7 +257,7 @@ unsafe fn kernel<const R: usize, const P: usize>(
 /// bf16 parts per x value for a precision.
 fn parts(precision: MatmulPrecision) -> usize {
     match precision {
-        MatmulPrecision::Exact => 3,
+        MatmulPrecision::Exact | MatmulPrecision::Nvfp4Activations => 3,
         MatmulPrecision::Bf16Activations => 1,
     }
 }

@@ -6,9 +6,12 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{Isa, PREFETCH_BYTES, Tile, Weight};
-use super::packed::NR;
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
+use super::nvfp4::SCALES_AT;
+use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
+use crate::quant::e2m1::E2M1_VALUES;
+use crate::quant::nvfp4::NVFP4_BLOCK;
 
 /// Lanes per vector.
 const L: usize = 8;
@@ -28,6 +31,11 @@ impl Isa for Avx2 {
         // SAFETY: forwarded from the caller.
         unsafe { widen::<W>(src, len, dst) }
     }
+
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+        // SAFETY: forwarded from the caller (ISA available, pointers valid).
+        unsafe { tile_nvfp4(rows, panels, t) }
+    }
 }
 
 /// Loads 8 weights and widens them to f32.
@@ -43,6 +51,13 @@ unsafe fn load<W: Weight>(p: *const W) -> __m256 {
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
             }
             WeightDType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+            WeightDType::F8E4M3 => {
+                // As on AVX-512: E4M3 through f16 (see `avx512::load`).
+                let h = _mm_slli_epi16::<7>(_mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast())));
+                let h = _mm_and_si128(h, _mm_set1_epi16(0xBFFFu16 as i16));
+                _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0))
+            }
+            WeightDType::NVFP4 => unreachable!("NVFP4 panels are decoded before the kernels"),
         }
     }
 }
@@ -72,17 +87,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
                 (3, _) => kernel::<W, 3, 4>(&t),
                 _ => {
                     for half in 0..2 {
-                        let h = Tile {
-                            w: t.w.wrapping_add(half * 2 * L),
-                            y: t.y.wrapping_add(half * 2 * L),
-                            cols: t.cols.saturating_sub(half * 2 * L),
-                            bias: if t.bias.is_null() {
-                                t.bias
-                            } else {
-                                t.bias.wrapping_add(half * 2 * L)
-                            },
-                            ..t
-                        };
+                        let h = t.at_column(half * 2 * L);
                         match rows {
                             4 => kernel::<W, 4, 2>(&h),
                             5 => kernel::<W, 5, 2>(&h),
@@ -94,12 +99,7 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
             }
         }
         left -= p;
-        t.w = t.w.wrapping_add(p * t.panel_stride);
-        t.y = t.y.wrapping_add(p * NR);
-        t.cols = t.cols.saturating_sub(p * NR);
-        if !t.bias.is_null() {
-            t.bias = t.bias.wrapping_add(p * NR);
-        }
+        t.advance(p);
     }
 }
 
@@ -146,23 +146,130 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
             }
             x = x.add(t.x_stride);
         }
-        for v in 0..V {
-            let (mask, valid) = lane_mask(t.cols, v);
-            if valid == 0 {
-                continue;
-            }
+        store(&acc, t);
+    }
+}
+
+/// The epilogue of a tile: `acc * t.scale (+ bias)` into the first `t.cols` columns of y.
+///
+/// # Safety
+/// As for `Isa::tile`: y holds rows `0..R` (`t.ldy` apart) and bias the columns written; only
+/// enabled lanes are touched (masked loads and stores).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m256; V]; R], t: &Tile<W>) {
+    let scale = _mm256_set1_ps(t.scale);
+    for v in 0..V {
+        let (mask, valid) = lane_mask(t.cols, v);
+        if valid == 0 {
+            continue;
+        }
+        // SAFETY: per the caller; masked accesses touch enabled lanes only.
+        unsafe {
             let b = if t.bias.is_null() {
                 None
             } else {
                 Some(_mm256_maskload_ps(t.bias.wrapping_add(v * L), mask))
             };
-            for r in 0..R {
+            for (r, acc) in acc.iter().enumerate() {
+                let scaled = _mm256_mul_ps(acc[v], scale);
                 let out = match b {
-                    Some(b) => _mm256_add_ps(acc[r][v], b),
-                    None => acc[r][v],
+                    Some(b) => _mm256_add_ps(scaled, b),
+                    None => scaled,
                 };
                 _mm256_maskstore_ps(t.y.wrapping_add(r * t.ldy + v * L), mask, out);
             }
         }
+    }
+}
+
+/// NVFP4 tiles (see `nvfp4.rs` for the order of operations): a row needs two accumulators
+/// per vector, so with 16 registers: 1 row x 1 panel, 2-3 rows x half a panel, 4-6 rows x a
+/// quarter, the views moving along the panel (a record's nibble lines and scale line are both
+/// NR bytes, so `c` columns further is `c` bytes further in both).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+    let width = match rows {
+        1 => 4,
+        2..=3 => 2,
+        _ => 1,
+    } * L;
+    for q in 0..panels {
+        for c0 in (0..NR).step_by(width) {
+            let mut v = *t;
+            v.advance(q);
+            let v = v.at_column(c0);
+            if v.cols == 0 {
+                return;
+            }
+            // SAFETY: forwarded from the caller; the view stays inside panel q.
+            unsafe {
+                match rows {
+                    1 => kernel_nvfp4::<1, 4>(&v),
+                    2 => kernel_nvfp4::<2, 2>(&v),
+                    3 => kernel_nvfp4::<3, 2>(&v),
+                    4 => kernel_nvfp4::<4, 1>(&v),
+                    5 => kernel_nvfp4::<5, 1>(&v),
+                    6 => kernel_nvfp4::<6, 1>(&v),
+                    _ => unreachable!("AVX2 tiles have at most 6 rows, got {rows}"),
+                }
+            }
+        }
+    }
+}
+
+/// The 8 bytes at `p` (a k-step pair of 8 columns) decoded to the two k-steps' E2M1 values:
+/// the magnitude from an 8-entry `vpermps` table, the sign (bit 3) moved to bit 31.
+///
+/// # Safety
+/// 8 bytes are readable at `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn decode_pair_e2m1(p: *const u8, magnitudes: __m256) -> (__m256, __m256) {
+    // SAFETY: per the caller.
+    let idx = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p.cast()) });
+    let sign_bit = _mm256_set1_epi32(i32::MIN);
+    let decode = |i: __m256i| {
+        let sign = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32::<28>(i), sign_bit));
+        _mm256_xor_ps(_mm256_permutevar8x32_ps(magnitudes, i), sign)
+    };
+    (decode(idx), decode(_mm256_srli_epi32::<4>(idx)))
+}
+
+/// `R` rows x `V` vectors of 8 columns of one NVFP4 panel, in the order of `nvfp4.rs`.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>) {
+    // SAFETY: the table has at least 8 f32 (the non-negative magnitudes come first).
+    let magnitudes = unsafe { _mm256_loadu_ps(E2M1_VALUES.as_ptr()) };
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values and the panel kc / 16 block
+    // records; the V vectors stay inside it; prefetches may point anywhere.
+    unsafe {
+        let mut x = t.x;
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = t.w.add(b * NVFP4_RECORD);
+            for line in (0..NVFP4_RECORD).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(record.wrapping_add(PREFETCH_BYTES + line).cast());
+            }
+            let mut dot = [[_mm256_setzero_ps(); V]; R];
+            for pair in 0..NVFP4_BLOCK / 2 {
+                for v in 0..V {
+                    let (even, odd) = decode_pair_e2m1(record.add(pair * NR + v * L), magnitudes);
+                    for r in 0..R {
+                        dot[r][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*x.add(r)), even, dot[r][v]);
+                        dot[r][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*x.add(t.x_stride + r)), odd, dot[r][v]);
+                    }
+                }
+                x = x.add(2 * t.x_stride);
+            }
+            for v in 0..V {
+                let s = load(record.add(SCALES_AT + v * L).cast::<E4m3>());
+                for r in 0..R {
+                    acc[r][v] = _mm256_fmadd_ps(dot[r][v], s, acc[r][v]);
+                }
+            }
+        }
+        store(&acc, t);
     }
 }

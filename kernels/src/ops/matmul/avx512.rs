@@ -1,15 +1,18 @@
 //! AVX-512F micro-kernels: up to 12 rows x 32 columns (24 zmm accumulators) per call.
 //!
 //! Per k-step a kernel loads each 16-lane weight vector once (widened exactly: bf16 by
-//! zero-extension and a 16-bit shift, f16 by `vcvtph2ps`), broadcasts each row's x value from
+//! zero-extension and a 16-bit shift, f16 by `vcvtph2ps`, FP8 E4M3 through f16), broadcasts each row's x value from
 //! the packed tile, and issues one FMA per (row, vector). Each accumulator lane is one output
 //! element's FMA chain; on this layout a 12 x 32 tile runs at ~88% of the FMA peak from L1.
 
 use std::arch::x86_64::*;
 
-use super::cpu::{Isa, PREFETCH_BYTES, Tile, Weight};
-use super::packed::NR;
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
+use super::nvfp4::SCALES_AT;
+use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
+use crate::quant::e2m1::E2M1_VALUES;
+use crate::quant::nvfp4::NVFP4_BLOCK;
 
 /// Lanes per vector.
 const L: usize = 16;
@@ -29,6 +32,36 @@ impl Isa for Avx512 {
         // SAFETY: forwarded from the caller.
         unsafe { widen::<W>(src, len, dst) }
     }
+
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+        // SAFETY: forwarded from the caller (ISA available, pointers valid); the kernels read
+        // `t.w` as the bytes of block records (the element type is a formality).
+        unsafe { tile_nvfp4(rows, panels, &t.cast()) }
+    }
+}
+
+/// The 16 E2M1 values, a lookup table for `vpermps` (which reads the low 4 bits of each index
+/// lane).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn e2m1_table() -> __m512 {
+    // SAFETY: the table has 16 f32.
+    unsafe { _mm512_loadu_ps(E2M1_VALUES.as_ptr()) }
+}
+
+/// The 16 bytes at `p` (one k-step pair of 16 columns) decoded to the two k-steps' E2M1
+/// values: (low nibbles, high nibbles).
+///
+/// # Safety
+/// 16 bytes are readable at `p`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn decode_pair_e2m1(p: *const u8, table: __m512) -> (__m512, __m512) {
+    // SAFETY: per the caller.
+    let idx = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) });
+    let even = _mm512_permutexvar_ps(idx, table);
+    let odd = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), table);
+    (even, odd)
 }
 
 /// Loads 16 weights and widens them to f32.
@@ -44,6 +77,15 @@ unsafe fn load<W: Weight>(p: *const W) -> __m512 {
                 _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
             }
             WeightDType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+            WeightDType::F8E4M3 => {
+                // Sign-extended to 16 bits and shifted left by 7, an E4M3 byte `s eeee mmm`
+                // becomes the f16 `s s eeee mmm 0000000`; clearing bit 14 leaves the f16 of
+                // value * 2^-8 (subnormals included), which widens and rescales exactly.
+                let h = _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())));
+                let h = _mm256_and_si256(h, _mm256_set1_epi16(0xBFFFu16 as i16));
+                _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0))
+            }
+            WeightDType::NVFP4 => unreachable!("NVFP4 panels are decoded before the kernels"),
         }
     }
 }
@@ -59,6 +101,55 @@ unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
 /// Splits a call into kernels the register file holds: 2 zmm per row per panel, at most 24
 /// accumulators, preferring more panels for few rows (more independent FMA chains, which is
 /// what hides the 4-cycle FMA latency when m is 1..3).
+/// NVFP4 tiles: each row needs two accumulators per vector (the block's dot product and the
+/// running sum), so the register tile is half as wide as for float weights: 1 row x 4 panels,
+/// up to 3 rows x 2 panels, up to 6 rows x 1 panel, up to 12 rows x half a panel.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = match rows {
+            1 if left >= 4 => 4,
+            1..=3 if left >= 2 => 2,
+            _ => 1,
+        };
+        // SAFETY: forwarded from the caller to every kernel; each half-panel view stays inside
+        // the panel (the nibble lines and the scale line of a record are both NR bytes, so a
+        // half is 16 bytes further in both).
+        unsafe {
+            match (rows, p) {
+                (1, 4) => kernel::<E4m3, 1, 8, true>(&t),
+                (1, 2) => kernel::<E4m3, 1, 4, true>(&t),
+                (2, 2) => kernel::<E4m3, 2, 4, true>(&t),
+                (3, 2) => kernel::<E4m3, 3, 4, true>(&t),
+                (1, _) => kernel::<E4m3, 1, 2, true>(&t),
+                (2, _) => kernel::<E4m3, 2, 2, true>(&t),
+                (3, _) => kernel::<E4m3, 3, 2, true>(&t),
+                (4, _) => kernel::<E4m3, 4, 2, true>(&t),
+                (5, _) => kernel::<E4m3, 5, 2, true>(&t),
+                (6, _) => kernel::<E4m3, 6, 2, true>(&t),
+                _ => {
+                    for half in 0..2 {
+                        let h = t.at_column(half * L);
+                        match rows {
+                            7 => kernel::<E4m3, 7, 1, true>(&h),
+                            8 => kernel::<E4m3, 8, 1, true>(&h),
+                            9 => kernel::<E4m3, 9, 1, true>(&h),
+                            10 => kernel::<E4m3, 10, 1, true>(&h),
+                            11 => kernel::<E4m3, 11, 1, true>(&h),
+                            12 => kernel::<E4m3, 12, 1, true>(&h),
+                            _ => unreachable!("AVX-512 tiles have at most 12 rows, got {rows}"),
+                        }
+                    }
+                }
+            }
+        }
+        left -= p;
+        t.advance(p);
+    }
+}
+
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
     let mut t = *t;
@@ -77,14 +168,9 @@ unsafe fn tile<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
             1
         };
         // SAFETY: forwarded; (rows, p) is one of the instantiated shapes below.
-        unsafe { by_shape(rows, p, &t) };
+        unsafe { by_shape::<W>(rows, p, &t) };
         left -= p;
-        t.w = t.w.wrapping_add(p * t.panel_stride);
-        t.y = t.y.wrapping_add(p * NR);
-        t.cols = t.cols.saturating_sub(p * NR);
-        if !t.bias.is_null() {
-            t.bias = t.bias.wrapping_add(p * NR);
-        }
+        t.advance(p);
     }
 }
 
@@ -94,7 +180,7 @@ unsafe fn by_shape<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         ($( ($r:literal, $p:literal) ),* $(,)?) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller.
-                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }>(t) }, )*
+                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }, false>(t) }, )*
                 _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
             }
         };
@@ -131,22 +217,66 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
     ((1u32 << valid) - 1) as __mmask16
 }
 
-/// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps.
+/// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps, then the
+/// epilogue (`* scale`, `+ bias`, masked stores). With `NVFP4`, the panels are NVFP4 block
+/// records (`W` is a one-byte formality).
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<W: Weight, const R: usize, const V: usize, const NVFP4: bool>(t: &Tile<W>) {
+    // SAFETY: forwarded from the caller; with NVFP4, W is u8 and the panels block records.
+    let acc = unsafe {
+        if NVFP4 {
+            chains_nvfp4::<R, V>(t.w.cast(), t)
+        } else {
+            chains::<W, R, V>(t)
+        }
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { store(&acc, t) }
+}
+
+/// The epilogue of a tile: `acc * t.scale (+ bias)` into the first `t.cols` columns of y.
+///
+/// # Safety
+/// As for `Isa::tile`: y holds rows `0..R` (`t.ldy` apart) and bias the columns written.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
+    let scale = _mm512_set1_ps(t.scale);
+    for v in 0..V {
+        let mask = lane_mask(t.cols, v);
+        if mask == 0 {
+            continue;
+        }
+        // SAFETY: y and bias are accessed only in the lanes `mask` enables (masked-off lanes
+        // are never touched, so pointers past the end of y are fine).
+        unsafe {
+            let b = if t.bias.is_null() {
+                None
+            } else {
+                Some(_mm512_maskz_loadu_ps(mask, t.bias.wrapping_add(v * L)))
+            };
+            for (r, acc) in acc.iter().enumerate() {
+                let scaled = _mm512_mul_ps(acc[v], scale);
+                let out = match b {
+                    Some(b) => _mm512_add_ps(scaled, b),
+                    None => scaled,
+                };
+                _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask, out);
+            }
+        }
+    }
+}
+
+/// The FMA chains of an `R` x `V` tile over float panels.
 // Index loops over the register tile read more plainly than zipped iterators here.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
-    let mut mask = [0 as __mmask16; V];
-    let mut wp = [t.w; V];
-    for v in 0..V {
-        mask[v] = lane_mask(t.cols, v);
-        wp[v] = t.w.wrapping_add((v / 2) * t.panel_stride + (v % 2) * L);
-    }
+#[inline]
+unsafe fn chains<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) -> [[__m512; V]; R] {
+    let wp = vector_ptrs::<W, V>(t.w, t.panel_stride);
     let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, each weight vector
-    // pointer is followed by kc lines of NR elements, and y / bias are accessed only in the
-    // lanes `mask` enables (masked-off lanes are never touched, so pointers past the end of
-    // y are fine).
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each weight vector
+    // pointer is followed by kc lines of NR elements.
     unsafe {
         let mut x = t.x;
         let ahead = PREFETCH_BYTES / size_of::<W>();
@@ -168,22 +298,140 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
             }
             x = x.add(t.x_stride);
         }
-        for v in 0..V {
-            if mask[v] == 0 {
-                continue;
-            }
-            let b = if t.bias.is_null() {
-                None
-            } else {
-                Some(_mm512_maskz_loadu_ps(mask[v], t.bias.wrapping_add(v * L)))
-            };
-            for r in 0..R {
-                let out = match b {
-                    Some(b) => _mm512_add_ps(acc[r][v], b),
-                    None => acc[r][v],
-                };
-                _mm512_mask_storeu_ps(t.y.wrapping_add(r * t.ldy + v * L), mask[v], out);
+    }
+    acc
+}
+
+/// The pointers of a tile's `V` 16-column vectors in consecutive panels from `w`.
+#[inline(always)]
+fn vector_ptrs<T, const V: usize>(w: *const T, panel_stride: usize) -> [*const T; V] {
+    std::array::from_fn(|v| w.wrapping_add((v / 2) * panel_stride + (v % 2) * L))
+}
+
+/// The E2M1 dot products of one NVFP4 block (at byte `record` of each vector's panel) with
+/// `R` rows of x (`x` at the block's first k-step, rows `x_stride` apart per k-step): one FMA
+/// chain per (row, vector) in k order, or, with `SPLIT`, the even and odd k-steps in two chains
+/// summed at the end (twice the independent FMAs; only where every partial sum is exact).
+///
+/// # Safety
+/// x holds 16 k-steps of `x_stride` values; each vector pointer is followed by the record.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block_dots<const R: usize, const V: usize, const SPLIT: bool>(
+    wp: &[*const u8; V],
+    record: usize,
+    x: *const f32,
+    x_stride: usize,
+) -> [[__m512; V]; R] {
+    let table = e2m1_table();
+    let mut dot = [[_mm512_setzero_ps(); V]; R];
+    let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the caller; prefetches may point anywhere.
+    unsafe {
+        for v in (0..V).step_by(2) {
+            for line in (0..NVFP4_RECORD).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
             }
         }
+        for pair in 0..NVFP4_BLOCK / 2 {
+            let (xe, xo) = (x.add(2 * pair * x_stride), x.add((2 * pair + 1) * x_stride));
+            for v in 0..V {
+                let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                for r in 0..R {
+                    dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xe.add(r)), even, dot[r][v]);
+                    let chain = if SPLIT { &mut odd_dot[r][v] } else { &mut dot[r][v] };
+                    *chain = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, *chain);
+                }
+            }
+        }
+    }
+    if SPLIT {
+        for r in 0..R {
+            for v in 0..V {
+                dot[r][v] = _mm512_add_ps(dot[r][v], odd_dot[r][v]);
+            }
+        }
+    }
+    dot
+}
+
+/// The chains of an `R` x `V` tile over NVFP4 block records at `w` (panels `t.panel_stride`
+/// bytes apart), in the W4A16 order of `nvfp4.rs`: per block, the FMA chain of x times the
+/// E2M1 values ([`block_dots`]), then `acc = fma(dot, block_scale, acc)`.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<impl Weight>) -> [[__m512; V]; R] {
+    let wp = vector_ptrs::<u8, V>(w, t.panel_stride);
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each panel holds
+    // kc / 16 block records.
+    unsafe {
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = b * NVFP4_RECORD;
+            let dot = block_dots::<R, V, false>(&wp, record, t.x.add(b * NVFP4_BLOCK * t.x_stride), t.x_stride);
+            for v in 0..V {
+                let s = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                for r in 0..R {
+                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], s, acc[r][v]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// W4A4 (see `w4a4.rs`): `rows` (1..=3) rows of NVFP4-quantised x against `panels` NVFP4
+/// panels. `t.x` is the tile's E2M1 activation values (`[kc][rows]`), `xs` its block scales
+/// (`[kc / 16][rows]`), `t.w` the panels' block records (`t.panel_stride` bytes apart) and
+/// `t.scale` is `input_scale * tensor_scale`.
+///
+/// # Safety
+/// AVX-512F is available and the pointers are valid as described (and on `Tile`).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = if rows == 1 && left >= 2 { 2 } else { 1 };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (rows, p) {
+                (1, 2) => w4a4_kernel::<1, 4>(&t, xs),
+                (1, _) => w4a4_kernel::<1, 2>(&t, xs),
+                (2, _) => w4a4_kernel::<2, 2>(&t, xs),
+                (3, _) => w4a4_kernel::<3, 2>(&t, xs),
+                _ => unreachable!("W4A4 tiles have at most 3 rows, got {rows}"),
+            }
+        }
+        left -= p;
+        t.advance(p);
+    }
+}
+
+/// `R` x `V` W4A4 tile: per block, the exact E2M1 dot products (even and odd k-steps in
+/// separate chains, for twice the independent FMAs; every partial sum is exact, so the order is
+/// free), then `acc = fma(dot, xs * ws, acc)`, then the common epilogue.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn w4a4_kernel<const R: usize, const V: usize>(t: &Tile<u8>, xs: *const f32) {
+    let wp = vector_ptrs::<u8, V>(t.w, t.panel_stride);
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: per the caller: x holds kc * R values, xs kc / 16 * R, each panel kc / 16 block
+    // records.
+    unsafe {
+        for b in 0..t.kc / NVFP4_BLOCK {
+            let record = b * NVFP4_RECORD;
+            let dot = block_dots::<R, V, true>(&wp, record, t.x.add(b * NVFP4_BLOCK * R), R);
+            for v in 0..V {
+                let ws = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                for r in 0..R {
+                    let scale = _mm512_mul_ps(_mm512_set1_ps(*xs.add(b * R + r)), ws);
+                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], scale, acc[r][v]);
+                }
+            }
+        }
+        store(&acc, t);
     }
 }

@@ -21,6 +21,7 @@ use super::MatmulPrecision;
 use super::packed::{Layout, NR, PackedMatrix};
 use super::xpack::pack_x;
 use crate::dtype::WeightDType;
+use crate::quant::e4m3::e4m3_to_f32;
 
 /// Bytes of weights (counted as f32) that a task keeps hot in L2 while the row tiles of x
 /// stream past them: the weights are the larger operand per k-step (NR values against MR), so
@@ -133,11 +134,23 @@ impl Weight for half::f16 {
     }
 }
 
+/// An FP8 E4M3 weight as stored (one byte).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(super) struct E4m3(#[allow(dead_code)] u8);
+
+impl Weight for E4m3 {
+    const DTYPE: WeightDType = WeightDType::F8E4M3;
+    fn widen(self) -> f32 {
+        e4m3_to_f32(self.0)
+    }
+}
+
 /// One call of a micro-kernel: `rows` rows of packed x times a group of consecutive panels.
 ///
 /// The ISA's `tile` reads `x[kk * x_stride + r]` for `kk < kc`, `r < rows`, the weights of panel
 /// `q` of the group at `w + q * panel_stride + kk * NR + c`, and writes
-/// `y[r * ldy + c]` for the first `cols` columns of the group only.
+/// `y[r * ldy + c]` for the first `cols` columns of the group only: `sum * scale (+ bias)`.
 #[derive(Clone, Copy)]
 pub(super) struct Tile<W> {
     pub(super) x: *const f32,
@@ -151,6 +164,52 @@ pub(super) struct Tile<W> {
     pub(super) cols: usize,
     /// When non-null, `bias[c]` is added once the chain is complete.
     pub(super) bias: *const f32,
+    /// Multiplies each complete chain before the bias is added (the weights' tensor scale;
+    /// 1.0, an exact no-op, for float weights).
+    pub(super) scale: f32,
+}
+
+impl<W: Copy> Tile<W> {
+    /// The tile moved `panels` panels on (the next kernel's part of the group).
+    pub(super) fn advance(&mut self, panels: usize) {
+        self.w = self.w.wrapping_add(panels * self.panel_stride);
+        self.columns_from(panels * NR);
+    }
+
+    /// The tile viewed from column `c` of its first panel on, for kernels narrower than a
+    /// panel (`c` elements further in every line of weights: `c` bytes in an NVFP4 record).
+    pub(super) fn at_column(&self, c: usize) -> Tile<W> {
+        let mut view = *self;
+        view.w = view.w.wrapping_add(c);
+        view.columns_from(c);
+        view
+    }
+
+    /// Moves y, bias and the column count `c` columns on (not the weights).
+    fn columns_from(&mut self, c: usize) {
+        self.y = self.y.wrapping_add(c);
+        self.cols = self.cols.saturating_sub(c);
+        if !self.bias.is_null() {
+            self.bias = self.bias.wrapping_add(c);
+        }
+    }
+
+    /// The same tile with its weight pointer viewed as `U` (for kernels that read the bytes of
+    /// NVFP4 panels through a generic signature).
+    pub(super) fn cast<U>(&self) -> Tile<U> {
+        Tile {
+            x: self.x,
+            x_stride: self.x_stride,
+            w: self.w.cast(),
+            panel_stride: self.panel_stride,
+            kc: self.kc,
+            y: self.y,
+            ldy: self.ldy,
+            cols: self.cols,
+            bias: self.bias,
+            scale: self.scale,
+        }
+    }
 }
 
 /// What each ISA module provides.
@@ -170,6 +229,17 @@ pub(super) trait Isa {
     /// # Safety
     /// The CPU supports the ISA; `src` and `dst` are valid for `len` elements.
     unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32);
+
+    /// [`Self::tile`] on NVFP4 panels (`t.w` at the group's block records, `t.panel_stride`
+    /// in bytes), decoded where they are used, in the order of operations of `nvfp4.rs` (the
+    /// same on every ISA).
+    ///
+    /// # Safety
+    /// As for [`Self::tile`], with the panels as block records.
+    unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::nvfp4::tile_portable(rows, panels, t) }
+    }
 }
 
 /// A raw pointer that tasks share; each task writes a disjoint set of elements.
@@ -205,17 +275,26 @@ pub(crate) fn matmul(
     if m == 0 {
         return;
     }
-    if w.layout() == Layout::AmxBf16 {
-        assert_eq!(isa, CpuIsa::Amx, "weights packed for AMX need the AMX path");
-        #[cfg(target_arch = "x86_64")]
-        super::amx::run(precision, x, m, w, bias, y);
-        return;
+    match w.layout() {
+        Layout::AmxBf16 => {
+            assert_eq!(isa, CpuIsa::Amx, "weights packed for AMX need the AMX path");
+            #[cfg(target_arch = "x86_64")]
+            super::amx::run(precision, x, m, w, bias, y);
+            return;
+        }
+        Layout::Nvfp4 if precision == MatmulPrecision::Nvfp4Activations && w.input_scale().is_some() => {
+            super::w4a4::run(isa, x, m, w, bias, y);
+            return;
+        }
+        Layout::Nvfp4 | Layout::Panels => {}
     }
-    let _ = precision;
     match w.dtype() {
         WeightDType::F32 => by_isa::<f32>(isa, x, m, w, bias, y),
         WeightDType::BF16 => by_isa::<half::bf16>(isa, x, m, w, bias, y),
         WeightDType::F16 => by_isa::<half::f16>(isa, x, m, w, bias, y),
+        WeightDType::F8E4M3 => by_isa::<E4m3>(isa, x, m, w, bias, y),
+        // NVFP4 panels go to `Isa::tile_nvfp4` (see `Job::run`); the type is a formality.
+        WeightDType::NVFP4 => by_isa::<f32>(isa, x, m, w, bias, y),
     }
 }
 
@@ -302,6 +381,10 @@ struct Job<'a> {
 
 impl Job<'_> {
     fn run<I: Isa, W: Weight>(&self) {
+        if self.w.layout() == Layout::Nvfp4 {
+            self.sweep_nvfp4::<I>();
+            return;
+        }
         let ps = self.w.panel_stride();
         let (p0, np) = (self.panel_range.start, self.panel_range.len());
         let src = self.w.data_ptr::<W>().wrapping_add(p0 * ps);
@@ -324,6 +407,29 @@ impl Job<'_> {
 
     /// Every row tile of the task against the group's panels, starting at `w`.
     fn sweep<I: Isa, V: Weight>(&self, w: *const V) {
+        self.sweep_with::<I, V>(w, self.w.panel_stride(), |rows, panels, tile| {
+            // SAFETY: the ISA is available; the tile's pointers are valid as described in
+            // `sweep_with`.
+            unsafe { I::tile(rows, panels, tile) }
+        });
+    }
+
+    /// Every row tile of the task against the group's NVFP4 block records, decoded in the
+    /// micro-kernels.
+    fn sweep_nvfp4<I: Isa>(&self) {
+        let pb = self.w.panel_bytes();
+        let w = self.w.data_ptr::<u8>().wrapping_add(self.panel_range.start * pb);
+        self.sweep_with::<I, u8>(w, pb, |rows, panels, tile| {
+            // SAFETY: as in `sweep`, with the group's panels as block records.
+            unsafe { I::tile_nvfp4(rows, panels, tile) }
+        });
+    }
+
+    /// Runs `kernel(rows, panels, tile)` for every row tile of the task, the tile's weights
+    /// starting at `w` with panels `panel_stride` elements apart. Each call has the ISA
+    /// available; its x tile holds k * rows packed values, w the group's panels, and y rows
+    /// i0.. (< m) and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
+    fn sweep_with<I: Isa, V>(&self, w: *const V, panel_stride: usize, kernel: impl Fn(usize, usize, &Tile<V>)) {
         let (n, k) = (self.w.rows(), self.w.cols());
         let p0 = self.panel_range.start;
         for t in self.tile_range.clone() {
@@ -333,17 +439,15 @@ impl Job<'_> {
                 x: self.xp[i0 * k..].as_ptr(),
                 x_stride: rows,
                 w,
-                panel_stride: self.w.panel_stride(),
+                panel_stride,
                 kc: k,
                 y: self.y.wrapping_add(i0 * n + p0 * NR),
                 ldy: n,
                 cols: n - p0 * NR,
                 bias: self.bias.map_or(std::ptr::null(), |b| b[p0 * NR..].as_ptr()),
+                scale: self.w.scale(),
             };
-            // SAFETY: the ISA is available; the x tile holds k * rows packed values, w the
-            // group's panels (k * NR values each, panel_stride apart), and y rows i0.. (< m)
-            // and columns p0*NR.. (clipped to n by `cols`) belong to this task alone.
-            unsafe { I::tile(rows, self.panel_range.len(), &tile) };
+            kernel(rows, self.panel_range.len(), &tile);
         }
     }
 }

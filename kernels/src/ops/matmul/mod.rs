@@ -1,7 +1,8 @@
 //! `y = x · wᵀ + bias`: the Linear layer.
 //!
 //! Activations `x` and outputs `y` are f32; weights are a [`PackedMatrix`] of f32, bf16 or f16
-//! widened exactly in registers; accumulation is f32. [`matmul`] checks shapes once here and
+//! widened exactly in registers, or FP8 E4M3 / NVFP4 decoded exactly inside the GEMM (their
+//! tensor scale multiplies each output once its sum is complete); accumulation is f32. [`matmul`] checks shapes once here and
 //! hands over to the CPU implementation (`cpu.rs`, with one micro-kernel file per ISA).
 //!
 //! Results are bitwise reproducible: row `i` of `y` depends only on row `i` of `x`, never on
@@ -16,6 +17,10 @@
 //!   slower path), cache blocking and the rayon split.
 //! - `amx.rs`: the AMX path for bf16 weights (own packing of x and weights, own split).
 //! - `avx512.rs` (12 x 32 register tile), `avx2.rs` (6 x 16), `scalar.rs` (`f32::mul_add`).
+//! - `nvfp4.rs`: NVFP4 weights with f32 activations (W4A16): the order of operations and the
+//!   portable kernel; the SIMD ones sit with their ISA.
+//! - `w4a4.rs`: NVFP4 weights times NVFP4-quantised activations
+//!   ([`MatmulPrecision::Nvfp4Activations`]).
 //!
 //! There is deliberately no bf16-activation mode built on `vdpbf16ps`: on the Sapphire Rapids
 //! machines this was written on, `vdpbf16ps zmm` issues one per ~2 cycles (measured: ~110
@@ -29,10 +34,12 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod cpu;
+mod nvfp4;
 mod packed;
 mod scalar;
 #[cfg(test)]
 mod tests;
+mod w4a4;
 mod xpack;
 
 pub use packed::PackedMatrix;
@@ -41,19 +48,28 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::KernelError;
 
-/// How the AMX path treats the f32 activations (other paths are always exact f32).
+/// What happens to the f32 activations before they meet the weights.
+///
+/// Each variant applies to some weights only; every other matrix runs as [`Self::Exact`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulPrecision {
-    /// Each activation is split exactly into three bf16 parts; products are exact and summed
-    /// in f32: the accuracy of an f32 dot product. The default.
+    /// Activations stay f32 and every product is exact (weights of every type are decoded
+    /// exactly): the accuracy of an f32 dot product. On the AMX path (bf16 weights) each
+    /// activation is split exactly into three bf16 parts. The default; for NVFP4 weights this
+    /// is W4A16.
     #[default]
     Exact,
-    /// Activations rounded to bf16 (nearest-even) before multiplying: 3x fewer AMX tile
-    /// multiplies, relative error about 2^-9 per activation. Opt-in only.
+    /// bf16 weights on the AMX path: activations rounded to bf16 (nearest-even) before
+    /// multiplying: 3x fewer AMX tile multiplies, relative error about 2^-9 per activation.
+    /// Opt-in only.
     Bf16Activations,
+    /// NVFP4 weights that carry an `input_scale` (W4A4): each activation row is quantised to
+    /// NVFP4 with that static scale and multiplied as Blackwell's block-scaled FP4 tensor cores
+    /// do (see `ops/matmul/w4a4.rs` for the exact order of operations).
+    Nvfp4Activations,
 }
 
-/// The process-wide precision used by [`matmul`] (0 = Exact, 1 = Bf16Activations).
+/// The process-wide precision used by [`matmul`] (the discriminant of a [`MatmulPrecision`]).
 static PRECISION: AtomicU8 = AtomicU8::new(0);
 
 /// Sets the precision [`matmul`] uses from now on, in every thread (default
@@ -78,7 +94,8 @@ pub fn matmul_isa() -> &'static str {
 pub fn matmul_precision() -> MatmulPrecision {
     match PRECISION.load(Ordering::Relaxed) {
         0 => MatmulPrecision::Exact,
-        _ => MatmulPrecision::Bf16Activations,
+        1 => MatmulPrecision::Bf16Activations,
+        _ => MatmulPrecision::Nvfp4Activations,
     }
 }
 
@@ -92,6 +109,9 @@ pub fn matmul_precision() -> MatmulPrecision {
 ///
 /// On the AMX path (bf16 weights on a CPU with AMX) the sum runs in another fixed order, see
 /// `amx.rs`; the same invariances hold, with the precision set by [`set_matmul_precision`].
+/// FP8 weights run the same chain on their decoded E4M3 values, times the tensor scale before
+/// the bias; NVFP4 weights sum per 16-block and scale each block (`nvfp4.rs`), or, under
+/// [`MatmulPrecision::Nvfp4Activations`], quantise x too (`w4a4.rs`).
 pub fn matmul(x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) -> Result<(), KernelError> {
     matmul_with_precision(x, m, w, bias, y, matmul_precision())
 }

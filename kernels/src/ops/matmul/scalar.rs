@@ -39,6 +39,7 @@ impl Isa for Scalar {
                         } else {
                             Some(*t.bias.add(c0 + c))
                         };
+                        let a = a * t.scale;
                         *y.add(c) = match b {
                             Some(b) => a + b,
                             None => a,

@@ -6,6 +6,7 @@ use super::amx;
 use super::cpu::{self, CpuIsa};
 use super::packed::{Layout, PackedMatrix};
 use crate::dtype::WeightDType;
+use crate::quant::{Nvfp4ScaleRule, f32_to_e4m3, nvfp4_quantize, nvfp4_tensor_scale};
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
     // A small xorshift: deterministic, no dev-dependency needed in unit tests.
@@ -26,6 +27,21 @@ fn packed(dtype: WeightDType, n: usize, k: usize, seed: u32) -> PackedMatrix {
         WeightDType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         WeightDType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
         WeightDType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        WeightDType::F8E4M3 => {
+            let bytes: Vec<u8> = v.iter().map(|&x| f32_to_e4m3(x * 500.0)).collect();
+            return PackedMatrix::from_fp8_e4m3(n, k, &bytes, 0.37).unwrap();
+        }
+        WeightDType::NVFP4 => {
+            let (mut p, mut s) = (vec![0; n * k / 2], vec![0; n * k / 16]);
+            // Blocks of very different magnitudes (E4M3 scales from subnormal to large).
+            let v: Vec<f32> = v
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x * [1.0, 1e-4, 30.0][i / 16 % 3])
+                .collect();
+            nvfp4_quantize(&v, nvfp4_tensor_scale(30.0), Nvfp4ScaleRule::Weight, &mut p, &mut s).unwrap();
+            return PackedMatrix::from_nvfp4(n, k, &p, &s, nvfp4_tensor_scale(30.0), Some(0.01)).unwrap();
+        }
     };
     PackedMatrix::from_bytes_in(Layout::Panels, dtype, n, k, &bytes).unwrap()
 }
@@ -47,8 +63,22 @@ fn isa_paths_agree_bitwise() {
         (11, 45, 33),
         (48, 100, 300),
         (61, 97, 530),
+        (1, 130, 64),
+        (2, 200, 16),
+        (5, 64, 48),
+        (11, 45, 32),
+        (48, 100, 304),
+        (61, 97, 528),
     ] {
-        for dtype in [WeightDType::F32, WeightDType::BF16, WeightDType::F16] {
+        let dtypes = [
+            WeightDType::F32,
+            WeightDType::BF16,
+            WeightDType::F16,
+            WeightDType::F8E4M3,
+            WeightDType::NVFP4,
+        ];
+        // NVFP4 needs whole 16-blocks along k.
+        for dtype in dtypes.into_iter().filter(|&d| d != WeightDType::NVFP4 || k % 16 == 0) {
             let w = packed(dtype, n, k, 3);
             let x = values(m * k, 4);
             let bias = values(n, 5);
@@ -67,6 +97,18 @@ fn isa_paths_agree_bitwise() {
                 cpu::matmul(isa, MatmulPrecision::Exact, &x, m, &w, Some(&bias), &mut got);
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{isa:?} {dtype} m={m} n={n} k={k} at {i}");
+                }
+                if dtype == WeightDType::NVFP4 {
+                    let mut want = vec![0.0; m * n];
+                    let w4a4 = MatmulPrecision::Nvfp4Activations;
+                    cpu::matmul(CpuIsa::Scalar, w4a4, &x, m, &w, Some(&bias), &mut want);
+                    let mut got = vec![f32::NAN; m * n];
+                    cpu::matmul(isa, w4a4, &x, m, &w, Some(&bias), &mut got);
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} W4A4 m={m} n={n} k={k}"
+                    );
                 }
             }
         }

@@ -1,0 +1,144 @@
+//! GEMV / GEMM time per weight format (f32, bf16, FP8 E4M3, NVFP4) on the Linear shapes of the
+//! 150M benchmark configuration, with the weights streamed from memory: each call uses the next
+//! of enough copies of the matrix (`GIB` of weights per format, default 1) that no copy is in
+//! cache when its turn comes, as in a forward pass that reads every layer once.
+//!
+//! `cargo run -p marc-kernels --release --example weight_formats [threads] [reps] [filter]`
+//!
+//! `M=1,8` limits the batch sizes, `GIB` sets the weight bytes per format.
+//!
+//! Prints, per (shape, m, format): µs per call (best of `reps` sweeps over all copies), GB/s of
+//! weight bytes read (`PackedMatrix::size_in_bytes`, scales included), GFLOP/s (2·m·n·k), and
+//! the speed-up over bf16 in the same run. `PRECISION=w4a4` runs NVFP4 with
+//! `MatmulPrecision::Nvfp4Activations`; `CPU_TIME=1` with one thread reports on-CPU time
+//! instead of wall time (for a machine shared with other work). Compare the GB/s with the read bandwidth of
+//! `examples/read_bandwidth.rs`.
+
+use std::time::Instant;
+
+use marc_kernels::{
+    MatmulPrecision, Nvfp4ScaleRule, PackedMatrix, WeightDType, f32_to_e4m3, matmul_with_precision, nvfp4_quantize,
+    nvfp4_tensor_scale,
+};
+
+/// (name, n = out_features, k = in_features) of bench-150m Linear layers.
+const SHAPES: [(&str, usize, usize); 3] = [
+    ("mamba.in_proj", 4640, 1024),
+    ("mlp.up", 2816, 1024),
+    ("mlp.down", 1024, 2816),
+];
+const ROWS: [usize; 4] = [1, 8, 32, 128];
+const FORMATS: [WeightDType; 4] = [
+    WeightDType::F32,
+    WeightDType::BF16,
+    WeightDType::F8E4M3,
+    WeightDType::NVFP4,
+];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let threads: usize = args.next().map_or(2, |a| a.parse().expect("threads"));
+    let reps: usize = args.next().map_or(5, |a| a.parse().expect("reps"));
+    let only: Option<String> = args.next();
+    let gib: f64 = std::env::var("GIB").map_or(1.0, |v| v.parse().expect("GIB"));
+    let w4a4 = std::env::var("PRECISION").is_ok_and(|p| p == "w4a4");
+    let rows_wanted: Option<Vec<usize>> = std::env::var("M")
+        .ok()
+        .map(|v| v.split(',').map(|m| m.parse().expect("M=1,8,...")).collect());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    println!(
+        "{:14} {:>4} {:>8} {:>10} {:>8} {:>9} {:>8}",
+        "shape", "m", "format", "us/call", "GB/s", "GFLOP/s", "vs bf16"
+    );
+    for (name, n, k) in SHAPES {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let values: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0).collect();
+        for m in ROWS
+            .into_iter()
+            .filter(|m| rows_wanted.as_ref().is_none_or(|w| w.contains(m)))
+        {
+            let x: Vec<f32> = values.iter().cycle().skip(17).take(m * k).copied().collect();
+            let mut y = vec![0.0f32; m * n];
+            let mut bf16_us = f64::NAN;
+            for dtype in FORMATS {
+                let w = pack(dtype, n, k, &values);
+                let copies = ((gib * f64::from(1u32 << 30)) / w.size_in_bytes() as f64).ceil() as usize;
+                let all: Vec<PackedMatrix> = (0..copies.max(1)).map(|_| w.clone()).collect();
+                let precision = if w4a4 && dtype == WeightDType::NVFP4 {
+                    MatmulPrecision::Nvfp4Activations
+                } else {
+                    MatmulPrecision::Exact
+                };
+                let mut best = f64::INFINITY;
+                let mut cpu = (0u64, 0usize);
+                pool.install(|| {
+                    for _ in 0..reps {
+                        let (t, c) = (Instant::now(), cpu_ns());
+                        for w in &all {
+                            matmul_with_precision(&x, m, w, None, &mut y, precision).expect("shapes");
+                        }
+                        best = best.min(t.elapsed().as_secs_f64() / all.len() as f64);
+                        if let (Some(a), Some(b)) = (c, cpu_ns()) {
+                            cpu = (cpu.0 + b - a, cpu.1 + all.len());
+                        }
+                    }
+                });
+                if threads == 1 && cpu.1 > 0 && std::env::var_os("CPU_TIME").is_some() {
+                    // One thread on a busy machine: its mean on-CPU time per call, immune to
+                    // time-sharing (but not to sharing caches and memory bandwidth).
+                    best = cpu.0 as f64 * 1e-9 / cpu.1 as f64;
+                }
+                let us = best * 1e6;
+                if dtype == WeightDType::BF16 {
+                    bf16_us = us;
+                }
+                println!(
+                    "{name:14} {m:>4} {:>8} {us:>10.1} {:>8.1} {:>9.1} {:>7.2}x",
+                    format!("{dtype}").to_lowercase(),
+                    w.size_in_bytes() as f64 / best / 1e9,
+                    2.0 * (m * n * k) as f64 / best / 1e9,
+                    bf16_us / us
+                );
+            }
+        }
+    }
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux), if known.
+fn cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// The weights in `dtype`: floats as a checkpoint stores them; FP8 and NVFP4 quantised with
+/// ModelOpt's per-tensor / two-level scales.
+fn pack(dtype: WeightDType, n: usize, k: usize, values: &[f32]) -> PackedMatrix {
+    let amax = values.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    match dtype {
+        WeightDType::F32 => PackedMatrix::from_f32(n, k, values),
+        WeightDType::BF16 | WeightDType::F16 => {
+            let bytes: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect();
+            PackedMatrix::from_bytes(WeightDType::BF16, n, k, &bytes)
+        }
+        WeightDType::F8E4M3 => {
+            let scale = amax / 448.0;
+            let bytes: Vec<u8> = values.iter().map(|&v| f32_to_e4m3(v / scale)).collect();
+            PackedMatrix::from_fp8_e4m3(n, k, &bytes, scale)
+        }
+        WeightDType::NVFP4 => {
+            let ts = nvfp4_tensor_scale(amax);
+            let (mut packed, mut scales) = (vec![0u8; n * k / 2], vec![0u8; n * k / 16]);
+            nvfp4_quantize(values, ts, Nvfp4ScaleRule::Weight, &mut packed, &mut scales).expect("quantise");
+            PackedMatrix::from_nvfp4(n, k, &packed, &scales, ts, Some(nvfp4_tensor_scale(1.0)))
+        }
+    }
+    .expect("weights")
+}

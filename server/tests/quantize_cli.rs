@@ -1,0 +1,237 @@
+//! `marc quantize` end to end, against NVIDIA ModelOpt's own encoding of the same weights
+//! (models/tests/fixtures/nvfp4: `base_bf16` is the unquantised model, `modelopt_nvfp4` what
+//! ModelOpt 0.47 exported for it), and `--quant` on `marc embed`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::{Dtype, SafeTensors};
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/nvfp4")
+        .join(case)
+}
+
+fn marc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_marc")).args(args).output().unwrap()
+}
+
+fn quantize(output: &Path, extra: &[&str]) -> Output {
+    let model = fixture("base_bf16");
+    let mut args = vec![
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    marc(&args)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// name -> (dtype, shape, bytes) of a directory's `model.safetensors`.
+type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn tensors(dir: &Path) -> Tensors {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, (t.dtype(), t.shape().to_vec(), t.data().to_vec())))
+        .collect()
+}
+
+/// Modules ModelOpt wrote as NVFP4 (a U8 `weight`).
+fn nvfp4_modules(t: &Tensors) -> Vec<String> {
+    t.iter()
+        .filter(|(name, (dtype, _, _))| *dtype == Dtype::U8 && name.ends_with(".weight"))
+        .map(|(name, _)| name.trim_end_matches(".weight").to_owned())
+        .collect()
+}
+
+#[test]
+fn modelopt_output_equals_modelopts_encoding_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("nvfp4");
+    let out = quantize(&out_dir, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ours = tensors(&out_dir);
+    let modelopt = tensors(&fixture("modelopt_nvfp4"));
+    let modules = nvfp4_modules(&modelopt);
+    assert_eq!(nvfp4_modules(&ours), modules, "the same Linears are quantised");
+    assert!(
+        modules.iter().any(|m| m.contains(".experts.7.down_proj")),
+        "routed experts included"
+    );
+    for module in &modules {
+        for leaf in ["weight", "weight_scale", "weight_scale_2"] {
+            let name = format!("{module}.{leaf}");
+            let (a, b) = (&ours[&name], &modelopt[&name]);
+            let differing = a.2.iter().zip(&b.2).filter(|(x, y)| x != y).count();
+            assert!(
+                a.0 == b.0 && a.1 == b.1 && differing == 0,
+                "{name}: {:?} {:?} vs ModelOpt's {:?} {:?}, {differing} of {} bytes differ",
+                a.0,
+                a.1,
+                b.0,
+                b.1,
+                a.2.len()
+            );
+        }
+        // Weight-only calibration: no activation scale, so W4A4 is refused for this output.
+        assert!(!ours.contains_key(&format!("{module}.input_scale")));
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("hf_quant_config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"]["quant_algo"], "W4A16_NVFP4");
+
+    // It loads in marc and embeds; W4A4 is refused with the reason.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"token_ids\": [3, 1, 4, 1, 5]}\n").unwrap();
+    let embed = |extra: &[&str]| {
+        let mut args = vec![
+            "embed",
+            "--model",
+            out_dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        let output = dir.path().join("out.jsonl");
+        args.extend_from_slice(&["--output", output.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        marc(&args)
+    };
+    let ok = embed(&[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let refused = embed(&["--quant", "w4a4"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("input_scale"), "{}", stderr(&refused));
+}
+
+#[test]
+fn compressed_tensors_output_holds_the_same_codes_with_reciprocal_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("ct");
+    let out = quantize(&out_dir, &["--format", "compressed-tensors", "--exclude", "*.out_proj"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ours = tensors(&out_dir);
+    let modelopt = tensors(&fixture("modelopt_nvfp4"));
+    for module in nvfp4_modules(&modelopt) {
+        if module.ends_with(".out_proj") {
+            assert_eq!(ours[&format!("{module}.weight")].0, Dtype::BF16, "{module} excluded");
+            continue;
+        }
+        assert_eq!(
+            ours[&format!("{module}.weight_packed")].2,
+            modelopt[&format!("{module}.weight")].2
+        );
+        assert_eq!(
+            ours[&format!("{module}.weight_scale")],
+            modelopt[&format!("{module}.weight_scale")]
+        );
+        let f = |b: &[u8]| f32::from_le_bytes(b.try_into().unwrap());
+        let global = f(&ours[&format!("{module}.weight_global_scale")].2);
+        assert_eq!(
+            global,
+            1.0 / f(&modelopt[&format!("{module}.weight_scale_2")].2),
+            "{module}"
+        );
+    }
+    assert!(!out_dir.join("hf_quant_config.json").exists());
+    let config = std::fs::read_to_string(out_dir.join("config.json")).unwrap();
+    assert!(config.contains("nvfp4-pack-quantized"), "{config}");
+}
+
+#[test]
+fn existing_output_needs_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("nvfp4");
+    assert!(quantize(&out_dir, &[]).status.success());
+    let again = quantize(&out_dir, &[]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    let forced = quantize(&out_dir, &["--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    // A quantised checkpoint is not quantised twice.
+    let twice = marc(&[
+        "quantize",
+        "--model",
+        out_dir.to_str().unwrap(),
+        "--output",
+        dir.path().join("twice").to_str().unwrap(),
+    ]);
+    assert!(!twice.status.success());
+    assert!(stderr(&twice).contains("quantised already"), "{}", stderr(&twice));
+}
+
+#[test]
+fn quant_flag_is_refused_for_unquantised_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"token_ids\": [3, 1, 4]}\n").unwrap();
+    let run = |case: &str, quant: &str| {
+        marc(&[
+            "embed",
+            "--model",
+            fixture(case).to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            dir.path().join("out.jsonl").to_str().unwrap(),
+            "--quant",
+            quant,
+        ])
+    };
+    let refused = run("base_bf16", "w4a16");
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("not quantised"), "{}", stderr(&refused));
+    let w4a4 = run("modelopt_nvfp4", "w4a4");
+    assert!(w4a4.status.success(), "{}", stderr(&w4a4));
+}
+
+/// Sharded inputs give sharded outputs (one per input shard, with an index), and transformers' stacked
+/// experts (`experts.up_proj [E, out, in]`) come out one NVFP4 tensor per expert; both load and embed.
+#[test]
+fn sharded_and_stacked_expert_checkpoints_are_quantised() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"token_ids\": [3, 1, 4, 1, 5]}\n").unwrap();
+    for case in ["moe_bf16_legacy", "mamba_groups_bf16"] {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/tests/fixtures")
+            .join(case);
+        let out_dir = dir.path().join(case);
+        let out = marc(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{case}: {}", stderr(&out));
+        let embedded = marc(&[
+            "embed",
+            "--model",
+            out_dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            dir.path().join("out.jsonl").to_str().unwrap(),
+        ]);
+        assert!(embedded.status.success(), "{case}: {}", stderr(&embedded));
+    }
+    let sharded = dir.path().join("moe_bf16_legacy");
+    assert!(sharded.join("model.safetensors.index.json").is_file());
+    assert!(sharded.join("model-00003-of-00003.safetensors").is_file());
+    let stacked = tensors(&dir.path().join("mamba_groups_bf16"));
+    let expert = &stacked["model.layers.1.mixer.experts.7.down_proj.weight"];
+    assert_eq!((expert.0, expert.1.clone()), (Dtype::U8, vec![64, 24]));
+    assert!(!stacked.contains_key("model.layers.1.mixer.experts.down_proj"));
+}
