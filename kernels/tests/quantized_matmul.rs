@@ -276,6 +276,27 @@ fn w4a4_is_close_to_w4a16() {
 }
 
 #[test]
+fn a_nan_activation_gives_nan_outputs_in_its_row_only() {
+    let (m, n, k) = (3, 40, 64);
+    let w = nvfp4_weights(n, k, 61);
+    let packed = packed_nvfp4(n, k, &w, Some(nvfp4_tensor_scale(1.0)));
+    let mut x = random(m * k, 62);
+    for precision in [MatmulPrecision::Exact, MatmulPrecision::Nvfp4Activations] {
+        let clean = run(&x, m, &packed, None, precision);
+        x[k + 20] = f32::NAN;
+        let y = run(&x, m, &packed, None, precision);
+        x[k + 20] = 0.5;
+        assert!(y[n..2 * n].iter().all(|v| v.is_nan()), "{precision:?}: row 1 is NaN");
+        assert_eq!(bits(&y[..n]), bits(&clean[..n]), "{precision:?}: row 0 unaffected");
+        assert_eq!(
+            bits(&y[2 * n..]),
+            bits(&clean[2 * n..]),
+            "{precision:?}: row 2 unaffected"
+        );
+    }
+}
+
+#[test]
 fn nvfp4_activations_leave_other_weights_exact() {
     let (m, n, k) = (3, 40, 64);
     let x = random(m * k, 81);

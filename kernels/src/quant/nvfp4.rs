@@ -100,8 +100,11 @@ pub(crate) fn quantize_blocks(
 
 /// The E4M3 scale of one block (steps 1 and 2 of the module docs).
 pub(crate) fn block_scale(block: &[f32], tensor_scale: f32, rule: Nvfp4ScaleRule) -> u8 {
-    // `max` ignores NaN; a NaN input is not given a meaningful code anyway.
-    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // NaN propagates into the scale (as torch's `amax` does), so that a NaN activation makes
+    // its block's scale NaN and the W4A4 outputs it feeds NaN, rather than quietly zero.
+    let amax = block
+        .iter()
+        .fold(0.0f32, |m, v| if v.abs() > m || v.is_nan() { v.abs() } else { m });
     let mut scale = amax / (6.0 * tensor_scale);
     if scale == 0.0 {
         scale = 1.0;
