@@ -17,8 +17,7 @@
 use std::time::Instant;
 
 use marc_kernels::{
-    MatmulPrecision, Nvfp4ScaleRule, PackedMatrix, WeightDType, f32_to_e4m3, matmul_with_precision, nvfp4_quantize,
-    nvfp4_tensor_scale,
+    MatmulPrecision, PackedMatrix, WeightDType, f32_to_e4m3, matmul_with_precision, nvfp4_quantize, nvfp4_tensor_scale,
 };
 
 /// (name, n = out_features, k = in_features) of bench-150m Linear layers.
@@ -136,7 +135,7 @@ fn pack(dtype: WeightDType, n: usize, k: usize, values: &[f32]) -> PackedMatrix 
         WeightDType::NVFP4 => {
             let ts = nvfp4_tensor_scale(amax);
             let (mut packed, mut scales) = (vec![0u8; n * k / 2], vec![0u8; n * k / 16]);
-            nvfp4_quantize(values, ts, Nvfp4ScaleRule::Weight, &mut packed, &mut scales).expect("quantise");
+            nvfp4_quantize(values, ts, &mut packed, &mut scales).expect("quantise");
             PackedMatrix::from_nvfp4(n, k, &packed, &scales, ts, Some(nvfp4_tensor_scale(1.0)))
         }
     }

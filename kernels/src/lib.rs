@@ -18,6 +18,6 @@ pub use ops::matmul::{
     MatmulPrecision, PackedMatrix, matmul, matmul_precision, matmul_with_precision, set_matmul_precision,
 };
 pub use quant::{
-    E2M1_VALUES, E4M3_MAX, NVFP4_BLOCK, Nvfp4ScaleRule, e2m1_to_f32, e4m3_to_f32, f32_to_e2m1, f32_to_e4m3,
-    nvfp4_decode, nvfp4_quantize, nvfp4_tensor_scale,
+    E2M1_VALUES, E4M3_MAX, NVFP4_BLOCK, e2m1_to_f32, e4m3_to_f32, f32_to_e2m1, f32_to_e4m3, nvfp4_decode,
+    nvfp4_quantize, nvfp4_tensor_scale,
 };

@@ -2,8 +2,8 @@
 //! their bitwise invariances, and the checks on what `PackedMatrix` accepts.
 
 use marc_kernels::{
-    KernelError, MatmulPrecision, Nvfp4ScaleRule, PackedMatrix, WeightDType, e4m3_to_f32, matmul_with_precision,
-    nvfp4_decode, nvfp4_quantize, nvfp4_tensor_scale,
+    KernelError, MatmulPrecision, PackedMatrix, WeightDType, e4m3_to_f32, matmul_with_precision, nvfp4_decode,
+    nvfp4_quantize, nvfp4_tensor_scale,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,7 +43,7 @@ fn nvfp4_weights(n: usize, k: usize, seed: u64) -> Nvfp4Weights {
     let amax = raw.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let tensor_scale = nvfp4_tensor_scale(amax);
     let (mut packed, mut scales) = (vec![0u8; n * k / 2], vec![0u8; n * k / 16]);
-    nvfp4_quantize(&raw, tensor_scale, Nvfp4ScaleRule::Weight, &mut packed, &mut scales).unwrap();
+    nvfp4_quantize(&raw, tensor_scale, &mut packed, &mut scales).unwrap();
     let mut decoded = vec![0.0; n * k];
     nvfp4_decode(&packed, &scales, tensor_scale, &mut decoded).unwrap();
     Nvfp4Weights {

@@ -17,4 +17,4 @@ pub mod nvfp4;
 
 pub use e2m1::{E2M1_VALUES, e2m1_to_f32, f32_to_e2m1};
 pub use e4m3::{E4M3_MAX, e4m3_is_nan, e4m3_to_f32, f32_to_e4m3};
-pub use nvfp4::{NVFP4_BLOCK, Nvfp4ScaleRule, nvfp4_decode, nvfp4_quantize, nvfp4_tensor_scale};
+pub use nvfp4::{NVFP4_BLOCK, nvfp4_decode, nvfp4_quantize, nvfp4_tensor_scale};

@@ -3,15 +3,16 @@
 //! Two elements per byte, element `2i` in the low nibble and `2i + 1` in the high one.
 //!
 //! The quantiser follows NVIDIA ModelOpt (`NVFP4QTensor`), step by step in f32:
-//! 1. `block_scale = block_amax / (6 * tensor_scale)`; a zero scale becomes 1.0;
-//!    for activations ([`Nvfp4ScaleRule::Activation`]) it is then clamped to `[2^-9, 448]`;
+//! 1. `block_scale = block_amax / (6 * tensor_scale)`; a zero scale becomes 1.0; then it is clamped to
+//!    `[2^-9, 448]` (ModelOpt's `_cast_per_block_scale_to_fp8`, for weights and activations alike);
 //! 2. cast to E4M3, round to nearest even ([`f32_to_e4m3`]);
 //! 3. each element `x / (f32(block_scale) * tensor_scale)` is rounded to E2M1
 //!    ([`f32_to_e2m1`]: nearest, ties to the even code, saturating at 6).
 //!
-//! Weights take their tensor scale from [`nvfp4_tensor_scale`] (`amax / (6 * 448)`), which
-//! bounds every block scale by 448, so ModelOpt does not clamp them; activations use a static
-//! `input_scale` from calibration, which a block can exceed, hence the clamp.
+//! Weights take their tensor scale from [`nvfp4_tensor_scale`] (`amax / (6 * 448)`), which bounds
+//! their block scales by 448, so for them the clamp only lifts tiny non-zero blocks to 2^-9 (with
+//! zero codes, as ModelOpt 0.47 writes them); activations use a static `input_scale` from
+//! calibration, which a block can exceed, and saturate at 448.
 
 use super::e2m1::{e2m1_to_f32, f32_to_e2m1};
 use super::e4m3::{E4M3_MAX, e4m3_is_nan, e4m3_to_f32, f32_to_e4m3};
@@ -20,18 +21,8 @@ use crate::error::KernelError;
 /// Elements per block sharing one E4M3 scale.
 pub const NVFP4_BLOCK: usize = 16;
 
-/// The smallest block scale activations are clamped to: the smallest E4M3 subnormal.
-const ACTIVATION_SCALE_MIN: f32 = 1.0 / 512.0;
-
-/// Which of ModelOpt's block-scale rules to apply (they differ only in the clamp).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nvfp4ScaleRule {
-    /// Weights (`NVFP4QTensor.get_weights_scaling_factor`): zero -> 1.0, no clamp.
-    Weight,
-    /// Activations (the dynamic block quantiser of W4A4): zero -> 1.0, then clamped to
-    /// `[2^-9, 448]`.
-    Activation,
-}
+/// The smallest block scale: the smallest E4M3 subnormal.
+const BLOCK_SCALE_MIN: f32 = 1.0 / 512.0;
 
 /// ModelOpt's per-tensor weight scale (`weight_scale_2`): `amax / (6 * 448)` in f32, where
 /// `amax` is the largest magnitude in the tensor.
@@ -40,7 +31,7 @@ pub fn nvfp4_tensor_scale(amax: f32) -> f32 {
 }
 
 /// Quantises `values` (one or more whole rows; its length a multiple of [`NVFP4_BLOCK`]) to
-/// NVFP4 with the given tensor scale and block-scale rule, writing `values.len() / 2` packed
+/// NVFP4 with the given tensor scale, writing `values.len() / 2` packed
 /// bytes and `values.len() / 16` E4M3 block scales.
 ///
 /// Fails if the lengths do not fit, if `tensor_scale` is not finite and positive, or if a value
@@ -48,7 +39,6 @@ pub fn nvfp4_tensor_scale(amax: f32) -> f32 {
 pub fn nvfp4_quantize(
     values: &[f32],
     tensor_scale: f32,
-    rule: Nvfp4ScaleRule,
     packed: &mut [u8],
     block_scales: &mut [u8],
 ) -> Result<(), KernelError> {
@@ -72,25 +62,19 @@ pub fn nvfp4_quantize(
             reason: format!("element {at} is {}", values[at]),
         });
     }
-    quantize_blocks(values, tensor_scale, rule, packed, block_scales);
+    quantize_blocks(values, tensor_scale, packed, block_scales);
     Ok(())
 }
 
 /// [`nvfp4_quantize`] without the checks: lengths are whole blocks and match. Non-finite inputs
 /// give some codes and never panic (the W4A4 matmul quantises activations with this).
-pub(crate) fn quantize_blocks(
-    values: &[f32],
-    tensor_scale: f32,
-    rule: Nvfp4ScaleRule,
-    packed: &mut [u8],
-    block_scales: &mut [u8],
-) {
+pub(crate) fn quantize_blocks(values: &[f32], tensor_scale: f32, packed: &mut [u8], block_scales: &mut [u8]) {
     for ((block, out), scale) in values
         .chunks_exact(NVFP4_BLOCK)
         .zip(packed.chunks_exact_mut(NVFP4_BLOCK / 2))
         .zip(block_scales.iter_mut())
     {
-        *scale = block_scale(block, tensor_scale, rule);
+        *scale = block_scale(block, tensor_scale);
         let divisor = e4m3_to_f32(*scale) * tensor_scale;
         for (byte, pair) in out.iter_mut().zip(block.chunks_exact(2)) {
             *byte = f32_to_e2m1(pair[0] / divisor) | (f32_to_e2m1(pair[1] / divisor) << 4);
@@ -99,7 +83,7 @@ pub(crate) fn quantize_blocks(
 }
 
 /// The E4M3 scale of one block (steps 1 and 2 of the module docs).
-pub(crate) fn block_scale(block: &[f32], tensor_scale: f32, rule: Nvfp4ScaleRule) -> u8 {
+pub(crate) fn block_scale(block: &[f32], tensor_scale: f32) -> u8 {
     // NaN propagates into the scale (as torch's `amax` does), so that a NaN activation makes
     // its block's scale NaN and the W4A4 outputs it feeds NaN, rather than quietly zero.
     let amax = block
@@ -109,10 +93,7 @@ pub(crate) fn block_scale(block: &[f32], tensor_scale: f32, rule: Nvfp4ScaleRule
     if scale == 0.0 {
         scale = 1.0;
     }
-    if rule == Nvfp4ScaleRule::Activation {
-        scale = scale.clamp(ACTIVATION_SCALE_MIN, E4M3_MAX);
-    }
-    f32_to_e4m3(scale)
+    f32_to_e4m3(scale.clamp(BLOCK_SCALE_MIN, E4M3_MAX))
 }
 
 /// Decodes NVFP4 data (`packed.len() * 2` values; `block_scales` one per 16 of them) to f32:
@@ -175,7 +156,7 @@ mod tests {
 
     /// A straightforward transcription of ModelOpt's steps, in f64 where that is exact, to
     /// compare the quantiser with.
-    fn reference(values: &[f32], ts: f32, rule: Nvfp4ScaleRule) -> (Vec<u8>, Vec<u8>) {
+    fn reference(values: &[f32], ts: f32) -> (Vec<u8>, Vec<u8>) {
         let mut codes = Vec::new();
         let mut scales = Vec::new();
         for block in values.chunks(16) {
@@ -184,10 +165,7 @@ mod tests {
             if s == 0.0 {
                 s = 1.0;
             }
-            if rule == Nvfp4ScaleRule::Activation {
-                s = s.clamp(2f32.powi(-9), 448.0);
-            }
-            let sc = f32_to_e4m3(s);
+            let sc = f32_to_e4m3(s.clamp(2f32.powi(-9), 448.0));
             scales.push(sc);
             let d = e4m3_to_f32(sc) * ts;
             for &v in block {
@@ -235,39 +213,34 @@ mod tests {
     #[test]
     fn quantiser_matches_a_transcription_of_modelopt() {
         let v = values(16 * 60, 7);
-        for rule in [Nvfp4ScaleRule::Weight, Nvfp4ScaleRule::Activation] {
-            for ts in [nvfp4_tensor_scale(300.0), 0.01, 1e-6] {
-                let (mut p, mut s) = (vec![0; v.len() / 2], vec![0; v.len() / 16]);
-                nvfp4_quantize(&v, ts, rule, &mut p, &mut s).unwrap();
-                let (wp, ws) = reference(&v, ts, rule);
-                assert_eq!(s, ws, "{rule:?} ts={ts}");
-                assert_eq!(p, wp, "{rule:?} ts={ts}");
-            }
+        for ts in [nvfp4_tensor_scale(300.0), 0.01, 1e-6] {
+            let (mut p, mut s) = (vec![0; v.len() / 2], vec![0; v.len() / 16]);
+            nvfp4_quantize(&v, ts, &mut p, &mut s).unwrap();
+            let (wp, ws) = reference(&v, ts);
+            assert_eq!(s, ws, "ts={ts}");
+            assert_eq!(p, wp, "ts={ts}");
         }
     }
 
     #[test]
-    fn activation_scales_are_clamped_and_weight_scales_are_not() {
-        // A block 1000x the calibrated amax: the activation scale saturates at 448.
+    fn block_scales_are_clamped_to_the_e4m3_range() {
+        // A block 1000x the calibrated amax (an activation past its input_scale): saturates at 448.
         let ts = nvfp4_tensor_scale(1.0);
         let mut block = [0.0f32; 16];
         block[3] = 1000.0;
         let (mut p, mut s) = ([0u8; 8], [0u8; 1]);
-        nvfp4_quantize(&block, ts, Nvfp4ScaleRule::Activation, &mut p, &mut s).unwrap();
+        nvfp4_quantize(&block, ts, &mut p, &mut s).unwrap();
         assert_eq!(s[0], 0x7E);
         assert_eq!(p[1] & 0xF0, 0x70, "saturates at 6");
-        // A tiny block: activations clamp to 2^-9, weights round to E4M3 zero.
+        // A tiny non-zero block: its scale is lifted to 2^-9 (byte 0x01) with zero codes, as ModelOpt 0.47
+        // writes it for weights and activations alike (not an E4M3 zero scale with saturated codes).
         block[3] = 1e-12;
-        nvfp4_quantize(&block, ts, Nvfp4ScaleRule::Activation, &mut p, &mut s).unwrap();
-        assert_eq!(s[0], 0x01);
-        nvfp4_quantize(&block, ts, Nvfp4ScaleRule::Weight, &mut p, &mut s).unwrap();
-        assert_eq!(s[0], 0x00);
-        // All zeros: scale 1.0 under both rules.
+        nvfp4_quantize(&block, ts, &mut p, &mut s).unwrap();
+        assert_eq!((s[0], p), (0x01, [0u8; 8]));
+        // All zeros: scale 1.0.
         let zeros = [0.0f32; 16];
-        for rule in [Nvfp4ScaleRule::Weight, Nvfp4ScaleRule::Activation] {
-            nvfp4_quantize(&zeros, ts, rule, &mut p, &mut s).unwrap();
-            assert_eq!((e4m3_to_f32(s[0]), p), (1.0, [0u8; 8]));
-        }
+        nvfp4_quantize(&zeros, ts, &mut p, &mut s).unwrap();
+        assert_eq!((e4m3_to_f32(s[0]), p), (1.0, [0u8; 8]));
     }
 
     #[test]
@@ -276,7 +249,7 @@ mod tests {
         let ts = 0.5f32;
         let v: Vec<f32> = (0..32).map(|i| e2m1_to_f32(i as u8 % 16) * 3.0 * 0.5).collect();
         let (mut p, mut s) = (vec![0; 16], vec![0; 2]);
-        nvfp4_quantize(&v, ts, Nvfp4ScaleRule::Weight, &mut p, &mut s).unwrap();
+        nvfp4_quantize(&v, ts, &mut p, &mut s).unwrap();
         assert_eq!(s.iter().map(|&c| e4m3_to_f32(c)).collect::<Vec<_>>(), [3.0; 2]);
         let mut out = vec![0.0; 32];
         nvfp4_decode(&p, &s, ts, &mut out).unwrap();
@@ -287,16 +260,15 @@ mod tests {
     fn bad_arguments_are_errors() {
         let v = [1.0f32; 32];
         let (mut p, mut s) = (vec![0; 16], vec![0; 2]);
-        let rule = Nvfp4ScaleRule::Weight;
-        assert!(nvfp4_quantize(&v[..31], 1.0, rule, &mut p, &mut s).is_err());
-        assert!(nvfp4_quantize(&v, 1.0, rule, &mut p[..15], &mut s).is_err());
-        assert!(nvfp4_quantize(&v, 1.0, rule, &mut p, &mut s[..1]).is_err());
+        assert!(nvfp4_quantize(&v[..31], 1.0, &mut p, &mut s).is_err());
+        assert!(nvfp4_quantize(&v, 1.0, &mut p[..15], &mut s).is_err());
+        assert!(nvfp4_quantize(&v, 1.0, &mut p, &mut s[..1]).is_err());
         for ts in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-            assert!(nvfp4_quantize(&v, ts, rule, &mut p, &mut s).is_err(), "{ts}");
+            assert!(nvfp4_quantize(&v, ts, &mut p, &mut s).is_err(), "{ts}");
         }
         let mut bad = v;
         bad[5] = f32::NAN;
-        let err = nvfp4_quantize(&bad, 1.0, rule, &mut p, &mut s).unwrap_err();
+        let err = nvfp4_quantize(&bad, 1.0, &mut p, &mut s).unwrap_err();
         assert!(err.to_string().contains("element 5"), "{err}");
         assert!(check_block_scales("t", &[0x00, 0x38, 0x80]).is_ok());
         assert!(check_block_scales("t", &[0x38, 0x7F]).is_err());

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use marc_kernels::quant::{NVFP4_BLOCK, Nvfp4ScaleRule, nvfp4_quantize, nvfp4_tensor_scale};
+use marc_kernels::quant::{NVFP4_BLOCK, nvfp4_quantize, nvfp4_tensor_scale};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
@@ -267,7 +267,7 @@ fn encode_tensor(
         let tensor_scale = nvfp4_tensor_scale(amax);
         let mut packed = vec![0u8; rows * cols / 2];
         let mut scales = vec![0u8; rows * cols / NVFP4_BLOCK];
-        nvfp4_quantize(&values, tensor_scale, Nvfp4ScaleRule::Weight, &mut packed, &mut scales).map_err(|source| {
+        nvfp4_quantize(&values, tensor_scale, &mut packed, &mut scales).map_err(|source| {
             // The quantiser refuses NaN and infinite weights.
             LoadError::Kernel {
                 path: t.path.to_owned(),

@@ -6,7 +6,7 @@ use super::amx;
 use super::cpu::{self, CpuIsa};
 use super::packed::{Layout, PackedMatrix};
 use crate::dtype::WeightDType;
-use crate::quant::{Nvfp4ScaleRule, f32_to_e4m3, nvfp4_quantize, nvfp4_tensor_scale};
+use crate::quant::{f32_to_e4m3, nvfp4_quantize, nvfp4_tensor_scale};
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
     // A small xorshift: deterministic, no dev-dependency needed in unit tests.
@@ -39,7 +39,7 @@ fn packed(dtype: WeightDType, n: usize, k: usize, seed: u32) -> PackedMatrix {
                 .enumerate()
                 .map(|(i, x)| x * [1.0, 1e-4, 30.0][i / 16 % 3])
                 .collect();
-            nvfp4_quantize(&v, nvfp4_tensor_scale(30.0), Nvfp4ScaleRule::Weight, &mut p, &mut s).unwrap();
+            nvfp4_quantize(&v, nvfp4_tensor_scale(30.0), &mut p, &mut s).unwrap();
             return PackedMatrix::from_nvfp4(n, k, &p, &s, nvfp4_tensor_scale(30.0), Some(0.01)).unwrap();
         }
     };

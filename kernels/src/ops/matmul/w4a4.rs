@@ -2,7 +2,7 @@
 //! tensor cores compute it, emulated exactly.
 //!
 //! For each row of x, each block `b` of 16 activations is quantised with the layer's static
-//! `input_scale` (ModelOpt's activation rule: [`Nvfp4ScaleRule::Activation`]) to E2M1 values
+//! `input_scale` (ModelOpt's rule, [`nvfp4_quantize`]) to E2M1 values
 //! `xe` and an E4M3 scale `xs[b]`. Then every output is, in this order:
 //! 1. per block, `dot = sum_t xe[t] * we[t]` over the 16 E2M1 pairs: exact in f32 whatever the
 //!    order (every partial sum is a multiple of 1/4 below 2^12);
@@ -14,7 +14,7 @@
 //! Row `i` of y depends only on row `i` of x, through this fixed sequence, so rows are bitwise
 //! batch- and thread-invariant.
 //!
-//! [`Nvfp4ScaleRule::Activation`]: crate::quant::Nvfp4ScaleRule::Activation
+//! [`nvfp4_quantize`]: crate::quant::nvfp4_quantize
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ use super::packed::{NR, NVFP4_RECORD, PackedMatrix};
 use super::xpack::pack_x;
 use crate::quant::e2m1::E2M1_VALUES;
 use crate::quant::e4m3::e4m3_to_f32;
-use crate::quant::nvfp4::{NVFP4_BLOCK, Nvfp4ScaleRule, quantize_blocks};
+use crate::quant::nvfp4::{NVFP4_BLOCK, quantize_blocks};
 
 /// Rows of x whose quantisation runs as one task.
 const QUANTISE_ROWS_PER_TASK: usize = 16;
@@ -53,7 +53,7 @@ fn quantise_rows(x: &[f32], m: usize, k: usize, input_scale: f32) -> QuantisedRo
         let mut codes = vec![0u8; blocks];
         for r in 0..rows {
             let row = &x[(i * QUANTISE_ROWS_PER_TASK + r) * k..][..k];
-            quantize_blocks(row, input_scale, Nvfp4ScaleRule::Activation, &mut packed, &mut codes);
+            quantize_blocks(row, input_scale, &mut packed, &mut codes);
             for (pair, &byte) in values[r * k..(r + 1) * k].chunks_exact_mut(2).zip(&packed) {
                 pair[0] = E2M1_VALUES[usize::from(byte & 0xF)];
                 pair[1] = E2M1_VALUES[usize::from(byte >> 4)];
