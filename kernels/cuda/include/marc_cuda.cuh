@@ -10,6 +10,14 @@
 #include "simt_cpu.h"
 #endif
 
+// A kernel's dynamic shared memory as floats (size given at launch). CUDA spells it `extern
+// __shared__`, which has no C++ equivalent, hence the macro.
+#if defined(__CUDACC__)
+#define MARC_DYNAMIC_SHARED_FLOATS(name) extern __shared__ __align__(16) float name[]
+#else
+#define MARC_DYNAMIC_SHARED_FLOATS(name) float* name = reinterpret_cast<float*>(::simt::dynamic_shared())
+#endif
+
 namespace marc {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;

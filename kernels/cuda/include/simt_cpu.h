@@ -305,6 +305,8 @@ inline T atomicExch(T* address, T value) {
 }
 
 // Device math the kernels use, as the host computes it.
+using std::max;
+using std::min;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }

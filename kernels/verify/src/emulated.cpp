@@ -7,7 +7,9 @@
 #include <type_traits>
 #include <utility>
 
+#include "../../cuda/causal_conv1d.cu"
 #include "../../cuda/norm.cu"
+#include "../../cuda/ssd_scan.cu"
 
 namespace {
 
@@ -30,7 +32,9 @@ struct Entry {
 
 // Every kernel of kernels/cuda/, by its extern "C" name.
 const Entry KERNELS[] = {
+    KERNEL(causal_conv1d_silu_f32),
     KERNEL(rms_norm_f32),
+    KERNEL(ssd_scan_f32),
     KERNEL(gated_group_rms_norm_f32),
 };
 
