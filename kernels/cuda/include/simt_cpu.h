@@ -16,8 +16,9 @@
 //   `1 / sqrtf`): results agree with the GPU to rounding, not bit for bit.
 // - A thread that returns early leaves the block's barriers (as exited threads do on sm_70+), but a
 //   warp collective with exited lanes aborts, because the emulation only knows full warps.
-// - Test aid: `SIMT_SKIP_SYNC_LINE=<n>` turns every `__syncthreads()` written on line n into a no-op,
-//   so a test can show that TSan catches that barrier missing, without a second copy of the kernel.
+// - Test aid: `SIMT_SKIP_SYNC=<file>:<line>` turns the `__syncthreads()` written at that line of the
+//   file whose path ends in <file> into a no-op, so a test can show that TSan catches that barrier
+//   missing, without keeping a broken copy of the kernel.
 //
 // Not emulated: inline PTX (each use sits in a device function with a C++ fallback that follows
 // the PTX ISA fragment layout), clusters, cooperative launches, async copies, texture memory.
@@ -34,6 +35,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -127,7 +130,9 @@ struct Launch {
     Barrier block_end;
     std::vector<std::unique_ptr<Warp>> warps;
     std::vector<unsigned char> dynamic_shared;
-    int skip_sync_line;
+    // SIMT_SKIP_SYNC, split: the file name suffix and the line (-1: skip nothing).
+    std::string skip_sync_file;
+    int skip_sync_line = -1;
 
     Launch(dim3 g, dim3 b, size_t shared_bytes)
         : grid(g),
@@ -139,8 +144,13 @@ struct Launch {
         for (unsigned first = 0; first < threads; first += 32) {
             warps.push_back(std::make_unique<Warp>(std::min(32u, threads - first)));
         }
-        const char* skip = std::getenv("SIMT_SKIP_SYNC_LINE");
-        skip_sync_line = skip ? std::atoi(skip) : -1;
+        if (const char* skip = std::getenv("SIMT_SKIP_SYNC")) {
+            const std::string spec(skip);
+            const size_t colon = spec.rfind(':');
+            if (colon == std::string::npos) fail("SIMT_SKIP_SYNC must be <file>:<line>");
+            skip_sync_file = spec.substr(0, colon);
+            skip_sync_line = std::atoi(spec.c_str() + colon + 1);
+        }
     }
 };
 
@@ -156,9 +166,12 @@ struct Lane {
 
 inline thread_local Lane this_lane;
 
-inline void syncthreads(int line) {
+inline void syncthreads(const char* file, int line) {
     Launch& l = *this_lane.launch;
-    if (line == l.skip_sync_line) return;
+    if (line == l.skip_sync_line) {
+        const std::string_view f(file), suffix(l.skip_sync_file);
+        if (f.size() >= suffix.size() && f.substr(f.size() - suffix.size()) == suffix) return;
+    }
     l.block_barrier.arrive_and_wait();
 }
 
@@ -239,7 +252,7 @@ inline unsigned char* dynamic_shared() { return this_lane.launch->dynamic_shared
 #define blockDim (::simt::this_lane.launch->block)
 #define gridDim (::simt::this_lane.launch->grid)
 
-#define __syncthreads() ::simt::syncthreads(__LINE__)
+#define __syncthreads() ::simt::syncthreads(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::simt::full_warp(mask).barrier.arrive_and_wait(); }
 
 template <typename T>
