@@ -18,9 +18,20 @@
 #define MARC_DYNAMIC_SHARED_FLOATS(name) float* name = reinterpret_cast<float*>(::simt::dynamic_shared())
 #endif
 
+// Fully unroll the next loop (fixed trip count): keeps per-thread arrays indexed by the loop in
+// registers instead of local memory. A no-op in the CPU build.
+#if defined(__CUDACC__)
+#define MARC_UNROLL _Pragma("unroll")
+#else
+#define MARC_UNROLL
+#endif
+
 namespace marc {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// -infinity without <cmath>'s INFINITY, which NVRTC does not provide.
+__device__ __forceinline__ float neg_inf() { return __int_as_float(int(0xff800000u)); }
 
 // Sum over the 32 lanes, every lane gets the result. The butterfly fixes the association order, so
 // the result does not depend on timing.

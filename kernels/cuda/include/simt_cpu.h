@@ -209,8 +209,11 @@ inline T from_bits(uint64_t bits) {
     return v;
 }
 
-// Runs `body` as the kernel of a grid x block launch (see the header comment).
+// Runs `body` as the kernel of a grid x block launch (see the header comment). Launches from
+// several host threads run one at a time, as on one stream: `__shared__` storage is per process.
 inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
+    static std::mutex one_launch_at_a_time;
+    std::lock_guard<std::mutex> serialised(one_launch_at_a_time);
     Launch l(grid, block, shared_bytes);
     const unsigned blocks = grid.x * grid.y * grid.z;
     auto thread_main = [&](unsigned linear) {

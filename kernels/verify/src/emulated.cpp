@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../../cuda/attention.cu"
 #include "../../cuda/causal_conv1d.cu"
 #include "../../cuda/norm.cu"
 #include "../../cuda/ssd_scan.cu"
@@ -32,6 +33,8 @@ struct Entry {
 
 // Every kernel of kernels/cuda/, by its extern "C" name.
 const Entry KERNELS[] = {
+    KERNEL(causal_attention_f32_d64),
+    KERNEL(causal_attention_f32_d128),
     KERNEL(causal_conv1d_silu_f32),
     KERNEL(rms_norm_f32),
     KERNEL(ssd_scan_f32),

@@ -5,7 +5,8 @@ use std::process::Command;
 
 /// `kernels/cuda/`, the kernel sources.
 pub fn cuda_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cuda")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cuda");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// `kernels/cuda/include/`, the shared headers.

@@ -1,5 +1,5 @@
 //! Every kernel in kernels/cuda/ compiles with NVRTC for Hopper (sm_90a) and Blackwell (sm_100a)
-//! with no register spills and within its register budget, and docs/gpu.md's resource table is
+//! with no register spills, no local-memory stack frame, and within its register budget, and docs/gpu.md's resource table is
 //! what the compiler reports today.
 //!
 //! A Rust test rather than a shell script: it runs under `cargo test --workspace` with the rest, the
@@ -27,6 +27,10 @@ const ARCHS: [&str; 2] = ["sm_90a", "sm_100a"];
 /// keeps the occupancy the kernel's design assumes (65536 registers per SM): at 256 threads per
 /// block, 64 registers leave 4 blocks per SM; at 128 threads, 128 registers leave 4 blocks.
 const REGISTER_BUDGETS: &[(&str, u32)] = &[
+    // q, o and a tile of scores in registers (3 * D / 4 + 32 floats); 128 threads, so even 128
+    // registers leave 4 blocks per SM.
+    ("causal_attention_f32_d64", 128),
+    ("causal_attention_f32_d128", 128),
     // One output per thread, K taps: a handful of registers, 128 threads.
     ("causal_conv1d_silu_f32", 40),
     // Memory-bound row reductions: a running sum and a few pointers per thread.
@@ -121,6 +125,14 @@ fn kernels_compile_for_hopper_and_blackwell_without_spills_within_budget() {
             problems.push(format!(
                 "{} on {} spills: {} bytes stored, {} loaded",
                 r.kernel, r.arch, r.spill_stores, r.spill_loads
+            ));
+        }
+        // A stack frame is a per-thread array the compiler could not keep in registers (an index
+        // it cannot resolve, a loop it did not unroll): local-memory traffic as costly as a spill.
+        if r.stack_bytes > 0 {
+            problems.push(format!(
+                "{} on {} has a {}-byte stack frame (local memory)",
+                r.kernel, r.arch, r.stack_bytes
             ));
         }
         match REGISTER_BUDGETS.iter().find(|(k, _)| *k == r.kernel) {
