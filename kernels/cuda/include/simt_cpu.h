@@ -320,6 +320,8 @@ inline T atomicExch(T* address, T value) {
     return std::atomic_ref<T>(*address).exchange(value);
 }
 
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+
 // Device math the kernels use, as the host computes it.
 using std::max;
 using std::min;

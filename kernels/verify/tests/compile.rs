@@ -33,6 +33,13 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("causal_attention_f32_d128", 128),
     // One output per thread, K taps: a handful of registers, 128 threads.
     ("causal_conv1d_silu_f32", 40),
+    // 16 sigmoid scores and 16 choice scores per lane for 512 experts, plus the argmax state;
+    // latency-bound, so 96 registers (5 blocks of 128 per SM) is plenty of warps.
+    ("moe_route_f32", 96),
+    // Ballot loops over the routing entries: a counter and a few pointers.
+    ("moe_count_by_expert", 40),
+    ("moe_align_offsets", 32),
+    ("moe_scatter_by_expert", 40),
     // Memory-bound row reductions: a running sum and a few pointers per thread.
     ("rms_norm_f32", 32),
     ("gated_group_rms_norm_f32", 32),
