@@ -9,8 +9,10 @@
 
 #include "../../cuda/attention.cu"
 #include "../../cuda/causal_conv1d.cu"
+#include "../../cuda/embedding.cu"
 #include "../../cuda/moe_routing.cu"
 #include "../../cuda/norm.cu"
+#include "../../cuda/pooling.cu"
 #include "../../cuda/ssd_scan.cu"
 
 namespace {
@@ -37,10 +39,14 @@ const Entry KERNELS[] = {
     KERNEL(causal_attention_f32_d64),
     KERNEL(causal_attention_f32_d128),
     KERNEL(causal_conv1d_silu_f32),
+    KERNEL(embedding_gather_bf16),
+    KERNEL(embedding_gather_f32),
+    KERNEL(head_activation_normalize_f32),
     KERNEL(moe_route_f32),
     KERNEL(moe_count_by_expert),
     KERNEL(moe_align_offsets),
     KERNEL(moe_scatter_by_expert),
+    KERNEL(pool_f32),
     KERNEL(rms_norm_f32),
     KERNEL(ssd_scan_f32),
     KERNEL(gated_group_rms_norm_f32),

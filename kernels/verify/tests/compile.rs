@@ -33,6 +33,12 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("causal_attention_f32_d128", 128),
     // One output per thread, K taps: a handful of registers, 128 threads.
     ("causal_conv1d_silu_f32", 40),
+    // Copies and per-channel sums: a few pointers and one accumulator.
+    ("embedding_gather_bf16", 32),
+    ("embedding_gather_f32", 32),
+    ("pool_f32", 32),
+    // The activation (erff is the largest) and a block reduction.
+    ("head_activation_normalize_f32", 40),
     // 16 sigmoid scores and 16 choice scores per lane for 512 experts, plus the argmax state;
     // latency-bound, so 96 registers (5 blocks of 128 per SM) is plenty of warps.
     ("moe_route_f32", 96),
