@@ -49,7 +49,7 @@
 #define __launch_bounds__(...)
 // Static storage is safe: only one block runs at a time (see above).
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 {
     unsigned x, y, z;

@@ -10,6 +10,7 @@
 #include "../../cuda/attention.cu"
 #include "../../cuda/causal_conv1d.cu"
 #include "../../cuda/embedding.cu"
+#include "../../cuda/gemm_bf16.cu"
 #include "../../cuda/moe_routing.cu"
 #include "../../cuda/norm.cu"
 #include "../../cuda/pooling.cu"
@@ -41,7 +42,9 @@ const Entry KERNELS[] = {
     KERNEL(causal_conv1d_silu_f32),
     KERNEL(embedding_gather_bf16),
     KERNEL(embedding_gather_f32),
+    KERNEL(gemm_bf16_f32),
     KERNEL(head_activation_normalize_f32),
+    KERNEL(mma_m16n8k16_probe),
     KERNEL(moe_route_f32),
     KERNEL(moe_count_by_expert),
     KERNEL(moe_align_offsets),
