@@ -3,7 +3,7 @@
 // `__syncthreads()` (SIMT_SKIP_SYNC=<file>:<line>) is reported as a data race. Correctness is the
 // parity tests' job; here only the memory accesses matter, so the inputs are simple and fixed.
 //
-// Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan.
+// Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan, attention, gemm.
 
 #include <cstdio>
 #include <cstring>
@@ -20,8 +20,9 @@ std::vector<float> ramp(size_t n, float scale) {
     return v;
 }
 
-int run(const char* name, unsigned gx, unsigned gy, unsigned threads, size_t shared, std::vector<void*> args) {
-    const unsigned grid[3] = {gx, gy, 1}, block[3] = {threads, 1, 1};
+int run(const char* name, unsigned gx, unsigned gy, unsigned threads, size_t shared, std::vector<void*> args,
+        unsigned gz = 1) {
+    const unsigned grid[3] = {gx, gy, gz}, block[3] = {threads, 1, 1};
     return simt_launch(name, grid, block, shared, args.data());
 }
 
@@ -70,17 +71,53 @@ int ssd_scan() {
                {&xp, &stride, &bp, &cp, &stride, &dtp, &ap, &dp, &cup, &nh, &hd, &ng, &ns, &yp});
 }
 
+int attention() {
+    // Two query tiles and three key tiles in the second sequence: the tile loop's barriers guard
+    // both the first load and every reload.
+    const int heads = 2, kv_heads = 1, d = 64;
+    std::vector<int> cu = {0, 5, 75};
+    const int tokens = cu.back();
+    auto q = ramp(size_t(tokens) * heads * d, 1.0f), k = ramp(size_t(tokens) * kv_heads * d, 1.0f);
+    auto v = ramp(size_t(tokens) * kv_heads * d, 0.5f);
+    std::vector<float> out(q.size());
+    const float* qp = q.data();
+    const float* kp = k.data();
+    const float* vp = v.data();
+    const int* cup = cu.data();
+    float* op = out.data();
+    int nh = heads, nkv = kv_heads;
+    float scale = 0.125f;
+    return run("causal_attention_f32_d64", 3, heads, 128, 0, {&qp, &kp, &vp, &cup, &nh, &nkv, &scale, &op}, 2);
+}
+
+int gemm() {
+    // Two K steps, so the barrier before reloading the tiles matters too.
+    const int m = 20, n = 24, k = 64;
+    std::vector<unsigned short> a(size_t(m) * k), w(size_t(n) * k);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = 0x3f80 + (i % 7);  // bf16 around 1.0
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0x3f00 + (i % 5);  // bf16 around 0.5
+    std::vector<float> c(size_t(m) * n);
+    const unsigned short* ap = a.data();
+    const unsigned short* wp = w.data();
+    const float* bias = nullptr;
+    float* cp = c.data();
+    int mm = m, nn = n, kk = k;
+    return run("gemm_bf16_f32", 1, 1, 128, 0, {&ap, &wp, &bias, &mm, &nn, &kk, &cp});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc != 2) {
-        std::fprintf(stderr, "usage: %s rms_norm|gated_group_rms_norm|ssd_scan\n", argv[0]);
+        std::fprintf(stderr, "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm\n", argv[0]);
         return 2;
     }
     const char* which = argv[1];
     if (std::strcmp(which, "rms_norm") == 0) return rms_norm();
     if (std::strcmp(which, "gated_group_rms_norm") == 0) return gated_group_rms_norm();
     if (std::strcmp(which, "ssd_scan") == 0) return ssd_scan();
+    if (std::strcmp(which, "attention") == 0) return attention();
+    if (std::strcmp(which, "gemm") == 0) return gemm();
     std::fprintf(stderr, "unknown case %s\n", which);
     return 2;
 }

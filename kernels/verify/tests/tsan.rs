@@ -1,6 +1,6 @@
 //! The emulated kernels under ThreadSanitizer: a clean run reports no race, and deleting any one
-//! barrier of the SSD scan (or the one inside `block_sum`) is reported as a data race in the kernel
-//! source. This is what makes the emulation a check on synchronisation, not only on arithmetic.
+//! barrier of the SSD scan, the attention, the GEMM (or the one inside `block_sum`) is reported as a
+//! data race in the kernel source. This is what makes the emulation a check on synchronisation, not only on arithmetic.
 //!
 //! Builds `src/emulated.cpp` + `src/tsan_driver.cpp` with `g++ -fsanitize=thread` (about 10 s),
 //! then runs the driver once per case. Barriers are removed at run time by `SIMT_SKIP_SYNC`
@@ -54,7 +54,7 @@ fn barrier_lines(file: &str) -> Vec<usize> {
 
 #[test]
 fn clean_runs_report_no_race() {
-    for case in ["rms_norm", "gated_group_rms_norm", "ssd_scan"] {
+    for case in ["rms_norm", "gated_group_rms_norm", "ssd_scan", "attention", "gemm"] {
         let out = run(case, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -85,6 +85,17 @@ fn every_ssd_scan_barrier_is_needed_and_its_removal_is_caught() {
     assert_eq!(lines.len(), 5, "ssd_scan.cu's barriers moved; update this test");
     for line in lines {
         assert_race_reported("ssd_scan", "ssd_scan.cu", line);
+    }
+}
+
+#[test]
+fn every_attention_and_gemm_barrier_is_needed() {
+    for (case, file, count) in [("attention", "attention.cu", 2), ("gemm", "gemm_bf16.cu", 2)] {
+        let lines = barrier_lines(file);
+        assert_eq!(lines.len(), count, "{file}'s barriers moved; update this test");
+        for line in lines {
+            assert_race_reported(case, file, line);
+        }
     }
 }
 
