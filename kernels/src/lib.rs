@@ -6,6 +6,7 @@
 //! All reductions run in a fixed order per output element, so results are bitwise identical
 //! whatever the batch composition and the number of threads.
 
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -35,7 +35,9 @@ pub enum LaunchError {
 /// kernel at their own width from the slot's start (little-endian).
 #[derive(Default)]
 pub struct Args {
-    slots: Vec<Box<u64>>,
+    /// Pointers to the slots are taken only at launch, after the last push, so the vector may
+    /// reallocate while arguments are added.
+    slots: Vec<u64>,
 }
 
 impl Args {
@@ -45,7 +47,7 @@ impl Args {
     }
 
     fn push_bits(&mut self, bits: u64) -> &mut Self {
-        self.slots.push(Box::new(bits));
+        self.slots.push(bits);
         self
     }
 
@@ -100,7 +102,7 @@ pub unsafe fn launch(
     let mut pointers: Vec<*mut c_void> = args
         .slots
         .iter_mut()
-        .map(|slot| std::ptr::from_mut::<u64>(slot).cast::<c_void>())
+        .map(|slot| std::ptr::from_mut(slot).cast::<c_void>())
         .collect();
     // SAFETY: the name is a valid C string, grid/block point at three u32 each, and the caller
     // guarantees that `pointers` matches the kernel's parameters and that every buffer they name

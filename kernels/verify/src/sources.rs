@@ -14,16 +14,6 @@ pub fn include_dir() -> PathBuf {
     cuda_dir().join("include")
 }
 
-/// Every `kernels/cuda/*.cu`, sorted by name.
-pub fn kernel_sources() -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(cuda_dir())?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.retain(|p| p.extension().is_some_and(|e| e == "cu"));
-    files.sort();
-    Ok(files)
-}
-
 /// Runs `scripts/cuda_tools.sh` (which installs the pinned NVRTC and header wheels on first use)
 /// and returns the folder holding `lib/libnvrtc.so.13` and `include/`, or why it could not.
 pub fn cuda_tools() -> Result<PathBuf, String> {

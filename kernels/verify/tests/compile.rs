@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use marc_kernels_verify::nvrtc::Nvrtc;
+use marc_kernels::cuda::{nvrtc, ptx_cache, sources as embedded};
 use marc_kernels_verify::ptxas::{self, Resources};
 use marc_kernels_verify::sources;
 
@@ -63,10 +63,14 @@ fn gpu_doc() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/gpu.md")
 }
 
-/// The compiler, or `None` (after saying why) when it cannot be had outside CI.
+/// The compiler (loaded, for `marc_kernels::cuda::nvrtc`), or `None` (after saying why) when it
+/// cannot be had outside CI.
 fn tools_or_skip() -> Option<PathBuf> {
     match sources::cuda_tools() {
-        Ok(tools) => Some(tools),
+        Ok(tools) => {
+            nvrtc::load_library(&tools.join("lib/libnvrtc.so.13")).unwrap_or_else(|e| panic!("{e}"));
+            Some(tools)
+        }
         Err(why) if std::env::var_os("CI").is_some() => {
             panic!("the CUDA compile check needs NVRTC from PyPI and could not install it:\n{why}")
         }
@@ -79,13 +83,11 @@ fn tools_or_skip() -> Option<PathBuf> {
 
 /// Compiles every source for every architecture, two at a time (CI has two cores).
 fn compile_all(tools: &Path) -> Vec<Resources> {
-    let nvrtc = Nvrtc::open(tools).unwrap_or_else(|e| panic!("{e}"));
     let include = sources::include_dir();
     let headers = tools.join("include");
-    let jobs: Vec<(PathBuf, &str)> = sources::kernel_sources()
-        .expect("kernels/cuda is readable")
-        .into_iter()
-        .flat_map(|src| ARCHS.map(|arch| (src.clone(), arch)))
+    let jobs: Vec<(&embedded::Source, &str)> = embedded::KERNELS
+        .iter()
+        .flat_map(|src| ARCHS.map(|arch| (src, arch)))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<(usize, Vec<Resources>)> = std::thread::scope(|s| {
@@ -96,10 +98,9 @@ fn compile_all(tools: &Path) -> Vec<Resources> {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some((src, arch)) = jobs.get(i) else { break done };
-                        let log = nvrtc
-                            .compile(src, arch, &[&include, &headers])
+                        let compiled = nvrtc::compile(src.name, src.text, arch, &[&include, &headers])
                             .unwrap_or_else(|e| panic!("{e}"));
-                        done.push((i, ptxas::parse(&log)));
+                        done.push((i, ptxas::parse(&compiled.log)));
                     }
                 })
             })
@@ -187,4 +188,51 @@ fn kernels_compile_for_hopper_and_blackwell_without_spills_within_budget() {
             );
         }
     }
+}
+
+/// The names of the files under `dir` (relative to kernels/cuda) with one of `extensions`, sorted.
+fn files_in(dir: &Path, extensions: &[&str]) -> Vec<String> {
+    let cuda = sources::cuda_dir();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("kernels/cuda is readable")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| extensions.iter().any(|x| e == *x)))
+        .map(|p| p.strip_prefix(&cuda).unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_binary_embeds_every_kernel_file_and_header() {
+    let embedded_names = |set: &[embedded::Source]| set.iter().map(|s| s.name.to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        embedded_names(embedded::KERNELS),
+        files_in(&sources::cuda_dir(), &["cu"])
+    );
+    assert_eq!(
+        embedded_names(embedded::HEADERS),
+        files_in(&sources::include_dir(), &["cuh", "h"])
+    );
+}
+
+#[test]
+fn ptx_cache_compiles_once_then_reads_from_disk() {
+    let Some(tools) = tools_or_skip() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptx-cache-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = ptx_cache::kernels_ptx(&dir, "compute_90a", &tools.join("include")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.len(), embedded::KERNELS.len());
+    assert!(first.iter().all(|k| !k.cached), "a fresh cache compiled nothing");
+    assert!(
+        first.iter().any(|k| k.ptx.contains(".entry rms_norm_f32")),
+        "the PTX lacks rms_norm_f32"
+    );
+    assert!(
+        first.iter().any(|k| k.ptx.contains("mma.sync.aligned.m16n8k16")),
+        "the GEMM's PTX lacks mma.sync"
+    );
+    let second = ptx_cache::kernels_ptx(&dir, "compute_90a", &tools.join("include")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(second.iter().all(|k| k.cached), "the second call recompiled");
+    assert!(first.iter().zip(&second).all(|(a, b)| a.ptx == b.ptx));
 }
