@@ -28,7 +28,19 @@ want="${PACKAGES[*]}"
 
 # The wheels put everything under nvidia/cu13/ (include/, lib/libnvrtc.so.13).
 root="$dest/nvidia/cu13"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$root/lib/libnvrtc.so.13" && -f "$root/include/cuda_bf16.h" ]]; then
+installed() {
+    [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$root/lib/libnvrtc.so.13" && -f "$root/include/cuda_bf16.h" ]]
+}
+if installed; then
+    echo "$root"
+    exit 0
+fi
+
+# One installer at a time (parallel test processes may all ask); the winner's stamp satisfies the rest.
+mkdir -p "$(dirname "$dest")"
+exec 9>"$dest.lock"
+flock 9
+if installed; then
     echo "$root"
     exit 0
 fi

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The project's checks, as CI runs them: formatting, lints, docs, then every test in release mode
 # (the SIMD paths and the batch-invariance promise are checked as they ship).
-# Needs only a Rust toolchain (cargo, rustfmt, clippy); everything else is vendored or committed.
+# Needs a Rust toolchain (cargo, rustfmt, clippy), a C++20 compiler with ThreadSanitizer (g++ >= 11:
+# the CUDA kernels run on the CPU through kernels/cuda/include/simt_cpu.h), and Python 3 with pip and
+# access to PyPI on the first run (scripts/cuda_tools.sh installs NVRTC for the kernel compile checks
+# into target/cuda-tools/; under CI=true a failed install fails the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -65,12 +65,16 @@ fn gpu_doc() -> PathBuf {
 
 /// The compiler (loaded, for `marc_kernels::cuda::nvrtc`), or `None` (after saying why) when it
 /// cannot be had outside CI.
+/// Installed and loaded once per test process (the tests run in parallel threads).
 fn tools_or_skip() -> Option<PathBuf> {
-    match sources::cuda_tools() {
-        Ok(tools) => {
-            nvrtc::load_library(&tools.join("lib/libnvrtc.so.13")).unwrap_or_else(|e| panic!("{e}"));
-            Some(tools)
-        }
+    static TOOLS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let tools = TOOLS.get_or_init(|| {
+        let tools = sources::cuda_tools()?;
+        nvrtc::load_library(&tools.join("lib/libnvrtc.so.13")).map_err(|e| e.to_string())?;
+        Ok(tools)
+    });
+    match tools {
+        Ok(tools) => Some(tools.clone()),
         Err(why) if std::env::var_os("CI").is_some() => {
             panic!("the CUDA compile check needs NVRTC from PyPI and could not install it:\n{why}")
         }
