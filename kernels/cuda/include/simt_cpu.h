@@ -258,35 +258,39 @@ inline unsigned char* dynamic_shared() { return this_lane.launch->dynamic_shared
 #define __syncthreads() ::simt::syncthreads(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::simt::full_warp(mask).barrier.arrive_and_wait(); }
 
+namespace simt {
+// Lane `src` if it lies in the calling lane's segment of `width` lanes, else the lane itself (what
+// the hardware returns for an out-of-segment source).
+template <typename T>
+inline T shuffle(unsigned mask, T v, unsigned src, int width) {
+    const unsigned lane = this_lane.lane;
+    const unsigned base = lane & ~unsigned(width - 1);
+    return from_bits<T>(exchange(mask, to_bits(v), src - base < unsigned(width) ? src : lane));
+}
+}  // namespace simt
+
 template <typename T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    const unsigned lane = ::simt::this_lane.lane;
-    const unsigned base = lane & ~unsigned(width - 1);
-    return ::simt::from_bits<T>(::simt::exchange(mask, ::simt::to_bits(v), base + unsigned(src % width)));
+    const unsigned base = ::simt::this_lane.lane & ~unsigned(width - 1);
+    return ::simt::shuffle(mask, v, base + unsigned(src % width), width);
 }
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    // Unlike the other shuffles, xor may read from earlier segments; only later ones give the
+    // lane's own value.
     const unsigned lane = ::simt::this_lane.lane;
     const unsigned base = lane & ~unsigned(width - 1);
     const unsigned src = lane ^ unsigned(lane_mask);
-    // Outside the lane's segment the hardware returns the lane's own value.
-    return ::simt::from_bits<T>(
-        ::simt::exchange(mask, ::simt::to_bits(v), src - base < unsigned(width) ? src : lane));
+    return ::simt::from_bits<T>(::simt::exchange(mask, ::simt::to_bits(v), src < base + unsigned(width) ? src : lane));
 }
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    const unsigned lane = ::simt::this_lane.lane;
-    const unsigned base = lane & ~unsigned(width - 1);
-    const unsigned src = lane + delta;
-    return ::simt::from_bits<T>(
-        ::simt::exchange(mask, ::simt::to_bits(v), src - base < unsigned(width) ? src : lane));
+    return ::simt::shuffle(mask, v, ::simt::this_lane.lane + delta, width);
 }
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-    const unsigned lane = ::simt::this_lane.lane;
-    const unsigned base = lane & ~unsigned(width - 1);
-    const unsigned src = lane >= base + delta ? lane - delta : lane;
-    return ::simt::from_bits<T>(::simt::exchange(mask, ::simt::to_bits(v), src));
+    // Below the segment's first lane the source wraps to a huge unsigned, outside the segment.
+    return ::simt::shuffle(mask, v, ::simt::this_lane.lane - delta, width);
 }
 
 inline unsigned __ballot_sync(unsigned mask, int predicate) {

@@ -15,6 +15,7 @@
 #include "../../cuda/norm.cu"
 #include "../../cuda/pooling.cu"
 #include "../../cuda/ssd_scan.cu"
+#include "simt_selftest.cu"
 
 namespace {
 
@@ -51,6 +52,8 @@ const Entry KERNELS[] = {
     KERNEL(moe_scatter_by_expert),
     KERNEL(pool_f32),
     KERNEL(rms_norm_f32),
+    KERNEL(simt_selftest_block),
+    KERNEL(simt_selftest_warp),
     KERNEL(ssd_scan_f32),
     KERNEL(gated_group_rms_norm_f32),
 };
