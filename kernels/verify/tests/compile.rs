@@ -1,10 +1,11 @@
 //! Every kernel in kernels/cuda/ compiles with NVRTC for Hopper (sm_90a) and Blackwell (sm_100a)
-//! with no register spills, no local-memory stack frame, and within its register budget, and docs/gpu.md's resource table is
-//! what the compiler reports today.
+//! with no register spills, no local-memory stack frame, and within its register budget, and
+//! docs/gpu.md's resource table is what the compiler reports today. Also: the binary embeds every
+//! kernel file, and the PTX cache compiles once and then reads from disk.
 //!
 //! A Rust test rather than a shell script: it runs under `cargo test --workspace` with the rest, the
-//! resource report is parsed by tested code (`marc_kernels_verify::ptxas`), and the same NVRTC calls
-//! will compile the kernels at server start-up.
+//! resource report is parsed by tested code (`marc_kernels_verify::ptxas`), and it compiles through
+//! the same code the server uses at start-up (`marc_kernels::cuda::nvrtc`).
 //!
 //! The compiler comes from NVIDIA's PyPI wheels, installed on first use by scripts/cuda_tools.sh into
 //! target/cuda-tools/ (about 140 MB, a few seconds; later runs reuse it). Without network or Python
