@@ -15,7 +15,7 @@
 // can use cuBLASLt meanwhile.
 //
 // Launch: grid (ceil(N / 64), ceil(M / 64)), GEMM_THREADS threads, static shared memory
-// 2 * 64 * 40 * 2 = 10 KiB.
+// 2 * 64 * 40 * 2 = 10 KiB. grouped_gemm_bf16_f32 (below) is the MoE experts' GEMM on the same tile.
 
 #include "mma.cuh"
 
@@ -25,19 +25,21 @@
 #define GEMM_PAD 8
 #define GEMM_THREADS 128
 
-// a, w: bf16 bit patterns. bias: [N] or null.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-    gemm_bf16_f32(const unsigned short* __restrict__ a, const unsigned short* __restrict__ w,
-                  const float* __restrict__ bias, int m, int n, int k, float* __restrict__ c) {
+namespace {
+
+// The 64 x 64 output tile of one block, accumulated over all of K. `a_row(r)` and `w_row(c)` give
+// the K-long bf16 row behind tile row r of A and tile column c of C (a row of W), or nullptr for a
+// row past the edge (read as zeros), so the dense and the grouped kernels share everything but
+// where rows come from. On return, lane (g, t) of warp w holds C[tile row][tile col] in
+// acc[i][j][r] at row (w / 2) * 32 + 16 i + g + 8 (r / 2), column (w % 2) * 32 + 8 j + 2 t + r % 2.
+template <typename ARow, typename WRow>
+__device__ __forceinline__ void mma_tile(ARow a_row, WRow w_row, int k, float acc[2][4][4]) {
     __shared__ __align__(16) unsigned short a_tile[GEMM_BM][GEMM_BK + GEMM_PAD];
     __shared__ __align__(16) unsigned short w_tile[GEMM_BN][GEMM_BK + GEMM_PAD];
-
-    const int row0 = blockIdx.y * GEMM_BM, col0 = blockIdx.x * GEMM_BN;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;
     const int g = lane / 4, t = lane % 4;
 
-    float acc[2][4][4];
     MARC_UNROLL
     for (int i = 0; i < 2; ++i) {
         MARC_UNROLL
@@ -53,8 +55,10 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
         for (int i = threadIdx.x; i < GEMM_BM * GEMM_BK; i += blockDim.x) {
             const int r = i / GEMM_BK, kk = i % GEMM_BK;
             const bool in_k = k0 + kk < k;
-            a_tile[r][kk] = row0 + r < m && in_k ? a[size_t(row0 + r) * k + k0 + kk] : 0;
-            w_tile[r][kk] = col0 + r < n && in_k ? w[size_t(col0 + r) * k + k0 + kk] : 0;
+            const unsigned short* a_src = a_row(r);
+            const unsigned short* w_src = w_row(r);
+            a_tile[r][kk] = a_src != nullptr && in_k ? a_src[k0 + kk] : 0;
+            w_tile[r][kk] = w_src != nullptr && in_k ? w_src[k0 + kk] : 0;
         }
         __syncthreads();
 
@@ -84,19 +88,69 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
             }
         }
     }
+}
 
+// Calls store(tile row, tile column, value) for every accumulator of this lane (layout above).
+template <typename Store>
+__device__ __forceinline__ void for_each_output(const float acc[2][4][4], Store store) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;
+    const int g = lane / 4, t = lane % 4;
     MARC_UNROLL
     for (int i = 0; i < 2; ++i) {
         MARC_UNROLL
         for (int j = 0; j < 4; ++j) {
             MARC_UNROLL
             for (int r = 0; r < 4; ++r) {
-                const int row = row0 + warp_row + 16 * i + g + 8 * (r / 2);
-                const int col = col0 + warp_col + 8 * j + 2 * t + r % 2;
-                if (row < m && col < n) c[size_t(row) * n + col] = acc[i][j][r] + (bias != nullptr ? bias[col] : 0.0f);
+                store(warp_row + 16 * i + g + 8 * (r / 2), warp_col + 8 * j + 2 * t + r % 2, acc[i][j][r]);
             }
         }
     }
+}
+
+}  // namespace
+
+// a, w: bf16 bit patterns. bias: [N] or null.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    gemm_bf16_f32(const unsigned short* __restrict__ a, const unsigned short* __restrict__ w,
+                  const float* __restrict__ bias, int m, int n, int k, float* __restrict__ c) {
+    const int row0 = blockIdx.y * GEMM_BM, col0 = blockIdx.x * GEMM_BN;
+    float acc[2][4][4];
+    mma_tile([&](int r) { return row0 + r < m ? a + size_t(row0 + r) * k : nullptr; },
+             [&](int col) { return col0 + col < n ? w + size_t(col0 + col) * k : nullptr; }, k, acc);
+    for_each_output(acc, [&](int r, int col, float v) {
+        const int row = row0 + r, column = col0 + col;
+        if (row < m && column < n) c[size_t(row) * n + column] = v + (bias != nullptr ? bias[column] : 0.0f);
+    });
+}
+
+// The grouped expert GEMM: for every routing entry i = t * top_k + slot that picked expert e,
+// out[i] = a[t] W_e^T. `sorted` and `offsets` come from moe_routing.cu's permutation: each expert's
+// entries in a segment padded to 64 rows (padding is -1), so a block's 64 rows all use one expert,
+// found from `offsets` (the last e with offsets[e] <= the block's first row). Rows are gathered
+// from `a` by token on load and scattered to `out` by entry on store; no permuted copy of the
+// activations is ever written. w: [E, N, K] bf16 bits; out: [tokens * top_k, N].
+//
+// Launch: grid (ceil(N / 64), offsets[E] / 64), GEMM_THREADS threads.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    grouped_gemm_bf16_f32(const unsigned short* __restrict__ a, const int* __restrict__ sorted,
+                          const int* __restrict__ offsets, int num_experts, int top_k,
+                          const unsigned short* __restrict__ w, int n, int k, float* __restrict__ out) {
+    const int row0 = blockIdx.y * GEMM_BM, col0 = blockIdx.x * GEMM_BN;
+    int expert = 0;
+    while (expert + 1 < num_experts && offsets[expert + 1] <= row0) ++expert;
+    const unsigned short* w_e = w + size_t(expert) * n * k;
+    float acc[2][4][4];
+    mma_tile(
+        [&](int r) {
+            const int entry = sorted[row0 + r];
+            return entry >= 0 ? a + size_t(entry / top_k) * k : nullptr;
+        },
+        [&](int col) { return col0 + col < n ? w_e + size_t(col0 + col) * k : nullptr; }, k, acc);
+    for_each_output(acc, [&](int r, int col, float v) {
+        const int entry = sorted[row0 + r], column = col0 + col;
+        if (entry >= 0 && column < n) out[size_t(entry) * n + column] = v;
+    });
 }
 
 // One mma.m16n8k16 on fragments loaded from row-major A [16, 16] and B^T [8, 16] (bf16 bits) by

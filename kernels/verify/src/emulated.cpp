@@ -44,6 +44,7 @@ const Entry KERNELS[] = {
     KERNEL(embedding_gather_bf16),
     KERNEL(embedding_gather_f32),
     KERNEL(gemm_bf16_f32),
+    KERNEL(grouped_gemm_bf16_f32),
     KERNEL(head_activation_normalize_f32),
     KERNEL(mma_m16n8k16_probe),
     KERNEL(moe_route_f32),

@@ -40,6 +40,7 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("pool_f32", 32),
     // 32 f32 accumulators + 16 fragment words per lane; 128 threads.
     ("gemm_bf16_f32", 96),
+    ("grouped_gemm_bf16_f32", 96),
     ("mma_m16n8k16_probe", 40),
     // The activation (erff is the largest) and a block reduction.
     ("head_activation_normalize_f32", 40),

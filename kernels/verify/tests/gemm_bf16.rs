@@ -8,29 +8,6 @@
 mod common;
 
 use common::*;
-use half::bf16;
-
-/// `len` random bf16 values (as bits) and their exact f64 values.
-fn bf16_values(rng: &mut rand::rngs::StdRng, len: usize) -> (Vec<u16>, Vec<f64>) {
-    let bits: Vec<u16> = uniform(rng, len, -2.0, 2.0)
-        .into_iter()
-        .map(|v| bf16::from_f32(v).to_bits())
-        .collect();
-    let exact = bits.iter().map(|&b| f64::from(bf16::from_bits(b).to_f32())).collect();
-    (bits, exact)
-}
-
-/// `a [m, k] * w [n, k]^T (+ bias)` in f64, rounded to f32.
-fn reference(a: &[f64], w: &[f64], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut c = vec![0.0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let dot: f64 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
-            c[i * n + j] = (dot + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
-        }
-    }
-    c
-}
 
 #[test]
 fn mma_fallback_follows_the_fragment_layout() {
@@ -42,7 +19,7 @@ fn mma_fallback_follows_the_fragment_layout() {
         let mut args = Args::new();
         args.input(&a).input(&b_t).output(&mut d);
         launch("mma_m16n8k16_probe", [1, 1, 1], [32, 1, 1], 0, &mut args);
-        assert_close("m16n8k16", &d, &reference(&a64, &b64, None, 16, 8, 16), 1e-6);
+        assert_close("m16n8k16", &d, &bf16_product(&a64, &b64, None, 16, 8, 16), 1e-6);
     }
 }
 
@@ -75,7 +52,7 @@ fn gemm_matches_a_plain_product_on_awkward_shapes() {
             0,
             &mut args,
         );
-        let want = reference(&a64, &w64, bias.as_deref(), m, n, k);
+        let want = bf16_product(&a64, &w64, bias.as_deref(), m, n, k);
         assert_close(&format!("gemm {m}x{n}x{k}"), &c, &want, F32_REL_L2);
     }
 }

@@ -64,3 +64,28 @@ pub(crate) fn launch(name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: 
 pub(crate) fn dim(n: usize) -> u32 {
     u32::try_from(n).unwrap()
 }
+
+/// `len` random bf16 values (as bits) and their exact f64 values.
+pub(crate) fn bf16_values(rng: &mut StdRng, len: usize) -> (Vec<u16>, Vec<f64>) {
+    let bits: Vec<u16> = uniform(rng, len, -2.0, 2.0)
+        .into_iter()
+        .map(|v| half::bf16::from_f32(v).to_bits())
+        .collect();
+    let exact = bits
+        .iter()
+        .map(|&b| f64::from(half::bf16::from_bits(b).to_f32()))
+        .collect();
+    (bits, exact)
+}
+
+/// `a [m, k] * w [n, k]^T (+ bias)` in f64, rounded to f32.
+pub(crate) fn bf16_product(a: &[f64], w: &[f64], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
+            c[i * n + j] = (dot + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
+        }
+    }
+    c
+}
