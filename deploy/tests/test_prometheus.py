@@ -75,6 +75,7 @@ class RealPrometheus(unittest.TestCase):
                 raise AssertionError(f"{BIN / binary} is missing: cargo build --release --workspace")
         cls.dir = Path(tempfile.mkdtemp(prefix="marc-prometheus-"))
         cls.processes = []
+        cls.logs = []
         try:
             cls.start()
         except BaseException:
@@ -84,22 +85,26 @@ class RealPrometheus(unittest.TestCase):
     @classmethod
     def start(cls):
         # marc serve on OS-chosen ports; it prints the addresses it bound.
-        server_log = open(cls.dir / "marc.log", "w+")
+        server_log = cls.log_file("marc.log")
         marc = subprocess.Popen(
             [BIN / "marc", "serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
-             "--max-batch-tokens", "512", "--threads", "1"],
+             "--max-batch-tokens", "512", "--max-item-tokens", "512", "--threads", "1"],
             stdout=server_log, stderr=subprocess.STDOUT, cwd=cls.dir,
         )
         cls.processes.append(marc)
 
         def addresses():
             text = (cls.dir / "marc.log").read_text()
+            assert marc.poll() is None, f"marc serve exited:\n{text}"
             m = re.search(r"gRPC on (\S+), metrics on http://(\S+)/metrics", text)
             return m and (m.group(1), m.group(2))
 
         cls.grpc, cls.metrics = wait_for("marc serve to bind", addresses)
-        wait_for("marc to report SERVING", lambda: subprocess.run(
-            [BIN / "marc", "health", "--addr", cls.grpc], capture_output=True).returncode == 0)
+        def serving():
+            assert marc.poll() is None, f"marc serve exited:\n{(cls.dir / 'marc.log').read_text()}"
+            return subprocess.run([BIN / "marc", "health", "--addr", cls.grpc], capture_output=True).returncode == 0
+
+        wait_for("marc to report SERVING", serving)
 
         cls.prometheus_addr = f"127.0.0.1:{free_port()}"
         config = cls.dir / "prometheus.yml"
@@ -111,10 +116,17 @@ class RealPrometheus(unittest.TestCase):
         prometheus = subprocess.Popen(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={cls.dir / 'tsdb'}",
              f"--web.listen-address={cls.prometheus_addr}", "--log.level=warn"],
-            stdout=open(cls.dir / "prometheus.log", "w"), stderr=subprocess.STDOUT,
+            stdout=cls.log_file("prometheus.log"), stderr=subprocess.STDOUT,
         )
         cls.processes.append(prometheus)
-        wait_for("Prometheus to scrape marc", lambda: cls.query('up{job="marc"} == 1'))
+        def scraped():
+            assert prometheus.poll() is None, f"prometheus exited:\n{(cls.dir / 'prometheus.log').read_text()}"
+            try:
+                return cls.query('up{job="marc"} == 1')
+            except OSError:  # not listening yet
+                return None
+
+        wait_for("Prometheus to scrape marc", scraped)
 
         trace = cls.dir / "traffic.jsonl"
         traffic(trace)
@@ -129,6 +141,12 @@ class RealPrometheus(unittest.TestCase):
         time.sleep(3 * SCRAPE_INTERVAL_S)
 
     @classmethod
+    def log_file(cls, name: str):
+        log = open(cls.dir / name, "w")
+        cls.logs.append(log)
+        return log
+
+    @classmethod
     def tearDownClass(cls):
         for process in reversed(cls.processes):
             process.terminate()
@@ -136,6 +154,8 @@ class RealPrometheus(unittest.TestCase):
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for log in cls.logs:
+            log.close()
         shutil.rmtree(cls.dir, ignore_errors=True)
 
     @classmethod
@@ -147,7 +167,15 @@ class RealPrometheus(unittest.TestCase):
 
     def test_the_load_ran(self):
         calls = float(self.query('sum(marc_requests_total{rpc=~"Embed|EmbedStream"})')[0]["value"][1])
-        self.assertGreaterEqual(calls, self.report["calls"]["sent"] if "calls" in self.report else 1)
+        self.assertGreaterEqual(calls, self.report["calls"]["sent"])
+        self.assertGreater(self.report["calls"]["ok"], 0)
+
+    def test_the_metrics_page_passes_promtools_lint(self):
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as response:
+            page = response.read()
+        lint = subprocess.run(["promtool", "check", "metrics"], input=page, capture_output=True)
+        self.assertEqual(lint.returncode, 0, lint.stdout + lint.stderr)
+        self.assertEqual(lint.stdout + lint.stderr, b"", "promtool's lint has remarks")
 
     def test_every_recording_rule_has_data(self):
         names = recording_rules()

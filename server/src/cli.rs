@@ -106,6 +106,22 @@ pub(crate) struct ServeArgs {
     /// Log format on stderr: `text`, or `json` (one object per line, for log pipelines). Filter with RUST_LOG.
     #[arg(long, env = "MARC_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub(crate) log_format: String,
+    /// Record live calls to FILE as a marc trace (JSON lines) for `marc-loadtest replay`. Recording never
+    /// slows or fails a request: when its buffer is full a record is dropped (`marc_capture_dropped_total`).
+    #[arg(long, env = "MARC_CAPTURE", value_name = "FILE")]
+    pub(crate) capture: Option<PathBuf>,
+    /// The fraction of calls --capture records, in (0, 1] (exactly every 1/RATE-th call).
+    #[arg(
+        long,
+        env = "MARC_CAPTURE_SAMPLE",
+        value_name = "RATE",
+        default_value_t = 1.0,
+        requires = "capture"
+    )]
+    pub(crate) capture_sample: f64,
+    /// Record text inputs as the token ids the model saw (after truncation) instead of the text.
+    #[arg(long, env = "MARC_CAPTURE_TOKEN_IDS", requires = "capture")]
+    pub(crate) capture_token_ids: bool,
 }
 
 #[derive(Subcommand)]

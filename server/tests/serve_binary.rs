@@ -6,68 +6,12 @@ mod common;
 
 use common::*;
 
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use marc_proto::marc::v1::InfoRequest;
 use marc_proto::marc::v1::embedder_client::EmbedderClient;
 use tonic::transport::Channel;
-
-/// A `marc serve` process and the addresses it printed.
-struct Process {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Process {
-    /// Starts `marc serve` with no flags but `env`, and reads the addresses it bound from its first line.
-    fn serve(env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_marc"))
-            .arg("serve")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        // "marc serve: gRPC on 127.0.0.1:P, metrics on http://127.0.0.1:Q/metrics"
-        let line = rx.recv_timeout(LIMIT).expect("marc serve printed nothing");
-        let addr = |after: &str, until: char| -> SocketAddr {
-            let rest = &line[line.find(after).unwrap_or_else(|| panic!("{after:?} not in {line:?}")) + after.len()..];
-            rest[..rest.find(until).unwrap_or(rest.len())].parse().unwrap()
-        };
-        let (grpc, metrics) = (addr("gRPC on ", ','), addr("metrics on http://", '/'));
-        Self { child, grpc, metrics }
-    }
-
-    fn health(&self) -> Output {
-        health(&self.grpc.to_string())
-    }
-
-    /// Sends SIGTERM and waits for exit code 0.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let started = Instant::now();
-        while started.elapsed() < LIMIT {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        panic!("marc serve did not exit after SIGTERM");
-    }
-}
 
 fn health(addr: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_marc"))
@@ -88,7 +32,7 @@ async fn serve_takes_its_flags_from_the_environment_and_health_reports_serving()
     ]);
     let started = Instant::now();
     let serving = loop {
-        let out = server.health();
+        let out = health(&server.grpc.to_string());
         if out.status.success() {
             break out;
         }

@@ -644,45 +644,9 @@ async fn shutdown_finishes_in_flight_requests() {
 
 #[test]
 fn the_binary_exits_0_on_sigterm() {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marc"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + LIMIT;
-    let mut saw_serving = false;
-    while std::time::Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        if line.contains("SERVING") {
-            saw_serving = true;
-            break;
-        }
-    }
-    assert!(saw_serving, "the server never logged SERVING");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("the server did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = Process::serve(&[("MARC_GRPC_ADDR", "127.0.0.1:0"), ("MARC_METRICS_ADDR", "127.0.0.1:0")]);
+    server.wait_for_log("SERVING");
+    server.terminate();
 }
 
 /// Without TCP_NODELAY on the server a small response waits for the client's delayed ACK (~40 ms); the

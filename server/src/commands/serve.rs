@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use crate::serve::{ServeConfig, run as serve, shutdown};
+use crate::serve::{CaptureConfig, ServeConfig, run as serve, shutdown};
 use anyhow::Context;
 use marc_kernels::MatmulPrecision;
 
@@ -33,6 +33,11 @@ pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Resul
         starvation_limit: Duration::from_millis(args.starvation_limit_ms),
         max_layer: args.max_layer,
         max_connection_age: args.max_connection_age_s.map(Duration::from_secs),
+        capture: args.capture.clone().map(|path| CaptureConfig {
+            path,
+            sample: args.capture_sample,
+            token_ids: args.capture_token_ids,
+        }),
         ..ServeConfig::new(args.model.clone().unwrap_or_else(default_model_dir))
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

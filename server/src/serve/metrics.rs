@@ -53,6 +53,8 @@ pub(crate) const QUEUE_CAPACITY_TOKENS: &str = "marc_queue_capacity_tokens";
 pub(crate) const CONCURRENCY_LIMIT: &str = "marc_concurrency_limit";
 /// Gauge: 1 while health reports SERVING, 0 while loading or draining.
 pub(crate) const SERVING: &str = "marc_serving";
+/// Counter: `--capture` records dropped because the capture buffer was full or the file could not be written.
+pub(crate) const CAPTURE_DROPPED_TOTAL: &str = "marc_capture_dropped_total";
 /// Gauge: seconds the model took to load.
 pub(crate) const MODEL_LOAD_SECONDS: &str = "marc_model_load_seconds";
 /// Gauge `{version}`: 1.
@@ -140,6 +142,11 @@ fn describe() {
         "Items embedded, by head (raw for raw states)."
     );
     describe_counter!(REJECTED_TOTAL, Unit::Count, "Requests refused or dropped, by reason.");
+    describe_counter!(
+        CAPTURE_DROPPED_TOTAL,
+        Unit::Count,
+        "--capture records dropped: the capture buffer was full or the file could not be written."
+    );
     describe_gauge!(MODEL_LOAD_SECONDS, Unit::Seconds, "Model load and warm-up time.");
     describe_gauge!(SERVING, "1 while health reports SERVING, 0 while loading or draining.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");

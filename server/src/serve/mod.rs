@@ -9,6 +9,7 @@
 //! [`run`] serves on listeners the caller bound, so tests can use ephemeral ports.
 
 mod batching;
+mod capture;
 mod engine;
 mod error;
 mod grpc;
@@ -34,6 +35,8 @@ use tonic::codegen::http::HeaderName;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+pub use capture::CaptureConfig;
 
 use crate::output::Served;
 use engine::{BatchSettings, Engine};
@@ -80,6 +83,8 @@ pub struct ServeConfig {
     /// Close connections after this long (with a grace period for calls in flight), so clients reconnect and
     /// load spreads over new replicas. `None`: never.
     pub max_connection_age: Option<Duration>,
+    /// Record live calls to a trace file (`--capture`). `None`: no capture.
+    pub capture: Option<CaptureConfig>,
 }
 
 impl ServeConfig {
@@ -99,6 +104,7 @@ impl ServeConfig {
             starvation_limit: Duration::from_millis(100),
             max_layer: None,
             max_connection_age: None,
+            capture: None,
         }
     }
 }
@@ -224,6 +230,13 @@ pub async fn run(
         backend: format!("cpu-{}", marc_kernels::ops::matmul::matmul_isa()),
     };
 
+    let (capture, capture_writer) = match &config.capture {
+        Some(c) => {
+            let (capture, writer) = capture::start(c, tokenizer.clone(), config.max_item_tokens)?;
+            (Some(capture), Some(writer))
+        }
+        None => (None, None),
+    };
     let (ready_tx, ready_rx) = oneshot::channel();
     let precision = config.precision;
     let load_dir = dir.clone();
@@ -259,6 +272,7 @@ pub async fn run(
         max_concurrent_requests: config.max_concurrent_requests,
         draining: draining.clone(),
         abort: abort.clone(),
+        capture,
     });
 
     ::metrics::gauge!(metrics::QUEUE_CAPACITY_TOKENS).set(config.max_queue_tokens as f64);
@@ -356,6 +370,9 @@ pub async fn run(
                 server.abort();
             }
         }
+    }
+    if let Some(writer) = capture_writer {
+        writer.finish().await;
     }
     tracing::info!("stopped");
     Ok(())

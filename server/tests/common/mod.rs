@@ -4,9 +4,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use marc_proto::marc::v1::{
     EmbedRequest, EmbedResponse, Input, TokenIds, embedder_client::EmbedderClient, input::Content,
@@ -200,4 +202,73 @@ pub async fn busy_server() -> (
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     (server, client, busy)
+}
+
+/// A `marc serve` process (the real binary), the addresses it printed and its stderr lines.
+pub struct Process {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Process {
+    /// Starts `marc serve` with no flags but `env`, and reads the addresses it bound from its first line.
+    pub fn serve(env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_marc"))
+            .arg("serve")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // "marc serve: gRPC on 127.0.0.1:P, metrics on http://127.0.0.1:Q/metrics"
+        let line = rx.recv_timeout(LIMIT).expect("marc serve printed nothing");
+        let addr = |after: &str, until: char| -> SocketAddr {
+            let rest = &line[line.find(after).unwrap_or_else(|| panic!("{after:?} not in {line:?}")) + after.len()..];
+            rest[..rest.find(until).unwrap_or(rest.len())].parse().unwrap()
+        };
+        let (grpc, metrics) = (addr("gRPC on ", ','), addr("metrics on http://", '/'));
+        Self {
+            child,
+            grpc,
+            metrics,
+            lines: rx,
+        }
+    }
+
+    /// Waits until a line of its log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return;
+            }
+        }
+        panic!("marc serve never logged {needle:?}");
+    }
+
+    /// Sends SIGTERM and waits for exit code 0.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let started = Instant::now();
+        while started.elapsed() < LIMIT {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("marc serve did not exit after SIGTERM");
+    }
 }

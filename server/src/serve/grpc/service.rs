@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 use super::convert::{self, Content};
 use super::status::{code_name, rejection_reason, to_status};
 use crate::serve::ModelFacts;
+use crate::serve::capture::Capture;
 use crate::serve::engine::{Engine, Job};
 use crate::serve::error::ServeError;
 use crate::serve::metrics as m;
@@ -49,6 +50,8 @@ pub(crate) struct Context {
     pub(crate) draining: CancellationToken,
     /// Cancelled when the drain timeout passes: every request still waiting is answered UNAVAILABLE.
     pub(crate) abort: CancellationToken,
+    /// `--capture`: records sampled calls to a trace file.
+    pub(crate) capture: Option<Capture>,
 }
 
 /// The `marc.v1.Embedder` service.
@@ -232,6 +235,9 @@ async fn handle_recorded(
     call: Call,
 ) -> Result<pb::EmbedResponse, ServeError> {
     let mut record = CallRecord::new(call.rpc, call.received);
+    if let Some(capture) = &ctx.capture {
+        capture.offer(call.rpc, call.received, &req);
+    }
     let request_id = if !req.request_id.is_empty() {
         req.request_id.clone()
     } else if let Some(id) = &call.header_id {

@@ -1,6 +1,6 @@
 //! The one place a [`ServeError`] becomes a `tonic::Status`, and gRPC codes become metric labels.
 
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::serve::error::ServeError;
 
@@ -35,24 +35,4 @@ pub(crate) fn rejection_reason(error: &ServeError) -> Option<&'static str> {
 }
 
 /// The canonical name of a gRPC code (`OK`, `INVALID_ARGUMENT`, ...), as used in metric labels.
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub(crate) use marc_proto::code_name;
