@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The project's checks, as CI runs them: formatting, lints, docs, then every test in release mode
 # (the SIMD paths and the batch-invariance promise are checked as they ship).
-# Needs a Rust toolchain (cargo, rustfmt, clippy) and Python 3 with pip; deploy/check.sh installs Debian's
-# prometheus (as root) and two PyPI tools when they are missing.
+# Needs a Rust toolchain (cargo, rustfmt, clippy), a C++20 compiler with ThreadSanitizer (g++ >= 11:
+# the CUDA kernels run on the CPU through kernels/cuda/include/simt_cpu.h), and Python 3 with pip:
+# scripts/cuda_tools.sh installs NVRTC from PyPI for the kernel compile checks into target/cuda-tools/
+# (under CI=true a failed install fails the tests), and deploy/check.sh installs Debian's prometheus
+# (as root) and two PyPI tools when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -7,11 +7,14 @@
 //! All reductions run in a fixed order per output element, so results are bitwise identical
 //! whatever the batch composition and the number of threads.
 
+pub mod cuda;
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod ops;
 pub mod quant;
 
+pub use device::Device;
 pub use dtype::WeightDType;
 pub use error::KernelError;
 pub use ops::matmul::{

@@ -24,6 +24,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use batch::PackedBatch;
+pub use blocks::moe::{Route, route};
 pub use config::{BlockKind, NemotronHConfig};
 pub use error::{ForwardError, LoadError};
 pub use heads::{CompressionHead, default_head, load_heads};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use marc_kernels::MatmulPrecision;
+use marc_kernels::{Device, MatmulPrecision};
 use marc_models::{Pooling, QuantMode};
 
 /// marc: compressed middle-layer representations of Nemotron-H models.
@@ -17,6 +17,10 @@ pub(crate) struct Cli {
     /// matrix multiplies (relative error ~1e-2 in the hidden states; other CPUs run exact anyway).
     #[arg(long, global = true, env = "MARC_PRECISION", default_value = "exact", value_parser = parse_precision)]
     pub(crate) precision: MatmulPrecision,
+    /// Where the model runs: `cpu` (default), or `cuda` / `cuda:N` (fails with the reason when the
+    /// machine has no CUDA driver, or while the CUDA backend cannot run the model; see docs/gpu.md).
+    #[arg(long, global = true, env = "MARC_DEVICE", default_value = "cpu")]
+    pub(crate) device: Device,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

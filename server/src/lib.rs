@@ -22,14 +22,16 @@ use clap::Parser;
 /// Runs the `marc` command line with the process's arguments; errors print their context chain on one line.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let result = cli::init_threads(cli.threads).and_then(|()| match cli.command {
-        cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
-        cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
-        cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
-        cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
-        cli::Command::Health(args) => commands::health::run(&args),
-        cli::Command::Quantize(args) => commands::quantize::run(&args),
-    });
+    let result = cli::init_threads(cli.threads)
+        .and_then(|()| Ok(marc_kernels::device::open(cli.device)?))
+        .and_then(|()| match cli.command {
+            cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
+            cli::Command::Bench(args) => commands::bench::run(&args, cli.precision),
+            cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
+            cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
+            cli::Command::Health(args) => commands::health::run(&args),
+            cli::Command::Quantize(args) => commands::quantize::run(&args),
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

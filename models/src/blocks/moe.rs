@@ -27,9 +27,11 @@ pub(crate) struct Moe {
 
 /// The experts chosen for one token and their weights, best first.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Route {
-    pub(crate) experts: Vec<usize>,
-    pub(crate) weights: Vec<f32>,
+pub struct Route {
+    /// Expert indices, best first.
+    pub experts: Vec<usize>,
+    /// Their routing weights, in the same order.
+    pub weights: Vec<f32>,
 }
 
 impl Moe {
@@ -163,7 +165,9 @@ impl Moe {
 /// choice scores; the best `topk_group` groups stay; the best `top_k` experts among them are
 /// picked; their weights are the *uncorrected* scores, optionally normalised (`+ 1e-20`), times
 /// the routed scaling factor. Ties go to the lower index.
-pub(crate) fn route(scores: &[f32], bias: &[f32], cfg: &MoeConfig) -> Route {
+///
+/// Public as the reference the CUDA routing kernel (kernels/cuda/moe_routing.cu) is tested against.
+pub fn route(scores: &[f32], bias: &[f32], cfg: &MoeConfig) -> Route {
     let choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
     let per_group = choice.len() / cfg.n_group;
     let group_scores: Vec<f32> = choice

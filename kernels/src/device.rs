@@ -1,0 +1,135 @@
+//! Where the ops run: the CPU backend (the default) or a CUDA device.
+//!
+//! The CUDA kernels (`kernels/cuda/`) are written and verified without a GPU (crate
+//! `kernels/verify`: NVRTC compile checks and CPU emulation); the device-side op dispatch is not
+//! wired into the model yet. So [`open`] checks what can be checked on the machine (a driver, the
+//! device) and then says plainly that the model cannot run on CUDA, rather than pretending to.
+//! The driver is probed before any cudarc call that would panic without `libcuda`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A compute device, as `--device` names it: `cpu`, `cuda` (device 0) or `cuda:N`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU backend.
+    #[default]
+    Cpu,
+    /// CUDA device number N.
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Why a device cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    /// The text is not a device name.
+    #[error("unknown device {0:?}: expected cpu, cuda or cuda:N")]
+    Parse(String),
+    /// No CUDA driver library on this machine.
+    #[error("{device}: no CUDA driver (libcuda.so) on this machine; run on the CPU with --device cpu (the default)")]
+    NoDriver {
+        /// The device asked for.
+        device: Device,
+    },
+    /// The driver is there but refused the device.
+    #[error("{device}: the CUDA driver cannot open the device: {reason}")]
+    Driver {
+        /// The device asked for.
+        device: Device,
+        /// The driver's error.
+        reason: String,
+    },
+    /// The device works, but marc's CUDA backend cannot run the model yet.
+    #[error(
+        "{device}: the CUDA device is available, but marc's CUDA backend does not run the model yet (its kernels \
+         are written and verified, see docs/gpu.md); run on the CPU with --device cpu"
+    )]
+    BackendIncomplete {
+        /// The device asked for.
+        device: Device,
+    },
+}
+
+impl FromStr for Device {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| DeviceError::Parse(other.to_owned())),
+        }
+    }
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn cuda_driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its usual names; no CUDA call is made.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Checks that the ops can run on `device`: always for the CPU; for CUDA, see the module docs.
+pub fn open(device: Device) -> Result<(), DeviceError> {
+    let Device::Cuda(ordinal) = device else {
+        return Ok(());
+    };
+    if !cuda_driver_present() {
+        return Err(DeviceError::NoDriver { device });
+    }
+    cudarc::driver::CudaContext::new(ordinal).map_err(|e| DeviceError::Driver {
+        device,
+        reason: e.to_string(),
+    })?;
+    Err(DeviceError::BackendIncomplete { device })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "CPU"] {
+            assert_eq!(bad.parse::<Device>(), Err(DeviceError::Parse(bad.to_owned())), "{bad}");
+        }
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+        assert_eq!(Device::default(), Device::Cpu);
+    }
+
+    #[test]
+    fn cpu_always_opens_and_cuda_without_a_driver_fails_clearly() {
+        assert_eq!(open(Device::Cpu), Ok(()));
+        if cuda_driver_present() {
+            eprintln!("SKIPPED the no-driver case: this machine has a CUDA driver");
+            return;
+        }
+        let err = open(Device::Cuda(1)).unwrap_err();
+        assert_eq!(
+            err,
+            DeviceError::NoDriver {
+                device: Device::Cuda(1)
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cuda:1") && msg.contains("no CUDA driver") && msg.contains("--device cpu"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+// Runs a few emulated kernels once each, for ThreadSanitizer: built with -fsanitize=thread by
+// tests/tsan.rs, which checks that a clean run reports nothing and that removing any one
+// `__syncthreads()` (SIMT_SKIP_SYNC=<file>:<line>) is reported as a data race. Correctness is the
+// parity tests' job; here only the memory accesses matter, so the inputs are simple and fixed.
+//
+// Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan, attention, gemm.
+
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" int simt_launch(const char* name, const unsigned grid[3], const unsigned block[3],
+                           size_t shared_bytes, void** args);
+
+namespace {
+
+std::vector<float> ramp(size_t n, float scale) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = scale * float(int(i * 37 % 101) - 50) / 50.0f;
+    return v;
+}
+
+int run(const char* name, unsigned gx, unsigned gy, unsigned threads, size_t shared, std::vector<void*> args,
+        unsigned gz = 1) {
+    const unsigned grid[3] = {gx, gy, gz}, block[3] = {threads, 1, 1};
+    return simt_launch(name, grid, block, shared, args.data());
+}
+
+int rms_norm() {
+    const int rows = 2, width = 300;
+    auto x = ramp(rows * width, 2.0f), w = ramp(width, 1.0f), out = std::vector<float>(rows * width);
+    const float* xp = x.data();
+    const float* wp = w.data();
+    float* op = out.data();
+    float eps = 1e-5f;
+    int wd = width;
+    return run("rms_norm_f32", rows, 1, 256, 0, {&xp, &wp, &eps, &wd, &op});
+}
+
+int gated_group_rms_norm() {
+    const int rows = 2, width = 128, group = 64;
+    auto y = ramp(rows * width, 2.0f), z = ramp(rows * width, 3.0f), w = ramp(width, 1.0f);
+    float* yp = y.data();
+    const float* zp = z.data();
+    const float* wp = w.data();
+    int wd = width, gs = group;
+    float eps = 1e-5f;
+    return run("gated_group_rms_norm_f32", rows, width / group, 256, 0, {&yp, &zp, &wp, &wd, &gs, &eps});
+}
+
+int ssd_scan() {
+    // Two sequences, the second three chunks long, so a chunk both reads the carried state and
+    // carries one on: only then does every barrier of the chunk loop guard something.
+    const int heads = 2, p = 8, groups = 1, n = 4, chunk = 32;
+    std::vector<int> cu = {0, 3, 70};
+    const int tokens = cu.back(), row = heads * p + 2 * groups * n;
+    auto xbc = ramp(size_t(tokens) * row, 1.0f), dt = ramp(size_t(tokens) * heads, 0.05f);
+    for (auto& v : dt) v += 0.1f;
+    std::vector<float> a = {-1.0f, -0.5f}, d = {0.5f, -0.25f}, y(size_t(tokens) * heads * p);
+    const float* xp = xbc.data();
+    const float* bp = xbc.data() + heads * p;
+    const float* cp = bp + groups * n;
+    const float* dtp = dt.data();
+    const float* ap = a.data();
+    const float* dp = d.data();
+    const int* cup = cu.data();
+    float* yp = y.data();
+    int stride = row, nh = heads, hd = p, ng = groups, ns = n;
+    const size_t shared = size_t(n * p + chunk * p + 2 * chunk * n + chunk * chunk + 2 * chunk) * 4;
+    return run("ssd_scan_f32", heads, 2, 256, shared,
+               {&xp, &stride, &bp, &cp, &stride, &dtp, &ap, &dp, &cup, &nh, &hd, &ng, &ns, &yp});
+}
+
+int attention() {
+    // Two query tiles and three key tiles in the second sequence: the tile loop's barriers guard
+    // both the first load and every reload.
+    const int heads = 2, kv_heads = 1, d = 64;
+    std::vector<int> cu = {0, 5, 75};
+    const int tokens = cu.back();
+    auto q = ramp(size_t(tokens) * heads * d, 1.0f), k = ramp(size_t(tokens) * kv_heads * d, 1.0f);
+    auto v = ramp(size_t(tokens) * kv_heads * d, 0.5f);
+    std::vector<float> out(q.size());
+    const float* qp = q.data();
+    const float* kp = k.data();
+    const float* vp = v.data();
+    const int* cup = cu.data();
+    float* op = out.data();
+    int nh = heads, nkv = kv_heads;
+    float scale = 0.125f;
+    return run("causal_attention_f32_d64", 3, heads, 128, 0, {&qp, &kp, &vp, &cup, &nh, &nkv, &scale, &op}, 2);
+}
+
+int gemm() {
+    // Two K steps, so the barrier before reloading the tiles matters too.
+    const int m = 20, n = 24, k = 64;
+    std::vector<unsigned short> a(size_t(m) * k), w(size_t(n) * k);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = 0x3f80 + (i % 7);  // bf16 around 1.0
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0x3f00 + (i % 5);  // bf16 around 0.5
+    std::vector<float> c(size_t(m) * n);
+    const unsigned short* ap = a.data();
+    const unsigned short* wp = w.data();
+    const float* bias = nullptr;
+    float* cp = c.data();
+    int mm = m, nn = n, kk = k;
+    return run("gemm_bf16_f32", 1, 1, 128, 0, {&ap, &wp, &bias, &mm, &nn, &kk, &cp});
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm\n", argv[0]);
+        return 2;
+    }
+    const char* which = argv[1];
+    if (std::strcmp(which, "rms_norm") == 0) return rms_norm();
+    if (std::strcmp(which, "gated_group_rms_norm") == 0) return gated_group_rms_norm();
+    if (std::strcmp(which, "ssd_scan") == 0) return ssd_scan();
+    if (std::strcmp(which, "attention") == 0) return attention();
+    if (std::strcmp(which, "gemm") == 0) return gemm();
+    std::fprintf(stderr, "unknown case %s\n", which);
+    return 2;
+}

@@ -1,0 +1,91 @@
+//! What the emulated kernel tests share: inputs, the comparison, launching.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+pub(crate) use marc_kernels_verify::emulated::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The fixture tolerance for f32 paths: relative L2 error at most 1e-5.
+pub(crate) const F32_REL_L2: f64 = 1e-5;
+
+/// A deterministic generator per test.
+pub(crate) fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `len` values uniform in `lo..hi`.
+pub(crate) fn uniform(rng: &mut StdRng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// `||got - want|| / ||want||`.
+pub(crate) fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - f64::from(w)).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&w| f64::from(w).powi(2)).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Asserts `got` matches `want` within `tol` relative L2, naming the case.
+pub(crate) fn assert_close(case: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert!(got.iter().all(|v| v.is_finite()), "{case}: non-finite output");
+    let err = rel_l2(got, want);
+    assert!(err <= tol, "{case}: relative L2 error {err:.3e} > {tol:.0e}");
+}
+
+/// `cu_seqlens` for sequences of these lengths.
+pub(crate) fn cu_of(lens: &[usize]) -> Vec<usize> {
+    let mut cu = vec![0];
+    for &l in lens {
+        cu.push(cu.last().unwrap() + l);
+    }
+    cu
+}
+
+/// `cu_seqlens` as the kernels take them (`int`).
+pub(crate) fn cu_i32(cu: &[usize]) -> Vec<i32> {
+    cu.iter().map(|&v| i32::try_from(v).unwrap()).collect()
+}
+
+/// Launches an emulated kernel, panicking on a launch error.
+pub(crate) fn launch(name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: usize, args: &mut Args) {
+    // SAFETY: each test builds `args` to match the kernel's parameter list in its .cu file, from
+    // buffers sized for the geometry it passes, which outlive the call.
+    unsafe { marc_kernels_verify::emulated::launch(name, grid, block, shared_bytes, args) }
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `n` as a launch dimension.
+pub(crate) fn dim(n: usize) -> u32 {
+    u32::try_from(n).unwrap()
+}
+
+/// `len` random bf16 values (as bits) and their exact f64 values.
+pub(crate) fn bf16_values(rng: &mut StdRng, len: usize) -> (Vec<u16>, Vec<f64>) {
+    let bits: Vec<u16> = uniform(rng, len, -2.0, 2.0)
+        .into_iter()
+        .map(|v| half::bf16::from_f32(v).to_bits())
+        .collect();
+    let exact = bits
+        .iter()
+        .map(|&b| f64::from(half::bf16::from_bits(b).to_f32()))
+        .collect();
+    (bits, exact)
+}
+
+/// `a [m, k] * w [n, k]^T (+ bias)` in f64, rounded to f32.
+pub(crate) fn bf16_product(a: &[f64], w: &[f64], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
+            c[i * n + j] = (dot + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
+        }
+    }
+    c
+}
