@@ -27,9 +27,10 @@ const SHAPES: [(&str, usize, usize); 3] = [
     ("mlp.down", 1024, 2816),
 ];
 const ROWS: [usize; 4] = [1, 8, 32, 128];
+/// bf16 first: it is the baseline of the last column.
 const FORMATS: [WeightDType; 4] = [
-    WeightDType::F32,
     WeightDType::BF16,
+    WeightDType::F32,
     WeightDType::F8E4M3,
     WeightDType::NVFP4,
 ];
