@@ -275,6 +275,8 @@ fn run_batch(model: &NemotronH, heads: &[CompressionHead], batch: Vec<Slice<Arc<
             return;
         }
     };
+    // Counted before any answer is sent, so a client that has its answer also sees its tokens counted.
+    metrics::counter!(m::TOKENS_TOTAL).increment(tokens as u64);
     let hidden = model.hidden_size();
     let mut next = 0;
     for slice in batch {
@@ -291,7 +293,6 @@ fn run_batch(model: &NemotronH, heads: &[CompressionHead], batch: Vec<Slice<Arc<
             Err(e) => slice.payload.fail(e),
         }
     }
-    metrics::counter!(m::TOKENS_TOTAL).increment(tokens as u64);
     metrics::histogram!(m::COMPUTE_DURATION).record(started.elapsed().as_secs_f64());
 }
 
