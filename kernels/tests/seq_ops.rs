@@ -238,26 +238,16 @@ impl SsdCase {
     }
 }
 
-fn ssd_shape(num_heads: usize, head_dim: usize, n_groups: usize, state_size: usize, chunk_size: usize) -> SsdShape {
-    SsdShape {
-        num_heads,
-        head_dim,
-        n_groups,
-        state_size,
-        chunk_size,
-    }
-}
-
 #[test]
 fn ssd_matches_recurrence() {
     let mut rng = StdRng::seed_from_u64(3);
     // (shape, -A range, dt range): typical, strong decay (dt*A down to -20), tiny decay (dt*A ~ -1e-6).
     let cases = [
-        (ssd_shape(4, 16, 1, 8, 16), (1.0, 16.0), (0.001, 0.1)),
-        (ssd_shape(6, 5, 2, 7, 8), (1.0, 16.0), (0.001, 0.5)),
-        (ssd_shape(8, 24, 2, 16, 16), (5.0, 10.0), (0.5, 2.0)),
-        (ssd_shape(4, 16, 4, 16, 16), (1e-6, 2e-6), (0.5, 1.0)),
-        (ssd_shape(8, 64, 2, 64, 64), (1.0, 16.0), (0.001, 0.1)),
+        (SsdShape::new(4, 16, 1, 8, 16), (1.0, 16.0), (0.001, 0.1)),
+        (SsdShape::new(6, 5, 2, 7, 8), (1.0, 16.0), (0.001, 0.5)),
+        (SsdShape::new(8, 24, 2, 16, 16), (5.0, 10.0), (0.5, 2.0)),
+        (SsdShape::new(4, 16, 4, 16, 16), (1e-6, 2e-6), (0.5, 1.0)),
+        (SsdShape::new(8, 64, 2, 64, 64), (1.0, 16.0), (0.001, 0.1)),
     ];
     for (shape, a_range, dt_range) in cases {
         let case = SsdCase::new(&mut rng, shape, a_range);
@@ -286,9 +276,9 @@ fn ssd_degenerate_shapes() {
     let mut rng = StdRng::seed_from_u64(8);
     // One of everything, chunk 1 (every token its own chunk), and a chunk longer than the sequence.
     for shape in [
-        ssd_shape(1, 1, 1, 1, 1),
-        ssd_shape(2, 3, 1, 2, 1),
-        ssd_shape(3, 2, 3, 1, 1000),
+        SsdShape::new(1, 1, 1, 1, 1),
+        SsdShape::new(2, 3, 1, 2, 1),
+        SsdShape::new(3, 2, 3, 1, 1000),
     ] {
         let case = SsdCase::new(&mut rng, shape, (0.5, 4.0));
         let lens = [5, 1, 0, 17];
@@ -307,8 +297,8 @@ fn ssd_is_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(4);
     // A small shape, and the bench shape (full 64-wide tiles, chunk 64).
     for (shape, lens) in [
-        (ssd_shape(8, 16, 2, 16, 16), [33, 1, 0, 16, 70]),
-        (ssd_shape(32, 64, 4, 64, 64), [130, 1, 0, 64, 65]),
+        (SsdShape::new(8, 16, 2, 16, 16), [33, 1, 0, 16, 70]),
+        (SsdShape::new(32, 64, 4, 64, 64), [130, 1, 0, 64, 65]),
     ] {
         let case = SsdCase::new(&mut rng, shape, (1.0, 8.0));
         let seqs: Vec<Seq> = lens.iter().map(|&l| case.seq(&mut rng, l, (0.01, 0.3))).collect();

@@ -81,41 +81,30 @@ impl Case {
     }
 }
 
-/// `SsdShape` from (heads, head_dim, groups, state, chunk), as the cases below list them.
-fn shape((num_heads, head_dim, n_groups, state_size, chunk_size): (usize, usize, usize, usize, usize)) -> SsdShape {
-    SsdShape {
-        num_heads,
-        head_dim,
-        n_groups,
-        state_size,
-        chunk_size,
-    }
-}
-
 #[test]
 fn single_tokens_and_chunk_boundaries() {
     // Lengths 1, just below, at and above the kernel's chunk, and two chunks and a bit; the CPU
     // op's chunk (24) differs from the kernel's (32), so boundaries fall in different places.
     for (i, len) in [1usize, 31, 32, 33, 70].into_iter().enumerate() {
-        Case::new(shape((4, 8, 2, 4, 24)), &[len], i as u64).check(&format!("length {len}"));
+        Case::new(SsdShape::new(4, 8, 2, 4, 24), &[len], i as u64).check(&format!("length {len}"));
     }
 }
 
 #[test]
 fn packed_sequences_start_from_a_zero_state() {
-    Case::new(shape((4, 8, 2, 4, 16)), &[5, 0, 40, 1, 33], 7).check("packed, empty one included");
+    Case::new(SsdShape::new(4, 8, 2, 4, 16), &[5, 0, 40, 1, 33], 7).check("packed, empty one included");
 }
 
 #[test]
 fn bench_head_shape() {
     // The benchmark config's head (P = N = 64), one group of four heads, across chunk boundaries.
-    Case::new(shape((4, 64, 1, 64, 64)), &[37, 66], 11).check("P = N = 64");
+    Case::new(SsdShape::new(4, 64, 1, 64, 64), &[37, 66], 11).check("P = N = 64");
 }
 
 #[test]
 fn split_arrays_match_the_xbc_layout() {
     // The kernel reads strided rows; the split-array CPU op must see the same numbers.
-    let case = Case::new(shape((2, 8, 1, 4, 8)), &[9, 12], 3);
+    let case = Case::new(SsdShape::new(2, 8, 1, 4, 8), &[9, 12], 3);
     let s = &case.shape;
     let (xw, bcw) = (s.num_heads * s.head_dim, s.n_groups * s.state_size);
     let row = xw + 2 * bcw;

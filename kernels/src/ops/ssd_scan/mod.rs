@@ -29,6 +29,19 @@ pub struct SsdShape {
     pub chunk_size: usize,
 }
 
+impl SsdShape {
+    /// A shape from its five sizes, in the order of the fields.
+    pub const fn new(num_heads: usize, head_dim: usize, n_groups: usize, state_size: usize, chunk_size: usize) -> Self {
+        Self {
+            num_heads,
+            head_dim,
+            n_groups,
+            state_size,
+            chunk_size,
+        }
+    }
+}
+
 /// Runs the scan over packed sequences.
 ///
 /// * `x`: `[T, H * P]`; `dt`: `[T, H]`, already softplus'd and clamped; `a`: `[H]`, the negative
