@@ -42,7 +42,7 @@ pub(crate) enum Command {
     Quantize(QuantizeArgs),
 }
 
-/// `--quant` (shared by `marc embed` and `marc serve`).
+/// `--quant` (shared by `marc embed`, `marc serve` and `marc bench`).
 #[derive(Args)]
 pub(crate) struct QuantArgs {
     /// How the NVFP4 layers of a quantised checkpoint (ModelOpt, compressed-tensors) run: `w4a16`
@@ -297,6 +297,8 @@ pub(crate) struct BenchArgs {
     /// Write the results as JSON here too.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) quant: QuantArgs,
 }
 
 /// Builds the global compute pool.

@@ -196,6 +196,39 @@ fn quant_flag_is_refused_for_unquantised_models() {
     assert!(w4a4.status.success(), "{}", stderr(&w4a4));
 }
 
+/// `marc bench --quant` runs the mode asked for and says so; like `marc embed`, it refuses the
+/// flag on a checkpoint with no NVFP4 layers.
+#[test]
+fn bench_runs_the_quant_mode_asked_for() {
+    let bench = |case: &str, quant: &str| {
+        marc(&[
+            "bench",
+            "--model",
+            fixture(case).to_str().unwrap(),
+            "--threads",
+            "1",
+            "--iterations",
+            "1",
+            "--shapes",
+            "1x8",
+            "--quant",
+            quant,
+        ])
+    };
+    for quant in ["w4a16", "w4a4"] {
+        let out = bench("modelopt_nvfp4", quant);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("quantization: modelopt-nvfp4 {quant}")),
+            "{stdout}"
+        );
+    }
+    let refused = bench("base_bf16", "w4a4");
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("not quantised"), "{}", stderr(&refused));
+}
+
 /// Sharded inputs give sharded outputs (one per input shard, with an index), and transformers' stacked
 /// experts (`experts.up_proj [E, out, in]`) come out one NVFP4 tensor per expert; both load and embed.
 #[test]

@@ -13,6 +13,7 @@ use marc_models::{BlockTimings, LoadOptions, NemotronH, PackedBatch};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
+use crate::quantization::Quantization;
 
 /// Untimed runs before measuring, to fault in weights and warm caches.
 const WARMUP: usize = 2;
@@ -84,10 +85,12 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
             scratch.path().to_owned()
         }
     };
+    let quantization = Quantization::resolve(&dir, args.quant.quant)?;
     let model = NemotronH::load(
         &dir,
         LoadOptions {
             precision,
+            quant: quantization.mode,
             ..Default::default()
         },
     )
@@ -95,10 +98,12 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
     let config = model.config();
     let threads = rayon::current_num_threads();
     println!(
-        "model: pattern {} hidden {} ({:.0} MB of weights); threads: {threads}; precision: {precision:?}",
+        "model: pattern {} hidden {} ({:.0} MB of weights); threads: {threads}; precision: {precision:?}; \
+         quantization: {}",
         config.pattern(),
         config.hidden_size,
-        model.weight_bytes() as f64 / 1e6
+        model.weight_bytes() as f64 / 1e6,
+        quantization.describe(precision)
     );
     println!(
         "{:>12} {:>11} {:>11} {:>11} {:>12}",
