@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::cpu::{CpuIsa, SharedMut, Tile};
-use super::nvfp4::SCALES_AT;
+use super::nvfp4::{SCALES_AT, nibble_byte};
 use super::packed::{NR, NVFP4_RECORD, PackedMatrix};
 use super::xpack::pack_x;
 use crate::quant::e2m1::E2M1_VALUES;
@@ -137,7 +137,7 @@ unsafe fn tile_portable(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32
                     for (b, record) in panel.chunks_exact(NVFP4_RECORD).enumerate() {
                         let mut dot = 0.0f32;
                         for pair in 0..NVFP4_BLOCK / 2 {
-                            let byte = record[pair * NR + c];
+                            let byte = record[nibble_byte(c, pair)];
                             let kk = b * NVFP4_BLOCK + 2 * pair;
                             dot += *t.x.add(kk * rows + r) * E2M1_VALUES[usize::from(byte & 0xF)];
                             dot += *t.x.add((kk + 1) * rows + r) * E2M1_VALUES[usize::from(byte >> 4)];
