@@ -240,7 +240,7 @@ unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first_half:
 /// As for `Isa::tile`: y holds rows `0..R` (`t.ldy` apart) and bias the columns written.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
+pub(super) unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
     let scale = _mm512_set1_ps(t.scale);
     for v in 0..V {
         let mask = lane_mask(t.cols, v);
@@ -310,16 +310,16 @@ fn vector_ptrs<T, const V: usize>(w: *const T, panel_stride: usize) -> [*const T
 
 /// Where the `V` 16-column vectors of an NVFP4 tile sit: vector `v` is half `half[v]` of the
 /// panel whose block records start at `panel[v]`.
-struct Nvfp4Vectors<const V: usize> {
-    panel: [*const u8; V],
-    half: [usize; V],
+pub(super) struct Nvfp4Vectors<const V: usize> {
+    pub(super) panel: [*const u8; V],
+    pub(super) half: [usize; V],
 }
 
 impl<const V: usize> Nvfp4Vectors<V> {
     /// The vectors of a tile whose first vector is half `first_half` of the panel at `w`, the
     /// panels `panel_stride` bytes apart.
     #[inline(always)]
-    fn new(w: *const u8, panel_stride: usize, first_half: usize) -> Self {
+    pub(super) fn new(w: *const u8, panel_stride: usize, first_half: usize) -> Self {
         let at = |v: usize| ((v + first_half) / 2, (v + first_half) % 2);
         Nvfp4Vectors {
             panel: std::array::from_fn(|v| w.wrapping_add(at(v).0 * panel_stride)),
@@ -333,7 +333,7 @@ impl<const V: usize> Nvfp4Vectors<V> {
     /// The record exists in the vector's panel.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn scales(&self, v: usize, record: usize) -> __m512 {
+    pub(super) unsafe fn scales(&self, v: usize, record: usize) -> __m512 {
         // SAFETY: per the caller; the scale line holds NR bytes, 16 per half.
         unsafe { load(self.panel[v].add(record + SCALES_AT + self.half[v] * L).cast::<E4m3>()) }
     }
@@ -341,15 +341,14 @@ impl<const V: usize> Nvfp4Vectors<V> {
 
 /// The E2M1 dot products of one NVFP4 block (at byte `record` of each vector's panel) with
 /// `R` rows of x (`x` at the block's first k-step, rows `x_stride` apart per k-step): one FMA
-/// chain per (row, vector) in k order, or, with `SPLIT`, the even and odd k-steps in two chains
-/// summed at the end (twice the independent FMAs; only where every partial sum is exact).
+/// chain per (row, vector) in k order.
 ///
 /// # Safety
 /// x holds 16 k-steps of `x_stride` values; each vector's panel holds the record.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn block_dots<const R: usize, const V: usize, const SPLIT: bool>(
+unsafe fn block_dots<const R: usize, const V: usize>(
     vectors: &Nvfp4Vectors<V>,
     record: usize,
     x: *const f32,
@@ -357,7 +356,6 @@ unsafe fn block_dots<const R: usize, const V: usize, const SPLIT: bool>(
 ) -> [[__m512; V]; R] {
     let table = e2m1_table();
     let mut dot = [[_mm512_setzero_ps(); V]; R];
-    let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the caller; prefetches may point anywhere.
     unsafe {
         for v in 0..V {
@@ -378,16 +376,8 @@ unsafe fn block_dots<const R: usize, const V: usize, const SPLIT: bool>(
                 let (even, odd) = decode_pair_e2m1(vectors.panel[v].add(chunk + pair % 4), table);
                 for r in 0..R {
                     dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xe.add(r)), even, dot[r][v]);
-                    let chain = if SPLIT { &mut odd_dot[r][v] } else { &mut dot[r][v] };
-                    *chain = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, *chain);
+                    dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, dot[r][v]);
                 }
-            }
-        }
-    }
-    if SPLIT {
-        for r in 0..R {
-            for v in 0..V {
-                dot[r][v] = _mm512_add_ps(dot[r][v], odd_dot[r][v]);
             }
         }
     }
@@ -409,7 +399,7 @@ unsafe fn chains_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first_half:
     unsafe {
         for b in 0..t.kc / NVFP4_BLOCK {
             let record = b * NVFP4_RECORD;
-            let dot = block_dots::<R, V, false>(&vectors, record, t.x.add(b * NVFP4_BLOCK * t.x_stride), t.x_stride);
+            let dot = block_dots::<R, V>(&vectors, record, t.x.add(b * NVFP4_BLOCK * t.x_stride), t.x_stride);
             for v in 0..V {
                 let s = vectors.scales(v, record);
                 for r in 0..R {
@@ -419,58 +409,4 @@ unsafe fn chains_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first_half:
         }
     }
     acc
-}
-
-/// W4A4 (see `w4a4.rs`): `rows` (1..=3) rows of NVFP4-quantised x against `panels` NVFP4
-/// panels. `t.x` is the tile's E2M1 activation values (`[kc][rows]`), `xs` its block scales
-/// (`[kc / 16][rows]`), `t.w` the panels' block records (`t.panel_stride` bytes apart) and
-/// `t.scale` is `input_scale * tensor_scale`.
-///
-/// # Safety
-/// AVX-512F is available and the pointers are valid as described (and on `Tile`).
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32) {
-    let mut t = *t;
-    let mut left = panels;
-    while left > 0 {
-        let p = if rows == 1 && left >= 2 { 2 } else { 1 };
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match (rows, p) {
-                (1, 2) => w4a4_kernel::<1, 4>(&t, xs),
-                (1, _) => w4a4_kernel::<1, 2>(&t, xs),
-                (2, _) => w4a4_kernel::<2, 2>(&t, xs),
-                (3, _) => w4a4_kernel::<3, 2>(&t, xs),
-                _ => unreachable!("W4A4 tiles have at most 3 rows, got {rows}"),
-            }
-        }
-        left -= p;
-        t.advance(p);
-    }
-}
-
-/// `R` x `V` W4A4 tile: per block, the exact E2M1 dot products (even and odd k-steps in
-/// separate chains, for twice the independent FMAs; every partial sum is exact, so the order is
-/// free), then `acc = fma(dot, xs * ws, acc)`, then the common epilogue.
-#[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx512f")]
-unsafe fn w4a4_kernel<const R: usize, const V: usize>(t: &Tile<u8>, xs: *const f32) {
-    let vectors = Nvfp4Vectors::<V>::new(t.w, t.panel_stride, 0);
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: per the caller: x holds kc * R values, xs kc / 16 * R, each panel kc / 16 block
-    // records.
-    unsafe {
-        for b in 0..t.kc / NVFP4_BLOCK {
-            let record = b * NVFP4_RECORD;
-            let dot = block_dots::<R, V, true>(&vectors, record, t.x.add(b * NVFP4_BLOCK * R), R);
-            for v in 0..V {
-                let ws = vectors.scales(v, record);
-                for r in 0..R {
-                    let scale = _mm512_mul_ps(_mm512_set1_ps(*xs.add(b * R + r)), ws);
-                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], scale, acc[r][v]);
-                }
-            }
-        }
-        store(&acc, t);
-    }
 }
