@@ -2,6 +2,7 @@
 //! loaded only as deep as the deepest layer that will be asked for.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use marc_kernels::MatmulPrecision;
@@ -12,7 +13,7 @@ use crate::blocks::Mixer;
 use crate::checkpoint::{Checkpoint, layer_of};
 use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::{ForwardError, LoadError};
-use crate::quant::QuantMode;
+use crate::quant::{ActivationAmax, QuantMode};
 use crate::scratch;
 use crate::weights::{EmbeddingTable, WeightLoader};
 
@@ -83,6 +84,22 @@ impl NemotronH {
         options: LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, LoadError> {
+        Self::load_inner(dir, options, progress, None)
+    }
+
+    /// Like [`NemotronH::load`], with every Linear reporting its inputs to `amax` when it runs:
+    /// the model `marc quantize --calibrate` runs a corpus through (see
+    /// [`crate::quant::calibration`]).
+    pub fn load_observed(dir: &Path, options: LoadOptions, amax: Arc<ActivationAmax>) -> Result<Self, LoadError> {
+        Self::load_inner(dir, options, &mut |_| {}, Some(amax))
+    }
+
+    fn load_inner(
+        dir: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+        observer: Option<Arc<ActivationAmax>>,
+    ) -> Result<Self, LoadError> {
         let config = NemotronHConfig::from_file(&config_path(dir))?;
         let num_layers = config.num_layers();
         let depth = options.max_layer.unwrap_or(num_layers);
@@ -101,6 +118,9 @@ impl NemotronH {
         progress(LoadProgress { done: 0, total });
         let mut report = |done: u64| progress(LoadProgress { done, total });
         let mut w = WeightLoader::new(&checkpoint, options.precision, options.quant, &mut report);
+        if let Some(amax) = observer {
+            w.observe_into(amax);
+        }
 
         let hidden = config.hidden_size;
         let embeddings = w.embedding("embeddings.weight", config.vocab_size, hidden)?;

@@ -3,6 +3,8 @@
 //! (bf16 stays bf16, NVFP4 and FP8 stay quantised), and reports the bytes it consumed for the
 //! progress display.
 
+use std::sync::Arc;
+
 use half::{bf16, f16};
 use marc_kernels::{MatmulPrecision, PackedMatrix, WeightDType};
 use safetensors::Dtype;
@@ -10,6 +12,7 @@ use safetensors::Dtype;
 use crate::checkpoint::{Checkpoint, TensorRef};
 use crate::error::LoadError;
 use crate::quant::QuantMode;
+use crate::quant::calibration::{ActivationAmax, Observer};
 use crate::quant::stored::StoredWeight;
 use crate::scratch::{self, Buffer};
 
@@ -124,6 +127,8 @@ pub(crate) struct WeightLoader<'a> {
     quant: QuantMode,
     consumed: u64,
     progress: &'a mut ProgressFn<'a>,
+    /// Where every Linear loaded reports its inputs, when calibrating.
+    observer: Option<Arc<ActivationAmax>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -139,7 +144,13 @@ impl<'a> WeightLoader<'a> {
             quant,
             consumed: 0,
             progress,
+            observer: None,
         }
+    }
+
+    /// Makes every Linear loaded from now on report its inputs to `amax`.
+    pub(crate) fn observe_into(&mut self, amax: Arc<ActivationAmax>) {
+        self.observer = Some(amax);
     }
 
     fn count(&mut self, bytes: u64) {
@@ -200,8 +211,10 @@ impl<'a> WeightLoader<'a> {
         Ok(MatmulPrecision::Nvfp4Activations)
     }
 
+    /// The Linear of module `module` (its canonical name) from its stored weight.
     fn linear_from(
         &self,
+        module: &str,
         stored: &StoredWeight<'_>,
         rows: usize,
         cols: usize,
@@ -212,6 +225,10 @@ impl<'a> WeightLoader<'a> {
             weight: stored.pack(rows, cols, precision == MatmulPrecision::Nvfp4Activations)?,
             bias,
             precision,
+            observer: self.observer.as_ref().map(|amax| Observer {
+                amax: amax.clone(),
+                module: module.into(),
+            }),
         })
     }
 
@@ -224,7 +241,7 @@ impl<'a> WeightLoader<'a> {
     pub(crate) fn linear(&mut self, prefix: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear, LoadError> {
         let stored = self.stored(prefix, rows, cols)?;
         let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
-        self.linear_from(&stored, rows, cols, bias)
+        self.linear_from(prefix, &stored, rows, cols, bias)
     }
 
     /// A Linear weight `[sum(parts), cols]` (and bias) split by output rows into one Linear per
@@ -246,7 +263,7 @@ impl<'a> WeightLoader<'a> {
         for part in parts {
             let slice = stored.rows(first, part, cols)?;
             let part_bias = bias.as_ref().map(|b| b[first..first + part].to_vec());
-            linears.push(self.linear_from(&slice, part, cols, part_bias)?);
+            linears.push(self.linear_from(prefix, &slice, part, cols, part_bias)?);
             first += part;
         }
         let mut linears = linears.into_iter();
@@ -286,7 +303,7 @@ impl<'a> WeightLoader<'a> {
             ..t
         };
         self.count(size as u64);
-        self.linear_from(&StoredWeight::Float(slice), rows, cols, None)
+        self.linear_from(&per_expert, &StoredWeight::Float(slice), rows, cols, None)
     }
 
     /// The embedding table `[vocab, hidden]`, kept in its dtype.
@@ -318,6 +335,8 @@ pub struct Linear {
     /// How the GEMM treats activations: exact f32, the opt-in bf16 mode, or NVFP4 quantisation
     /// of the activations (W4A4, on NVFP4 weights with an input scale).
     pub precision: MatmulPrecision,
+    /// Where the inputs are reported, in a model loaded for calibration.
+    pub(crate) observer: Option<Observer>,
 }
 
 impl Linear {
@@ -328,6 +347,9 @@ impl Linear {
 
     /// `y[m, out] = x[m, in] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), marc_kernels::KernelError> {
+        if let Some(observer) = &self.observer {
+            observer.observe(x);
+        }
         marc_kernels::matmul_with_precision(x, m, &self.weight, self.bias.as_deref(), y, self.precision)
     }
 
@@ -341,5 +363,10 @@ impl Linear {
     /// Bytes of weights held.
     pub fn size_in_bytes(&self) -> usize {
         self.weight.size_in_bytes() + self.bias.as_ref().map_or(0, |b| b.len() * 4)
+    }
+
+    /// Whether it reports its inputs (a model loaded for calibration).
+    pub(crate) fn is_observed(&self) -> bool {
+        self.observer.is_some()
     }
 }

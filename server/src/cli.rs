@@ -72,6 +72,14 @@ pub(crate) struct QuantizeArgs {
     /// Replace an output directory that already holds a model.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Calibrate the activations on this corpus (`marc embed`'s input format) and write each NVFP4
+    /// layer's static input scale, so the checkpoint also runs `--quant w4a4`; without it the
+    /// checkpoint is weight-only (W4A16).
+    #[arg(long, value_name = "CORPUS")]
+    pub(crate) calibrate: Option<PathBuf>,
+    /// Tokens per forward pass while calibrating.
+    #[arg(long, default_value_t = 4096, requires = "calibrate")]
+    pub(crate) calibration_batch_tokens: usize,
 }
 
 #[derive(Args)]

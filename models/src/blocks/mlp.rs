@@ -32,6 +32,11 @@ impl Mlp {
         Self { up, down }
     }
 
+    /// Whether its Linears report their inputs (a model loaded for calibration).
+    pub(crate) fn is_observed(&self) -> bool {
+        self.up.is_observed()
+    }
+
     pub(crate) fn size_in_bytes(&self) -> usize {
         self.up.size_in_bytes() + self.down.size_in_bytes()
     }

@@ -112,6 +112,14 @@ impl Moe {
         };
         let width = expert_input.len() / tokens.max(1);
 
+        if self.experts.first().is_some_and(Mlp::is_observed) {
+            // Calibration (as ModelOpt calibrates MoE layers): every expert sees every token, so
+            // that each one's input amax covers what any routing could send it; the outputs are
+            // discarded and the layer's result below is unchanged.
+            self.experts
+                .par_iter()
+                .try_for_each(|expert| expert.forward(expert_input).map(drop))?;
+        }
         // (token, slot) pairs per expert, in token order.
         let mut assignments: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.experts.len()];
         for (t, r) in routes.iter().enumerate() {
