@@ -80,12 +80,86 @@ pub(crate) fn bf16_values(rng: &mut StdRng, len: usize) -> (Vec<u16>, Vec<f64>) 
 
 /// `a [m, k] * w [n, k]^T (+ bias)` in f64, rounded to f32.
 pub(crate) fn bf16_product(a: &[f64], w: &[f64], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    scaled_product(a, w, 1.0, bias, m, n, k)
+}
+
+/// `a [m, k] * w [n, k]^T * scale (+ bias)` in f64, rounded to f32.
+pub(crate) fn scaled_product(
+    a: &[f64],
+    w: &[f64],
+    scale: f64,
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
             let dot: f64 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
-            c[i * n + j] = (dot + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
+            c[i * n + j] = (dot * scale + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
         }
     }
     c
+}
+
+/// `x` rounded to bf16 (nearest even), as the GEMMs stage f32 activations: as f32 for the CPU
+/// op, and exactly as f64 for a reference product.
+pub(crate) fn bf16_rounded(x: &[f32]) -> (Vec<f32>, Vec<f64>) {
+    let rounded: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    let exact = rounded.iter().map(|&v| f64::from(v)).collect();
+    (rounded, exact)
+}
+
+/// Per expert, its routing entries (`t * top_k + slot`) in token order, padded with -1 to
+/// `tile`, as moe_routing.cu's permutation lays them out: (offsets, sorted).
+pub(crate) fn permutation_reference(experts: &[i32], num_experts: usize, tile: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut offsets = vec![0i32];
+    let mut sorted = Vec::new();
+    for e in 0..num_experts {
+        let mine: Vec<i32> = (0..experts.len())
+            .filter(|&i| experts[i] == e as i32)
+            .map(|i| i as i32)
+            .collect();
+        let padded = mine.len().div_ceil(tile) * tile;
+        sorted.extend(&mine);
+        sorted.resize(sorted.len() + padded - mine.len(), -1);
+        offsets.push(sorted.len() as i32);
+    }
+    (offsets, sorted)
+}
+
+/// NVFP4 data as a checkpoint stores it, and its exact values.
+pub(crate) struct Nvfp4Data {
+    /// `[rows, k / 2]`, element `2i` in the low nibble.
+    pub packed: Vec<u8>,
+    /// E4M3 `[rows, k / 16]`.
+    pub scales: Vec<u8>,
+    /// `e2m1 * block_scale` per element, `[rows, k]` (exact; without any tensor scale).
+    pub values: Vec<f64>,
+}
+
+impl Nvfp4Data {
+    /// Decodes packed data with the CPU codecs (`marc_kernels::quant`).
+    pub(crate) fn new(packed: Vec<u8>, scales: Vec<u8>) -> Self {
+        // The kernels read the nibbles as 32-bit words (rows are K / 2 bytes, a multiple of 8).
+        assert_eq!(packed.as_ptr() as usize % 4, 0, "NVFP4 data must be 4-byte aligned");
+        let values = packed
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &byte)| {
+                let scale = marc_kernels::e4m3_to_f32(scales[i / 8]);
+                [byte & 0xF, byte >> 4].map(|code| f64::from(marc_kernels::e2m1_to_f32(code) * scale))
+            })
+            .collect();
+        Self { packed, scales, values }
+    }
+
+    /// `rows x k` random weights: every nibble, block scales normal E4M3 codes from 2^-6 to
+    /// 2^6, so blocks differ in magnitude.
+    pub(crate) fn random(rng: &mut StdRng, rows: usize, k: usize) -> Self {
+        let packed = (0..rows * k / 2).map(|_| rng.random::<u8>()).collect();
+        let scales = (0..rows * k / 16).map(|_| rng.random_range(0x08u8..0x68)).collect();
+        Self::new(packed, scales)
+    }
 }

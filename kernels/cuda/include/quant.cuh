@@ -1,0 +1,72 @@
+// The low-precision number formats of marc's quantised checkpoints, on the device: FP8 E4M3 and
+// FP4 E2M1 decoding (for the GEMMs' operands) and encoding (for the W4A4 activation quantiser).
+// Device twins of kernels/src/quant/{e4m3,e2m1}.rs, operation for operation, so the quantiser's
+// codes are bitwise the CPU's (tested in kernels/verify/tests/gemm_nvfp4.rs).
+//
+// Everything is exact integer and bit arithmetic or single IEEE f32 operations (no FMA can be
+// contracted out of them), so neither the GPU's nor the host's float quirks change a result.
+#pragma once
+
+#include "marc_cuda.cuh"
+
+namespace marc {
+
+// The value of an E2M1 code (low 4 bits; bit 3 the sign): {0, 0.5, 1, 1.5, 2, 3, 4, 6}. Twice the
+// magnitudes are the integers {0, 1, 2, 3, 4, 6, 8, 12}, one nibble each of a constant, so the
+// decode is a shift and a convert, with no table in memory and no subnormal trick that a
+// flush-to-zero build would silently break.
+__device__ __forceinline__ float e2m1_to_float(unsigned code) {
+    const float twice = float((0xC8643210u >> (4u * (code & 7u))) & 15u);
+    return (code & 8u) ? -0.5f * twice : 0.5f * twice;
+}
+
+// The value of an E4M3 (float8_e4m3fn) code: subnormals m * 2^-9, normals (1 + m / 8) 2^(e - 7),
+// NaN for 0x7F / 0xFF. Exact in f32 and in bf16 (4 significant bits, exponents -9..8).
+__device__ __forceinline__ float e4m3_to_float(unsigned code) {
+    const unsigned exponent = (code >> 3) & 15u, mantissa = code & 7u;
+    float magnitude;
+    if (exponent == 15u && mantissa == 7u) {
+        magnitude = __int_as_float(0x7fc00000);
+    } else if (exponent == 0u) {
+        magnitude = float(mantissa) * (1.0f / 512.0f);
+    } else {
+        magnitude = __uint_as_float((exponent + 120u) << 23 | mantissa << 20);
+    }
+    return (code & 0x80u) ? -magnitude : magnitude;
+}
+
+// f32 -> E4M3, round to nearest even, saturating at +-448, NaN -> 0x7F: f32_to_e4m3 in
+// kernels/src/quant/e4m3.rs.
+__device__ __forceinline__ unsigned float_to_e4m3(float x) {
+    const unsigned sign = (__float_as_uint(x) >> 31) << 7;
+    const float a = fabsf(x);
+    if (a != a) return 0x7Fu;
+    if (a >= 448.0f) return sign | 0x7Eu;
+    // Subnormal range: multiples of 2^-9; rintf rounds half to even, and 8 carries into the
+    // smallest normal code.
+    if (a < 1.0f / 64.0f) return sign | unsigned(rintf(a * 512.0f));
+    const unsigned bits = __float_as_uint(a);
+    const unsigned exponent = (bits >> 23) - 127u + 7u;  // 1..15 here
+    const unsigned mantissa = bits & 0x7fffffu, kept = mantissa >> 20, rest = mantissa & 0xfffffu;
+    const unsigned round_up = rest > 0x80000u || (rest == 0x80000u && (kept & 1u));
+    return sign | ((exponent << 3) + kept + round_up);
+}
+
+// f32 -> E2M1 as ModelOpt's _cast_fp4: nearest magnitude, ties to the even code, saturating at 6;
+// the sign bit is set when x < 0 (NaN gives 0): f32_to_e2m1 in kernels/src/quant/e2m1.rs.
+__device__ __forceinline__ unsigned float_to_e2m1(float x) {
+    const float a = fabsf(x);
+    unsigned code = unsigned(a > 0.25f) + unsigned(a > 0.75f) + unsigned(a > 1.25f) + unsigned(a > 1.75f) +
+                    unsigned(a > 2.5f) + unsigned(a > 3.5f) + unsigned(a > 5.0f);
+    code += unsigned(a == 0.75f || a == 1.75f || a == 3.5f);
+    return (x < 0.0f ? 8u : 0u) | code;
+}
+
+// Two bf16 bit patterns in one 32-bit word, `lo` in the low half (an mma.sync fragment register).
+// Only for values exactly representable in bf16, whose f32 bits end in 16 zeros: the decoded
+// E2M1 x E4M3 and E4M3 values are (at most 8 significant bits, exponents far inside bf16's).
+__device__ __forceinline__ unsigned pack_exact_bf16x2(float lo, float hi) {
+    return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xffff0000u);
+}
+
+}  // namespace marc
