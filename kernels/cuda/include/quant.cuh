@@ -24,14 +24,11 @@ __device__ __forceinline__ float e2m1_to_float(unsigned code) {
 // NaN for 0x7F / 0xFF. Exact in f32 and in bf16 (4 significant bits, exponents -9..8).
 __device__ __forceinline__ float e4m3_to_float(unsigned code) {
     const unsigned exponent = (code >> 3) & 15u, mantissa = code & 7u;
-    float magnitude;
-    if (exponent == 15u && mantissa == 7u) {
-        magnitude = __int_as_float(0x7fc00000);
-    } else if (exponent == 0u) {
-        magnitude = float(mantissa) * (1.0f / 512.0f);
-    } else {
-        magnitude = __uint_as_float((exponent + 120u) << 23 | mantissa << 20);
-    }
+    // Both candidates are computed and one selected: no branch in the GEMMs' inner loop.
+    const float normal = __uint_as_float((exponent + 120u) << 23 | mantissa << 20);
+    const float subnormal = float(mantissa) * (1.0f / 512.0f);
+    float magnitude = exponent == 0u ? subnormal : normal;
+    if ((code & 0x7fu) == 0x7fu) magnitude = __int_as_float(0x7fc00000);
     return (code & 0x80u) ? -magnitude : magnitude;
 }
 
