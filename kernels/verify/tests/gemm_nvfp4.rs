@@ -64,18 +64,27 @@ fn w4a16_matches_the_cpu_op_on_bf16_activations() {
     }
 }
 
+/// Every E2M1 rounding tie, both signs, with 6 as the block's largest magnitude: times
+/// [`TIE_INPUT_SCALE`], the block's scale is exactly 1.0 and each element divides back to its tie.
+const TIES: [f32; 16] = [
+    6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -6.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0,
+];
+const TIE_INPUT_SCALE: f32 = 0.25;
+
 /// Activations whose 16-blocks span what the quantiser must handle: ordinary values, tiny
-/// blocks (scale clamped to 2^-9), all-zero blocks (scale 1.0), values on E2M1 ties, and blocks
-/// far past the calibrated range (scale saturating at 448, codes at 6).
+/// blocks (scale clamped to 2^-9), all-zero blocks (scale 1.0), quarter steps, exact E2M1 ties
+/// (with [`TIE_INPUT_SCALE`]), and blocks far past the calibrated range (scale saturating at
+/// 448, codes at 6).
 fn activations(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<f32> {
     uniform(rng, len, -1.0, 1.0)
         .into_iter()
         .enumerate()
-        .map(|(i, v)| match (i / 16) % 6 {
+        .map(|(i, v)| match (i / 16) % 7 {
             0 | 1 => v,
             2 => v * 1e-7,
             3 => 0.0,
             4 => (v * 8.0).round() * 0.25,
+            5 => TIES[i % 16] * TIE_INPUT_SCALE,
             _ => v * 5e4,
         })
         .collect()
@@ -107,7 +116,7 @@ fn activation_quantiser_is_bitwise_the_cpus() {
     for (rows, k) in [(1, 16), (3, 48), (40, 160)] {
         let mut rng = rng((rows * 100 + k) as u64);
         let x = activations(&mut rng, rows * k);
-        for input_scale in [nvfp4_tensor_scale(1.0), 0.37, 1e-5] {
+        for input_scale in [nvfp4_tensor_scale(1.0), 0.37, 1e-5, TIE_INPUT_SCALE] {
             let got = quantise_emulated(&x, rows, k, input_scale);
             let (mut packed, mut scales) = (vec![0u8; rows * k / 2], vec![0u8; rows * k / 16]);
             nvfp4_quantize(&x, input_scale, &mut packed, &mut scales).unwrap();
