@@ -48,13 +48,10 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
     const int expert = marc::gemm::tile_expert(offsets, num_experts, row0);
     const unsigned short* w_e = w + size_t(expert) * n * k;
     float acc[2][4][4];
-    marc::gemm::mma_tile(marc::gemm::bf16_rows([&](int r) {
-                             const int entry = sorted[row0 + r];
-                             return entry >= 0 ? a + size_t(entry / top_k) * k : nullptr;
-                         }),
-                         marc::gemm::bf16_rows(
-                             [&](int col) { return col0 + col < n ? w_e + size_t(col0 + col) * k : nullptr; }),
-                         k, acc);
+    marc::gemm::mma_tile(
+        marc::gemm::bf16_rows(marc::gemm::GatheredRows<unsigned short>{a, sorted, row0, top_k, k}),
+        marc::gemm::bf16_rows([&](int col) { return col0 + col < n ? w_e + size_t(col0 + col) * k : nullptr; }), k,
+        acc);
     marc::gemm::for_each_output(acc, [&](int r, int col, float v) {
         const int entry = sorted[row0 + r], column = col0 + col;
         if (entry >= 0 && column < n) out[size_t(entry) * n + column] = v;

@@ -65,10 +65,8 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
 
 // Quantises x [rows, K] to NVFP4 with the static input_scale: packed [rows, K / 2] and E4M3
 // scales [rows, K / 16], the weights' layout. One thread per 16-element block (a row's blocks
-// are consecutive, so a warp reads 2 KiB contiguously); the steps are kernels/src/quant/nvfp4.rs's
-// quantize_blocks and block_scale, operation for operation, so the bytes are the CPU's:
-//   amax (NaN propagates), s = amax / (6 * input_scale), 0 -> 1, clamped to [2^-9, 448], to E4M3;
-//   each element x / (f32(s) * input_scale) to E2M1 (nearest, ties to even, saturating).
+// are consecutive, so a warp reads 2 KiB contiguously); marc::nvfp4_quantize_block (quant.cuh)
+// is the CPU's quantiser operation for operation, so the bytes are the CPU's.
 // Launch: grid ceil(rows * K / 16 / 256), 256 threads. Memory-bound: 4 bytes read per 0.5625
 // written.
 #define QUANTIZE_THREADS 256
@@ -77,23 +75,10 @@ extern "C" __global__ void __launch_bounds__(QUANTIZE_THREADS)
                        unsigned char* __restrict__ packed, unsigned char* __restrict__ scales) {
     const size_t block = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (block >= size_t(rows) * (k / 16)) return;
-    const float* v = x + block * 16;
-    float amax = 0.0f;
-    for (int i = 0; i < 16; ++i) {
-        const float a = fabsf(v[i]);
-        if (a > amax || a != a) amax = a;
-    }
-    float s = amax / (6.0f * input_scale);
-    if (s == 0.0f) s = 1.0f;
-    // A NaN stays NaN through the clamp (and becomes the NaN code), as f32::clamp keeps it.
-    s = s < 1.0f / 512.0f ? 1.0f / 512.0f : (s > 448.0f ? 448.0f : s);
-    const unsigned code = marc::float_to_e4m3(s);
-    scales[block] = static_cast<unsigned char>(code);
-    const float divisor = marc::e4m3_to_float(code) * input_scale;
-    for (int i = 0; i < 8; ++i) {
-        const unsigned lo = marc::float_to_e2m1(v[2 * i] / divisor), hi = marc::float_to_e2m1(v[2 * i + 1] / divisor);
-        packed[block * 8 + i] = static_cast<unsigned char>(lo | hi << 4);
-    }
+    const marc::Nvfp4Block q = marc::nvfp4_quantize_block(x + block * 16, input_scale);
+    scales[block] = static_cast<unsigned char>(q.scale);
+    MARC_UNROLL
+    for (int i = 0; i < 8; ++i) packed[block * 8 + i] = static_cast<unsigned char>(q.packed[i / 4] >> (8 * (i % 4)));
 }
 
 // x_packed [M, K / 2], x_scales [M, K / 16]: x quantised by nvfp4_quantize_f32 with input_scale;
@@ -112,36 +97,72 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
     marc::gemm::store_scaled(acc, row0, col0, m, n, input_scale * tensor_scale, bias, y);
 }
 
-// The MoE experts' grouped GEMM with NVFP4 experts (W4A16), gemm_bf16.cu's grouped_gemm_bf16_f32
-// on NVFP4 weights: for every routing entry i = t * top_k + slot that picked expert e,
-// out[i] = act(a[t] W_e^T * tensor_scales[e]), act = relu2 (relu(v)^2, the experts' activation,
-// fused for the up projection) when `relu2` is non-zero, else none (the down projection). Rows
-// are gathered by token and scattered by entry through moe_routing.cu's padded permutation
-// (`sorted`, `offsets`), one expert per 64-row tile. w_packed [E, N, K / 2], w_scales
+// The MoE experts' grouped GEMMs with NVFP4 experts, gemm_bf16.cu's grouped_gemm_bf16_f32 on
+// NVFP4 weights: for every routing entry i = t * top_k + slot that picked expert e,
+// out[i] = act(a[t] W_e^T * scale_e), act = relu2 (relu(v)^2, the experts' activation, fused for
+// the up projection) when `relu2` is non-zero, else none (the down projection). Rows are gathered
+// by token and scattered by entry through moe_routing.cu's padded permutation (`sorted`,
+// `offsets`), one expert per 64-row tile. a: f32 [tokens, K]; w_packed [E, N, K / 2], w_scales
 // [E, N, K / 16], tensor_scales [E]; out [tokens * top_k, N]. Experts without bias (Nemotron's).
-//
 // Launch: grid (ceil(N / 64), offsets[E] / 64), 128 threads.
+//
+// * grouped_gemm_nvfp4_w4a16_f32: a rounded to bf16 when staged; scale_e = tensor_scales[e].
+// * grouped_gemm_nvfp4_w4a4_f32: each expert quantises its rows of a with its own input_scale
+//   (input_scales [E]) while staging them (QuantisingRows), then the block-scaled product as in
+//   gemm_nvfp4_w4a4_f32; scale_e = input_scales[e] * tensor_scales[e].
+
+namespace {
+
+// The NVFP4 weights of the tile's expert, and where its outputs go.
+struct ExpertTile {
+    int row0, col0, expert;
+    Nvfp4Matrix w;
+};
+
+__device__ __forceinline__ ExpertTile expert_tile(const int* offsets, int num_experts, const unsigned char* w_packed,
+                                                  const unsigned char* w_scales, int n, int k) {
+    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
+    const int e = marc::gemm::tile_expert(offsets, num_experts, row0);
+    return {row0, col0, e, {w_packed + size_t(e) * n * (k / 2), w_scales + size_t(e) * n * (k / 16), n, k}};
+}
+
+// out[entry][column] = act(acc * scale) for the tile's real rows (padding skipped).
+__device__ __forceinline__ void store_by_entry(const float acc[2][4][4], const ExpertTile& tile, const int* sorted,
+                                               int n, float scale, int relu2, float* out) {
+    marc::gemm::for_each_output(acc, [&](int r, int col, float v) {
+        const int entry = sorted[tile.row0 + r], column = tile.col0 + col;
+        if (entry < 0 || column >= n) return;
+        const float y = v * scale;
+        out[size_t(entry) * n + column] = relu2 ? marc::relu2(y) : y;
+    });
+}
+
+}  // namespace
+
 extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
     grouped_gemm_nvfp4_w4a16_f32(const float* __restrict__ a, const int* __restrict__ sorted,
                                  const int* __restrict__ offsets, int num_experts, int top_k,
                                  const unsigned char* __restrict__ w_packed, const unsigned char* __restrict__ w_scales,
                                  const float* __restrict__ tensor_scales, int n, int k, int relu2,
                                  float* __restrict__ out) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
-    const int expert = marc::gemm::tile_expert(offsets, num_experts, row0);
-    const Nvfp4Matrix w{w_packed + size_t(expert) * n * (k / 2), w_scales + size_t(expert) * n * (k / 16), n, k};
-    const float scale = tensor_scales[expert];
+    const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
     float acc[2][4][4];
-    marc::gemm::mma_tile(marc::gemm::f32_rows([&](int r) {
-                             const int entry = sorted[row0 + r];
-                             return entry >= 0 ? a + size_t(entry / top_k) * k : nullptr;
-                         }),
-                         marc::gemm::nvfp4_rows([&](int col) { return w.row(col0 + col); }), k, acc);
-    marc::gemm::for_each_output(acc, [&](int r, int col, float v) {
-        const int entry = sorted[row0 + r], column = col0 + col;
-        if (entry < 0 || column >= n) return;
-        float y = v * scale;
-        if (relu2) y = marc::relu2(y);
-        out[size_t(entry) * n + column] = y;
-    });
+    marc::gemm::mma_tile(marc::gemm::f32_rows(marc::gemm::GatheredRows<float>{a, sorted, tile.row0, top_k, k}),
+                         marc::gemm::nvfp4_rows([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
+    store_by_entry(acc, tile, sorted, n, tensor_scales[tile.expert], relu2, out);
+}
+
+extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+    grouped_gemm_nvfp4_w4a4_f32(const float* __restrict__ a, const int* __restrict__ sorted,
+                                const int* __restrict__ offsets, int num_experts, int top_k,
+                                const unsigned char* __restrict__ w_packed, const unsigned char* __restrict__ w_scales,
+                                const float* __restrict__ tensor_scales, const float* __restrict__ input_scales, int n,
+                                int k, int relu2, float* __restrict__ out) {
+    const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
+    const float input_scale = input_scales[tile.expert];
+    float acc[2][4][4];
+    marc::gemm::mma_tile(
+        marc::gemm::quantising_rows(marc::gemm::GatheredRows<float>{a, sorted, tile.row0, top_k, k}, input_scale),
+        marc::gemm::nvfp4_rows([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
+    store_by_entry(acc, tile, sorted, n, input_scale * tensor_scales[tile.expert], relu2, out);
 }

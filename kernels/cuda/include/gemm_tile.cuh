@@ -13,7 +13,9 @@
 //   F32Rows    f32, rounded to bf16 (nearest even) when staged (activations for W4A16 / FP8);
 //   Nvfp4Rows  packed E2M1 + E4M3 block scales (the checkpoint layout), staged packed and decoded
 //              in registers: e2m1 x block scale is exact in bf16;
-//   Fp8Rows    E4M3 bytes, staged as bytes and decoded in registers (exact in bf16).
+//   Fp8Rows    E4M3 bytes, staged as bytes and decoded in registers (exact in bf16);
+//   QuantisingRows  f32, quantised to NVFP4 when staged (W4A4 with a per-expert input scale),
+//              then read as Nvfp4Rows.
 // Quantised operands thus cross global and shared memory at their stored width (4.5 or 8 bits)
 // and are widened only in the fragment registers, Marlin-style. Every decoded value is exact, so
 // a GEMM's only rounding is the f32 accumulation (and the bf16 rounding of F32Rows activations).
@@ -88,6 +90,14 @@ struct Nvfp4Tile {
     unsigned char scales[64][BK / 16];
 };
 
+// Elements kk and kk + 1 (kk even) of row r of an NVFP4 slice, each e2m1 x its block scale
+// (exact in bf16), as one fragment register.
+__device__ __forceinline__ unsigned nvfp4_word(const Nvfp4Tile& tile, int r, int kk) {
+    const unsigned byte = tile.packed[r][kk / 8] >> (8 * ((kk / 2) % 4)) & 0xffu;
+    const float scale = e4m3_to_float(tile.scales[r][kk / 16]);
+    return pack_exact_bf16x2(e2m1_to_float(byte) * scale, e2m1_to_float(byte >> 4) * scale);
+}
+
 // `row(r)`: the Nvfp4Row behind tile row r, with packed == nullptr past the edge. K % 16 == 0,
 // and rows start 8-byte aligned (K / 2 bytes apart), so the nibbles load as 32-bit words.
 template <typename RowFn>
@@ -110,12 +120,31 @@ struct Nvfp4Rows {
             tile.scales[r][b] = src.packed != nullptr && first < k ? src.scales[first / 16] : 0;
         }
     }
-    // Elements kk and kk + 1 (kk even) of row r, each e2m1 x its block scale, as two bf16.
-    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) {
-        const unsigned byte = tile.packed[r][kk / 8] >> (8 * ((kk / 2) % 4)) & 0xffu;
-        const float scale = e4m3_to_float(tile.scales[r][kk / 16]);
-        return pack_exact_bf16x2(e2m1_to_float(byte) * scale, e2m1_to_float(byte >> 4) * scale);
+    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) { return nvfp4_word(tile, r, kk); }
+};
+
+// `row(r)`: the K-long f32 row behind tile row r, or nullptr; K % 16 == 0. Staging quantises
+// each 16-block to NVFP4 with `input_scale` (nvfp4_quantize_block, bitwise the CPU's quantiser),
+// one block per thread, into the same slice Nvfp4Rows reads: W4A4 where the quantisation depends
+// on the weights (each MoE expert has its own input_scale), so it cannot be done once up front.
+template <typename RowFn>
+struct QuantisingRows {
+    RowFn row;
+    float input_scale;
+    using Tile = Nvfp4Tile;
+    __device__ __forceinline__ void stage(Tile& tile, int k0, int k) const {
+        for (int i = threadIdx.x; i < 64 * (BK / 16); i += blockDim.x) {
+            const int r = i / (BK / 16), b = i % (BK / 16);
+            const float* src = row(r);
+            const int first = k0 + 16 * b;
+            Nvfp4Block q = {0u, {0u, 0u}};
+            if (src != nullptr && first < k) q = nvfp4_quantize_block(src + first, input_scale);
+            tile.packed[r][2 * b] = q.packed[0];
+            tile.packed[r][2 * b + 1] = q.packed[1];
+            tile.scales[r][b] = static_cast<unsigned char>(q.scale);
+        }
     }
+    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) { return nvfp4_word(tile, r, kk); }
 };
 
 // A 64 x 32 E4M3 slice as bytes, rows padded to 36 bytes (9 words) so a fragment load's 8 rows
@@ -158,6 +187,24 @@ template <typename F>
 __device__ __forceinline__ Fp8Rows<F> fp8_rows(F f) {
     return {f};
 }
+template <typename F>
+__device__ __forceinline__ QuantisingRows<F> quantising_rows(F f, float input_scale) {
+    return {f, input_scale};
+}
+
+// The row function of a grouped GEMM's activations: tile row r is the token row (of a
+// [tokens, k] matrix) of routing entry sorted[row0 + r] = t * top_k + slot, or null for the
+// padding (-1) of moe_routing.cu's permutation.
+template <typename T>
+struct GatheredRows {
+    const T* a;
+    const int* sorted;
+    int row0, top_k, k;
+    __device__ __forceinline__ const T* operator()(int r) const {
+        const int entry = sorted[row0 + r];
+        return entry >= 0 ? a + size_t(entry / top_k) * k : nullptr;
+    }
+};
 
 // The 64 x 64 tile of C = A B^T over all of K. On return, lane (g, t) of warp w holds, in
 // acc[i][j][r], C at tile row (w / 2) * 32 + 16 i + g + 8 (r / 2), tile column

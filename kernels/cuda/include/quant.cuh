@@ -1,5 +1,6 @@
 // The low-precision number formats of marc's quantised checkpoints, on the device: FP8 E4M3 and
-// FP4 E2M1 decoding (for the GEMMs' operands) and encoding (for the W4A4 activation quantiser).
+// FP4 E2M1 decoding (for the GEMMs' operands) and encoding, and the NVFP4 block quantiser (for
+// W4A4's activations).
 // Device twins of kernels/src/quant/{e4m3,e2m1}.rs, operation for operation, so the quantiser's
 // codes are bitwise the CPU's (tested in kernels/verify/tests/gemm_nvfp4.rs).
 //
@@ -57,6 +58,37 @@ __device__ __forceinline__ unsigned float_to_e2m1(float x) {
                     unsigned(a > 2.5f) + unsigned(a > 3.5f) + unsigned(a > 5.0f);
     code += unsigned(a == 0.75f || a == 1.75f || a == 3.5f);
     return (x < 0.0f ? 8u : 0u) | code;
+}
+
+// One 16-element block quantised to NVFP4: its E4M3 scale code and its 8 packed bytes as two
+// little-endian words (element 2i in the low nibble of byte i).
+struct Nvfp4Block {
+    unsigned scale;
+    unsigned packed[2];
+};
+
+// Quantises v[0..16) with a static tensor scale (the activations' input_scale) as ModelOpt does,
+// operation for operation kernels/src/quant/nvfp4.rs's quantize_blocks and block_scale, so the
+// bytes are the CPU's: amax (NaN propagates), s = amax / (6 * input_scale), 0 -> 1, clamped to
+// [2^-9, 448], to E4M3; each element x / (f32(s) * input_scale) to E2M1.
+__device__ __forceinline__ Nvfp4Block nvfp4_quantize_block(const float* v, float input_scale) {
+    float amax = 0.0f;
+    MARC_UNROLL
+    for (int i = 0; i < 16; ++i) {
+        const float a = fabsf(v[i]);
+        if (a > amax || a != a) amax = a;
+    }
+    float s = amax / (6.0f * input_scale);
+    if (s == 0.0f) s = 1.0f;
+    // A NaN stays NaN through the clamp (and becomes the NaN code), as f32::clamp keeps it.
+    s = s < 1.0f / 512.0f ? 1.0f / 512.0f : (s > 448.0f ? 448.0f : s);
+    Nvfp4Block q;
+    q.scale = float_to_e4m3(s);
+    const float divisor = e4m3_to_float(q.scale) * input_scale;
+    q.packed[0] = q.packed[1] = 0u;
+    MARC_UNROLL
+    for (int i = 0; i < 16; ++i) q.packed[i / 8] |= float_to_e2m1(v[i] / divisor) << (4 * (i % 8));
+    return q;
 }
 
 // Two bf16 bit patterns in one 32-bit word, `lo` in the low half (an mma.sync fragment register).

@@ -51,6 +51,7 @@ const Entry KERNELS[] = {
     KERNEL(gemm_nvfp4_w4a16_f32),
     KERNEL(gemm_nvfp4_w4a4_f32),
     KERNEL(grouped_gemm_bf16_f32),
+    KERNEL(grouped_gemm_nvfp4_w4a4_f32),
     KERNEL(grouped_gemm_nvfp4_w4a16_f32),
     KERNEL(head_activation_normalize_f32),
     KERNEL(mma_m16n8k16_probe),

@@ -170,18 +170,22 @@ fn w4a4_matches_the_cpu_block_scaled_product() {
     }
 }
 
-#[test]
-fn grouped_w4a16_with_fused_relu2_matches_the_cpu_experts() {
-    // 5 experts (some unused), 9 tokens, top-2, segments padded to the 64-row tile; N ragged and
-    // K a multiple of 16 but not of 32. The up projection (relu2 fused) and a down projection.
+/// The grouped NVFP4 GEMMs: 5 experts (some unused), 9 tokens, top-2, segments padded to the
+/// 64-row tile; N ragged and K a multiple of 16 but not of 32. The up projection (relu2 fused)
+/// and a down projection (none), against the CPU expert: its Linear on the token's row (bf16
+/// rounded for W4A16, as the kernel stages it; raw for W4A4, quantised with the expert's own
+/// input scale by both), then `relu2_in_place` (Mlp::forward).
+fn check_grouped(kernel: &str, precision: MatmulPrecision) {
     let (num_experts, tokens, top_k, n, k) = (5usize, 9usize, 2usize, 40usize, 48usize);
     let mut rng = rng(19);
     let experts: Vec<i32> = (0..tokens * top_k).map(|i| [3, 0, 3, 1][i % 4]).collect();
     let (offsets, sorted) = permutation_reference(&experts, num_experts, 64);
-    let x = uniform(&mut rng, tokens * k, -2.0, 2.0);
+    let x = activations(&mut rng, tokens * k);
     let w = Nvfp4Data::random(&mut rng, num_experts * n, k);
     let tensor_scales: Vec<f32> = (0..num_experts).map(|e| 0.01 * (e + 1) as f32).collect();
-    let (x_bf16, _) = bf16_rounded(&x);
+    let input_scales: Vec<f32> = (0..num_experts).map(|e| nvfp4_tensor_scale(0.5 + e as f32)).collect();
+    let w4a4 = precision == MatmulPrecision::Nvfp4Activations;
+    let cpu_x = if w4a4 { x.clone() } else { bf16_rounded(&x).0 };
     for relu2 in [true, false] {
         let mut out = vec![f32::NAN; tokens * top_k * n];
         let mut args = Args::new();
@@ -192,20 +196,19 @@ fn grouped_w4a16_with_fused_relu2_matches_the_cpu_experts() {
             .int(top_k as i32)
             .input(&w.packed)
             .input(&w.scales)
-            .input(&tensor_scales)
-            .int(n as i32)
-            .int(k as i32)
-            .int(i32::from(relu2))
-            .output(&mut out);
+            .input(&tensor_scales);
+        if w4a4 {
+            args.input(&input_scales);
+        }
+        args.int(n as i32).int(k as i32).int(i32::from(relu2)).output(&mut out);
         let row_tiles = *offsets.last().unwrap() as usize / 64;
         launch(
-            "grouped_gemm_nvfp4_w4a16_f32",
+            kernel,
             [dim(n.div_ceil(64)), dim(row_tiles), 1],
             [128, 1, 1],
             0,
             &mut args,
         );
-        // The CPU expert: its Linear on the token's row, then relu2_in_place (Mlp::forward).
         let want: Vec<f32> = experts
             .iter()
             .enumerate()
@@ -217,19 +220,28 @@ fn grouped_w4a16_with_fused_relu2_matches_the_cpu_experts() {
                     &w.packed[e * n * k / 2..][..n * k / 2],
                     &w.scales[e * n * k / 16..][..n * k / 16],
                     tensor_scales[e],
-                    None,
+                    Some(input_scales[e]),
                 )
                 .unwrap();
                 let mut row = vec![0.0f32; n];
                 let t = i / top_k;
-                matmul_with_precision(&x_bf16[t * k..][..k], 1, &weights, None, &mut row, MatmulPrecision::Exact)
-                    .unwrap();
+                matmul_with_precision(&cpu_x[t * k..][..k], 1, &weights, None, &mut row, precision).unwrap();
                 if relu2 {
                     marc_kernels::ops::activation::relu2_in_place(&mut row);
                 }
                 row
             })
             .collect();
-        assert_close(&format!("grouped NVFP4, relu2 {relu2}"), &out, &want, F32_REL_L2);
+        assert_close(&format!("{kernel}, relu2 {relu2}"), &out, &want, F32_REL_L2);
     }
+}
+
+#[test]
+fn grouped_w4a16_with_fused_relu2_matches_the_cpu_experts() {
+    check_grouped("grouped_gemm_nvfp4_w4a16_f32", MatmulPrecision::Exact);
+}
+
+#[test]
+fn grouped_w4a4_quantises_per_expert_and_matches_the_cpu_experts() {
+    check_grouped("grouped_gemm_nvfp4_w4a4_f32", MatmulPrecision::Nvfp4Activations);
 }
