@@ -24,6 +24,10 @@
 //   instruction computes (exact E2M1 x E2M1 products scaled per 16-block by both UE4M3 scales,
 //   summed in f32), with the sum's association fixed by mma's k-steps rather than per block.
 //
+// Packed operands are read as 32-bit words, so their base pointers must be 4-byte aligned
+// (cudaMalloc's are; a row is K / 2 bytes, a multiple of 8). The grouped expert GEMMs, W4A16 and
+// W4A4, are at the end of the file.
+//
 // Tiling: include/gemm_tile.cuh (64 x 64 tile of y per block, 4 warps, K 32 at a time through
 // shared memory). Launch (GEMMs): grid (ceil(N / 64), ceil(M / 64)), 128 threads; static shared
 // memory 5 KiB (bf16 x) or 1.1 KiB (NVFP4 x) + 1.1 KiB (NVFP4 W).
@@ -36,7 +40,7 @@
 
 namespace {
 
-// The NVFP4 rows of a [rows, K] matrix for the tile starting at `first`, null past `rows`.
+// An NVFP4 [rows, K] matrix; row(r) is null past `rows`.
 struct Nvfp4Matrix {
     const unsigned char* packed;
     const unsigned char* scales;

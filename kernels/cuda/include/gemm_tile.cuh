@@ -36,6 +36,7 @@ constexpr int BM = 64;  // rows of A (and of C) per block
 constexpr int BN = 64;  // rows of B (columns of C) per block
 constexpr int BK = 32;  // k per shared-memory step
 constexpr int THREADS = 128;
+static_assert(BM == 64 && BN == 64, "the operand policies stage 64-row slices, for A and B alike");
 
 // Two bf16 at an even k of a bf16 row form one aligned 32-bit word.
 __device__ __forceinline__ unsigned bf16_pair(const unsigned short* p) { return *reinterpret_cast<const unsigned*>(p); }
