@@ -18,6 +18,7 @@
 #include "../../cuda/norm.cu"
 #include "../../cuda/pooling.cu"
 #include "../../cuda/ssd_scan.cu"
+#include "quant_probe.cu"
 #include "simt_selftest.cu"
 
 namespace {
@@ -62,6 +63,8 @@ const Entry KERNELS[] = {
     KERNEL(moe_unpermute_f32),
     KERNEL(nvfp4_quantize_f32),
     KERNEL(pool_f32),
+    KERNEL(quant_probe_decode),
+    KERNEL(quant_probe_encode),
     KERNEL(relu2_f32),
     KERNEL(rms_norm_f32),
     KERNEL(simt_selftest_block),
