@@ -113,7 +113,9 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
 // * grouped_gemm_nvfp4_w4a16_f32: a rounded to bf16 when staged; scale_e = tensor_scales[e].
 // * grouped_gemm_nvfp4_w4a4_f32: each expert quantises its rows of a with its own input_scale
 //   (input_scales [E]) while staging them (QuantisingRows), then the block-scaled product as in
-//   gemm_nvfp4_w4a4_f32; scale_e = input_scales[e] * tensor_scales[e].
+//   gemm_nvfp4_w4a4_f32; scale_e = input_scales[e] * tensor_scales[e]. Every column block of a
+//   row tile quantises the same rows again (ceil(N / 64) times): 16 divisions per 16 x 64 x 2
+//   FLOP of the tile, against a pass that would write and re-read a per-entry quantised copy.
 
 namespace {
 
