@@ -11,22 +11,22 @@
 // Hopper/Blackwell-specific paths (wgmma / tcgen05 with TMA) are not written yet; dense projections
 // can use cuBLASLt meanwhile.
 //
-// Launch: grid (ceil(N / 64), ceil(M / 64)), 128 threads (marc::gemm::THREADS), static shared
+// Launch: grid (ceil(N / 64), ceil(M / 64)), 128 threads (gemm::THREADS), static shared
 // memory 2 * 64 * 40 * 2 = 10 KiB. grouped_gemm_bf16_f32 (below) is the MoE experts' GEMM on the same tile.
 
 #include "gemm_tile.cuh"
 
+namespace gemm = marc::gemm;
+
 // a, w: bf16 bit patterns. bias: [N] or null.
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     gemm_bf16_f32(const unsigned short* __restrict__ a, const unsigned short* __restrict__ w,
                   const float* __restrict__ bias, int m, int n, int k, float* __restrict__ c) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
+    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
     float acc[2][4][4];
-    marc::gemm::mma_tile(
-        marc::gemm::bf16_rows([&](int r) { return row0 + r < m ? a + size_t(row0 + r) * k : nullptr; }),
-        marc::gemm::bf16_rows([&](int col) { return col0 + col < n ? w + size_t(col0 + col) * k : nullptr; }), k,
-        acc);
-    marc::gemm::for_each_output(acc, [&](int r, int col, float v) {
+    gemm::mma_tile(gemm::operand<gemm::Bf16Rows>(gemm::DenseRows<unsigned short>{a, row0, m, k}),
+                   gemm::operand<gemm::Bf16Rows>(gemm::DenseRows<unsigned short>{w, col0, n, k}), k, acc);
+    gemm::for_each_output(acc, [&](int r, int col, float v) {
         const int row = row0 + r, column = col0 + col;
         if (row < m && column < n) c[size_t(row) * n + column] = v + (bias != nullptr ? bias[column] : 0.0f);
     });
@@ -40,19 +40,17 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
 // activations is ever written. w: [E, N, K] bf16 bits; out: [tokens * top_k, N].
 //
 // Launch: grid (ceil(N / 64), offsets[E] / 64), 128 threads.
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     grouped_gemm_bf16_f32(const unsigned short* __restrict__ a, const int* __restrict__ sorted,
                           const int* __restrict__ offsets, int num_experts, int top_k,
                           const unsigned short* __restrict__ w, int n, int k, float* __restrict__ out) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
-    const int expert = marc::gemm::tile_expert(offsets, num_experts, row0);
+    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
+    const int expert = gemm::tile_expert(offsets, num_experts, row0);
     const unsigned short* w_e = w + size_t(expert) * n * k;
     float acc[2][4][4];
-    marc::gemm::mma_tile(
-        marc::gemm::bf16_rows(marc::gemm::GatheredRows<unsigned short>{a, sorted, row0, top_k, k}),
-        marc::gemm::bf16_rows([&](int col) { return col0 + col < n ? w_e + size_t(col0 + col) * k : nullptr; }), k,
-        acc);
-    marc::gemm::for_each_output(acc, [&](int r, int col, float v) {
+    gemm::mma_tile(gemm::operand<gemm::Bf16Rows>(gemm::GatheredRows<unsigned short>{a, sorted, row0, top_k, k}),
+                   gemm::operand<gemm::Bf16Rows>(gemm::DenseRows<unsigned short>{w_e, col0, n, k}), k, acc);
+    gemm::for_each_output(acc, [&](int r, int col, float v) {
         const int entry = sorted[row0 + r], column = col0 + col;
         if (entry >= 0 && column < n) out[size_t(entry) * n + column] = v;
     });

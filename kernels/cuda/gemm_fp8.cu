@@ -18,15 +18,15 @@
 
 #include "gemm_tile.cuh"
 
+namespace gemm = marc::gemm;
+
 // x: f32 [M, K]; w: E4M3 [N, K]; bias [N] or null; y [M, N].
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     gemm_fp8_f32(const float* __restrict__ x, const unsigned char* __restrict__ w, float weight_scale,
                  const float* __restrict__ bias, int m, int n, int k, float* __restrict__ y) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
+    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
     float acc[2][4][4];
-    marc::gemm::mma_tile(
-        marc::gemm::f32_rows([&](int r) { return row0 + r < m ? x + size_t(row0 + r) * k : nullptr; }),
-        marc::gemm::fp8_rows([&](int col) { return col0 + col < n ? w + size_t(col0 + col) * k : nullptr; }), k,
-        acc);
-    marc::gemm::store_scaled(acc, row0, col0, m, n, weight_scale, bias, y);
+    gemm::mma_tile(gemm::operand<gemm::F32Rows>(gemm::DenseRows<float>{x, row0, m, k}),
+                   gemm::operand<gemm::Fp8Rows>(gemm::DenseRows<unsigned char>{w, col0, n, k}), k, acc);
+    gemm::store_scaled(acc, row0, col0, m, n, weight_scale, bias, y);
 }

@@ -38,6 +38,8 @@
 
 #include "gemm_tile.cuh"
 
+namespace gemm = marc::gemm;
+
 namespace {
 
 // An NVFP4 [rows, K] matrix; row(r) is null past `rows`.
@@ -45,7 +47,7 @@ struct Nvfp4Matrix {
     const unsigned char* packed;
     const unsigned char* scales;
     int rows, k;
-    __device__ __forceinline__ marc::gemm::Nvfp4Row row(int r) const {
+    __device__ __forceinline__ gemm::Nvfp4Row row(int r) const {
         if (r >= rows) return {nullptr, nullptr};
         return {packed + size_t(r) * (k / 2), scales + size_t(r) * (k / 16)};
     }
@@ -54,17 +56,16 @@ struct Nvfp4Matrix {
 }  // namespace
 
 // x: f32 [M, K]; w_packed [N, K / 2], w_scales [N, K / 16] (E4M3); bias [N] or null; y [M, N].
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     gemm_nvfp4_w4a16_f32(const float* __restrict__ x, const unsigned char* __restrict__ w_packed,
                          const unsigned char* __restrict__ w_scales, float tensor_scale,
                          const float* __restrict__ bias, int m, int n, int k, float* __restrict__ y) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
+    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
     const Nvfp4Matrix w{w_packed, w_scales, n, k};
     float acc[2][4][4];
-    marc::gemm::mma_tile(
-        marc::gemm::f32_rows([&](int r) { return row0 + r < m ? x + size_t(row0 + r) * k : nullptr; }),
-        marc::gemm::nvfp4_rows([&](int col) { return w.row(col0 + col); }), k, acc);
-    marc::gemm::store_scaled(acc, row0, col0, m, n, tensor_scale, bias, y);
+    gemm::mma_tile(gemm::operand<gemm::F32Rows>(gemm::DenseRows<float>{x, row0, m, k}),
+                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return w.row(col0 + col); }), k, acc);
+    gemm::store_scaled(acc, row0, col0, m, n, tensor_scale, bias, y);
 }
 
 // Quantises x [rows, K] to NVFP4 with the static input_scale: packed [rows, K / 2] and E4M3
@@ -87,18 +88,18 @@ extern "C" __global__ void __launch_bounds__(QUANTIZE_THREADS)
 
 // x_packed [M, K / 2], x_scales [M, K / 16]: x quantised by nvfp4_quantize_f32 with input_scale;
 // w as for W4A16; bias [N] or null; y [M, N].
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     gemm_nvfp4_w4a4_f32(const unsigned char* __restrict__ x_packed, const unsigned char* __restrict__ x_scales,
                         float input_scale, const unsigned char* __restrict__ w_packed,
                         const unsigned char* __restrict__ w_scales, float tensor_scale,
                         const float* __restrict__ bias, int m, int n, int k, float* __restrict__ y) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
+    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
     const Nvfp4Matrix x{x_packed, x_scales, m, k}, w{w_packed, w_scales, n, k};
     float acc[2][4][4];
-    marc::gemm::mma_tile(marc::gemm::nvfp4_rows([&](int r) { return x.row(row0 + r); }),
-                         marc::gemm::nvfp4_rows([&](int col) { return w.row(col0 + col); }), k, acc);
+    gemm::mma_tile(gemm::operand<gemm::Nvfp4Rows>([&](int r) { return x.row(row0 + r); }),
+                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return w.row(col0 + col); }), k, acc);
     // One rounded product of the two scales, as the CPU's Tile::scale.
-    marc::gemm::store_scaled(acc, row0, col0, m, n, input_scale * tensor_scale, bias, y);
+    gemm::store_scaled(acc, row0, col0, m, n, input_scale * tensor_scale, bias, y);
 }
 
 // The MoE experts' grouped GEMMs with NVFP4 experts, gemm_bf16.cu's grouped_gemm_bf16_f32 on
@@ -127,15 +128,15 @@ struct ExpertTile {
 
 __device__ __forceinline__ ExpertTile expert_tile(const int* offsets, int num_experts, const unsigned char* w_packed,
                                                   const unsigned char* w_scales, int n, int k) {
-    const int row0 = blockIdx.y * marc::gemm::BM, col0 = blockIdx.x * marc::gemm::BN;
-    const int e = marc::gemm::tile_expert(offsets, num_experts, row0);
+    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
+    const int e = gemm::tile_expert(offsets, num_experts, row0);
     return {row0, col0, e, {w_packed + size_t(e) * n * (k / 2), w_scales + size_t(e) * n * (k / 16), n, k}};
 }
 
 // out[entry][column] = act(acc * scale) for the tile's real rows (padding skipped).
 __device__ __forceinline__ void store_by_entry(const float acc[2][4][4], const ExpertTile& tile, const int* sorted,
                                                int n, float scale, int relu2, float* out) {
-    marc::gemm::for_each_output(acc, [&](int r, int col, float v) {
+    gemm::for_each_output(acc, [&](int r, int col, float v) {
         const int entry = sorted[tile.row0 + r], column = tile.col0 + col;
         if (entry < 0 || column >= n) return;
         const float y = v * scale;
@@ -145,7 +146,7 @@ __device__ __forceinline__ void store_by_entry(const float acc[2][4][4], const E
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     grouped_gemm_nvfp4_w4a16_f32(const float* __restrict__ a, const int* __restrict__ sorted,
                                  const int* __restrict__ offsets, int num_experts, int top_k,
                                  const unsigned char* __restrict__ w_packed, const unsigned char* __restrict__ w_scales,
@@ -153,12 +154,13 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
                                  float* __restrict__ out) {
     const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
     float acc[2][4][4];
-    marc::gemm::mma_tile(marc::gemm::f32_rows(marc::gemm::GatheredRows<float>{a, sorted, tile.row0, top_k, k}),
-                         marc::gemm::nvfp4_rows([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
+    const gemm::GatheredRows<float> tokens{a, sorted, tile.row0, top_k, k};
+    gemm::mma_tile(gemm::operand<gemm::F32Rows>(tokens),
+                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
     store_by_entry(acc, tile, sorted, n, tensor_scales[tile.expert], relu2, out);
 }
 
-extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     grouped_gemm_nvfp4_w4a4_f32(const float* __restrict__ a, const int* __restrict__ sorted,
                                 const int* __restrict__ offsets, int num_experts, int top_k,
                                 const unsigned char* __restrict__ w_packed, const unsigned char* __restrict__ w_scales,
@@ -167,8 +169,8 @@ extern "C" __global__ void __launch_bounds__(marc::gemm::THREADS)
     const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
     const float input_scale = input_scales[tile.expert];
     float acc[2][4][4];
-    marc::gemm::mma_tile(
-        marc::gemm::quantising_rows(marc::gemm::GatheredRows<float>{a, sorted, tile.row0, top_k, k}, input_scale),
-        marc::gemm::nvfp4_rows([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
+    const gemm::GatheredRows<float> tokens{a, sorted, tile.row0, top_k, k};
+    gemm::mma_tile(gemm::operand<gemm::QuantisingRows>(tokens, input_scale),
+                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
     store_by_entry(acc, tile, sorted, n, input_scale * tensor_scales[tile.expert], relu2, out);
 }

@@ -47,19 +47,29 @@ struct Bf16Tile {
     __align__(16) unsigned short v[64][BK + 8];
 };
 
+// Stages a 64 x BK slice one element at a time: dst[r][kk] = convert(row(r)[k0 + kk]), zero for
+// a null row (past the edge) or past K.
+template <int COLUMNS, typename T, typename RowFn, typename Convert>
+__device__ __forceinline__ void stage_elements(T (&dst)[64][COLUMNS], const RowFn& row, int k0, int k,
+                                               Convert convert) {
+    for (int i = threadIdx.x; i < 64 * BK; i += blockDim.x) {
+        const int r = i / BK, kk = i % BK;
+        const auto* src = row(r);
+        dst[r][kk] = src != nullptr && k0 + kk < k ? convert(src[k0 + kk]) : T(0);
+    }
+}
+
 // `row(r)`: the K-long bf16 row behind tile row r, or nullptr past the edge.
 template <typename RowFn>
 struct Bf16Rows {
     RowFn row;
     using Tile = Bf16Tile;
     __device__ __forceinline__ void stage(Tile& tile, int k0, int k) const {
-        for (int i = threadIdx.x; i < 64 * BK; i += blockDim.x) {
-            const int r = i / BK, kk = i % BK;
-            const unsigned short* src = row(r);
-            tile.v[r][kk] = src != nullptr && k0 + kk < k ? src[k0 + kk] : 0;
-        }
+        stage_elements(tile.v, row, k0, k, [](unsigned short bits) { return bits; });
     }
-    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) { return bf16_pair(&tile.v[r][kk]); }
+    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) {
+        return bf16_pair(&tile.v[r][kk]);
+    }
 };
 
 // `row(r)`: the K-long f32 row behind tile row r, or nullptr. Staging rounds to bf16.
@@ -68,13 +78,11 @@ struct F32Rows {
     RowFn row;
     using Tile = Bf16Tile;
     __device__ __forceinline__ void stage(Tile& tile, int k0, int k) const {
-        for (int i = threadIdx.x; i < 64 * BK; i += blockDim.x) {
-            const int r = i / BK, kk = i % BK;
-            const float* src = row(r);
-            tile.v[r][kk] = src != nullptr && k0 + kk < k ? __bfloat16_as_ushort(__float2bfloat16(src[k0 + kk])) : 0;
-        }
+        stage_elements(tile.v, row, k0, k, [](float v) { return __bfloat16_as_ushort(__float2bfloat16(v)); });
     }
-    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) { return bf16_pair(&tile.v[r][kk]); }
+    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) {
+        return bf16_pair(&tile.v[r][kk]);
+    }
 };
 
 // One NVFP4 row: K / 2 bytes (element 2i in the low nibble of byte i) and K / 16 E4M3 scales.
@@ -121,7 +129,9 @@ struct Nvfp4Rows {
             tile.scales[r][b] = src.packed != nullptr && first < k ? src.scales[first / 16] : 0;
         }
     }
-    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) { return nvfp4_word(tile, r, kk); }
+    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) {
+        return nvfp4_word(tile, r, kk);
+    }
 };
 
 // `row(r)`: the K-long f32 row behind tile row r, or nullptr; K % 16 == 0. Staging quantises
@@ -145,7 +155,9 @@ struct QuantisingRows {
             tile.scales[r][b] = static_cast<unsigned char>(q.scale);
         }
     }
-    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) { return nvfp4_word(tile, r, kk); }
+    __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) {
+        return nvfp4_word(tile, r, kk);
+    }
 };
 
 // A 64 x 32 E4M3 slice as bytes, rows padded to 36 bytes (9 words) so a fragment load's 8 rows
@@ -160,38 +172,29 @@ struct Fp8Rows {
     RowFn row;
     using Tile = Fp8Tile;
     __device__ __forceinline__ void stage(Tile& tile, int k0, int k) const {
-        for (int i = threadIdx.x; i < 64 * BK; i += blockDim.x) {
-            const int r = i / BK, kk = i % BK;
-            const unsigned char* src = row(r);
-            tile.v[r][kk] = src != nullptr && k0 + kk < k ? src[k0 + kk] : 0;
-        }
+        stage_elements(tile.v, row, k0, k, [](unsigned char code) { return code; });
     }
     __device__ __forceinline__ static unsigned word(const Tile& tile, int r, int kk) {
         return pack_exact_bf16x2(e4m3_to_float(tile.v[r][kk]), e4m3_to_float(tile.v[r][kk + 1]));
     }
 };
 
-// The policies from a row function (C++17 has no aggregate deduction; NVRTC compiles C++17).
-template <typename F>
-__device__ __forceinline__ Bf16Rows<F> bf16_rows(F f) {
-    return {f};
+// An operand policy from its row function (and, for QuantisingRows, the input scale):
+// operand<Bf16Rows>(rows). C++17 has no aggregate deduction, and NVRTC compiles C++17.
+template <template <typename> class Policy, typename F, typename... Extra>
+__device__ __forceinline__ Policy<F> operand(F row, Extra... extra) {
+    return {row, extra...};
 }
-template <typename F>
-__device__ __forceinline__ F32Rows<F> f32_rows(F f) {
-    return {f};
-}
-template <typename F>
-__device__ __forceinline__ Nvfp4Rows<F> nvfp4_rows(F f) {
-    return {f};
-}
-template <typename F>
-__device__ __forceinline__ Fp8Rows<F> fp8_rows(F f) {
-    return {f};
-}
-template <typename F>
-__device__ __forceinline__ QuantisingRows<F> quantising_rows(F f, float input_scale) {
-    return {f, input_scale};
-}
+
+// The row function of a dense [rows, k] matrix for the tile starting at row0: null past `rows`.
+template <typename T>
+struct DenseRows {
+    const T* base;
+    int row0, rows, k;
+    __device__ __forceinline__ const T* operator()(int r) const {
+        return row0 + r < rows ? base + size_t(row0 + r) * k : nullptr;
+    }
+};
 
 // The row function of a grouped GEMM's activations: tile row r is the token row (of a
 // [tokens, k] matrix) of routing entry sorted[row0 + r] = t * top_k + slot, or null for the
@@ -207,6 +210,16 @@ struct GatheredRows {
     }
 };
 
+// Where this lane's fragments sit: its warp's 32 x 32 sub-tile (2 x 2 warps) and its mma
+// group g = lane / 4 and index t = lane % 4 (mma.cuh's fragment layout).
+struct LanePosition {
+    int warp_row, warp_col, g, t;
+};
+__device__ __forceinline__ LanePosition lane_position() {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    return {(warp / 2) * 32, (warp % 2) * 32, lane / 4, lane % 4};
+}
+
 // The 64 x 64 tile of C = A B^T over all of K. On return, lane (g, t) of warp w holds, in
 // acc[i][j][r], C at tile row (w / 2) * 32 + 16 i + g + 8 (r / 2), tile column
 // (w % 2) * 32 + 8 j + 2 t + r % 2 (see for_each_output).
@@ -214,9 +227,8 @@ template <typename A, typename B>
 __device__ __forceinline__ void mma_tile(const A& a, const B& b, int k, float acc[2][4][4]) {
     __shared__ typename A::Tile a_tile;
     __shared__ typename B::Tile b_tile;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;
-    const int g = lane / 4, t = lane % 4;
+    const LanePosition p = lane_position();
+    const int warp_row = p.warp_row, warp_col = p.warp_col, g = p.g, t = p.t;
 
     MARC_UNROLL
     for (int i = 0; i < 2; ++i) {
@@ -263,9 +275,8 @@ __device__ __forceinline__ void mma_tile(const A& a, const B& b, int k, float ac
 // Calls store(tile row, tile column, value) for every accumulator of this lane (layout above).
 template <typename Store>
 __device__ __forceinline__ void for_each_output(const float acc[2][4][4], Store store) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;
-    const int g = lane / 4, t = lane % 4;
+    const LanePosition p = lane_position();
+    const int warp_row = p.warp_row, warp_col = p.warp_col, g = p.g, t = p.t;
     MARC_UNROLL
     for (int i = 0; i < 2; ++i) {
         MARC_UNROLL

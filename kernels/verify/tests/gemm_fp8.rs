@@ -39,18 +39,8 @@ fn fp8_gemm_matches_the_cpu_op_on_bf16_activations() {
         let mut y = vec![f32::NAN; m * n];
         let mut args = Args::new();
         args.input(&x).input(&w).float(weight_scale);
-        match &bias {
-            Some(b) => args.input(b),
-            None => args.null(),
-        };
-        args.int(m as i32).int(n as i32).int(k as i32).output(&mut y);
-        launch(
-            "gemm_fp8_f32",
-            [dim(n.div_ceil(64)), dim(m.div_ceil(64)), 1],
-            [128, 1, 1],
-            0,
-            &mut args,
-        );
+        gemm_tail(&mut args, bias.as_deref(), (m, n, k), &mut y);
+        launch_gemm("gemm_fp8_f32", m, n, &mut args);
 
         let (x_bf16, x64) = bf16_rounded(&x);
         let weights = PackedMatrix::from_fp8_e4m3(n, k, &w, weight_scale).unwrap();

@@ -23,17 +23,6 @@ const SHAPES: [(usize, usize, usize, bool); 5] = [
     (70, 72, 144, true),
 ];
 
-fn gemm_grid(m: usize, n: usize) -> [u32; 3] {
-    [dim(n.div_ceil(64)), dim(m.div_ceil(64)), 1]
-}
-
-fn push_bias<'a>(args: &'a mut Args, bias: Option<&[f32]>) -> &'a mut Args {
-    match bias {
-        Some(b) => args.input(b),
-        None => args.null(),
-    }
-}
-
 #[test]
 fn w4a16_matches_the_cpu_op_on_bf16_activations() {
     for (m, n, k, with_bias) in SHAPES {
@@ -47,12 +36,8 @@ fn w4a16_matches_the_cpu_op_on_bf16_activations() {
         let mut y = vec![f32::NAN; m * n];
         let mut args = Args::new();
         args.input(&x).input(&w.packed).input(&w.scales).float(tensor_scale);
-        push_bias(&mut args, bias.as_deref())
-            .int(m as i32)
-            .int(n as i32)
-            .int(k as i32)
-            .output(&mut y);
-        launch("gemm_nvfp4_w4a16_f32", gemm_grid(m, n), [128, 1, 1], 0, &mut args);
+        gemm_tail(&mut args, bias.as_deref(), (m, n, k), &mut y);
+        launch_gemm("gemm_nvfp4_w4a16_f32", m, n, &mut args);
 
         let (x_bf16, x64) = bf16_rounded(&x);
         let weights = PackedMatrix::from_nvfp4(n, k, &w.packed, &w.scales, tensor_scale, None).unwrap();
@@ -145,12 +130,8 @@ fn w4a4_matches_the_cpu_block_scaled_product() {
             .input(&w.packed)
             .input(&w.scales)
             .float(tensor_scale);
-        push_bias(&mut args, bias.as_deref())
-            .int(m as i32)
-            .int(n as i32)
-            .int(k as i32)
-            .output(&mut y);
-        launch("gemm_nvfp4_w4a4_f32", gemm_grid(m, n), [128, 1, 1], 0, &mut args);
+        gemm_tail(&mut args, bias.as_deref(), (m, n, k), &mut y);
+        launch_gemm("gemm_nvfp4_w4a4_f32", m, n, &mut args);
 
         let weights = PackedMatrix::from_nvfp4(n, k, &w.packed, &w.scales, tensor_scale, Some(input_scale)).unwrap();
         let mut cpu = vec![0.0f32; m * n];
@@ -201,14 +182,7 @@ fn check_grouped(kernel: &str, precision: MatmulPrecision) {
             args.input(&input_scales);
         }
         args.int(n as i32).int(k as i32).int(i32::from(relu2)).output(&mut out);
-        let row_tiles = *offsets.last().unwrap() as usize / 64;
-        launch(
-            kernel,
-            [dim(n.div_ceil(64)), dim(row_tiles), 1],
-            [128, 1, 1],
-            0,
-            &mut args,
-        );
+        launch_grouped_gemm(kernel, n, &offsets, &mut args);
         let want: Vec<f32> = experts
             .iter()
             .enumerate()

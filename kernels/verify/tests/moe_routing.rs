@@ -183,14 +183,7 @@ fn grouped_gemm_multiplies_each_entry_by_its_experts_weight() {
         .int(n as i32)
         .int(k as i32)
         .output(&mut out);
-    let row_tiles = *offsets.last().unwrap() as usize / 64;
-    launch(
-        "grouped_gemm_bf16_f32",
-        [dim(n.div_ceil(64)), dim(row_tiles), 1],
-        [128, 1, 1],
-        0,
-        &mut args,
-    );
+    launch_grouped_gemm("grouped_gemm_bf16_f32", n, &offsets, &mut args);
     let want: Vec<f32> = experts
         .iter()
         .enumerate()

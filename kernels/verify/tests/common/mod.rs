@@ -60,6 +60,39 @@ pub(crate) fn launch(name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: 
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Appends what every dense GEMM kernel's parameters end with: the bias (or null), m, n, k and
+/// the output.
+pub(crate) fn gemm_tail<'a>(
+    args: &'a mut Args,
+    bias: Option<&[f32]>,
+    (m, n, k): (usize, usize, usize),
+    y: &mut [f32],
+) -> &'a mut Args {
+    match bias {
+        Some(b) => args.input(b),
+        None => args.null(),
+    };
+    args.int(m as i32).int(n as i32).int(k as i32).output(y)
+}
+
+/// Launches a dense GEMM kernel (kernels/cuda/include/gemm_tile.cuh's 64 x 64 tiles) on [m, n].
+pub(crate) fn launch_gemm(kernel: &str, m: usize, n: usize, args: &mut Args) {
+    launch(
+        kernel,
+        [dim(n.div_ceil(64)), dim(m.div_ceil(64)), 1],
+        [128, 1, 1],
+        0,
+        args,
+    );
+}
+
+/// Launches a grouped expert GEMM kernel over N columns and the 64-row tiles of `offsets`
+/// (moe_routing.cu's padded permutation).
+pub(crate) fn launch_grouped_gemm(kernel: &str, n: usize, offsets: &[i32], args: &mut Args) {
+    let row_tiles = *offsets.last().expect("offsets has E + 1 entries") as usize / 64;
+    launch(kernel, [dim(n.div_ceil(64)), dim(row_tiles), 1], [128, 1, 1], 0, args);
+}
+
 /// `n` as a launch dimension.
 pub(crate) fn dim(n: usize) -> u32 {
     u32::try_from(n).unwrap()
