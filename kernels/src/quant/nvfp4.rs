@@ -89,6 +89,11 @@ pub(crate) fn block_scale(block: &[f32], tensor_scale: f32) -> u8 {
     let amax = block
         .iter()
         .fold(0.0f32, |m, v| if v.abs() > m || v.is_nan() { v.abs() } else { m });
+    block_scale_of_amax(amax, tensor_scale)
+}
+
+/// [`block_scale`] from the block's amax (NaN if the block holds a NaN).
+pub(crate) fn block_scale_of_amax(amax: f32, tensor_scale: f32) -> u8 {
     let mut scale = amax / (6.0 * tensor_scale);
     if scale == 0.0 {
         scale = 1.0;

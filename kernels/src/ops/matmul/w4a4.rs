@@ -79,25 +79,36 @@ enum Operands {
 }
 
 impl Operands {
-    fn new(isa: CpuIsa, q: &QuantisedRows, m: usize, k: usize) -> Operands {
+    fn new(isa: CpuIsa, x: &[f32], m: usize, k: usize, input_scale: f32) -> Operands {
         let blocks = k / NVFP4_BLOCK;
         #[cfg(target_arch = "x86_64")]
         if matches!(isa, CpuIsa::Avx512 | CpuIsa::Amx) && super::w4a4_vnni::available() {
-            let mr = super::w4a4_vnni::MR;
-            let mut records = vec![super::w4a4_vnni::RowBlock::default(); m * blocks];
-            for (t, tile) in records.chunks_mut(mr * blocks).enumerate() {
-                let rows = tile.len() / blocks;
-                for (b, at) in tile.chunks_exact_mut(rows).enumerate() {
+            use super::w4a4_vnni::{MR as VNNI_MR, RowBlock, quantise_row};
+            // Rows are quantised into per-row records, then laid out per tile: [block][row].
+            let mut rows = vec![RowBlock::default(); m * blocks];
+            rows.par_chunks_mut(QUANTISE_ROWS_PER_TASK * blocks)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    for (r, out) in chunk.chunks_exact_mut(blocks).enumerate() {
+                        let i = c * QUANTISE_ROWS_PER_TASK + r;
+                        // SAFETY: the VNNI path is available (checked above); `out` holds one
+                        // record per block of the row.
+                        unsafe { quantise_row(&x[i * k..(i + 1) * k], input_scale, out) };
+                    }
+                });
+            let mut records = vec![RowBlock::default(); m * blocks];
+            for (t, tile) in records.chunks_mut(VNNI_MR * blocks).enumerate() {
+                let height = tile.len() / blocks;
+                for (b, at) in tile.chunks_exact_mut(height).enumerate() {
                     for (r, record) in at.iter_mut().enumerate() {
-                        let i = t * mr + r;
-                        let codes = &q.codes[i * k / 2 + b * NVFP4_BLOCK / 2..][..NVFP4_BLOCK / 2];
-                        *record = super::w4a4_vnni::RowBlock::new(codes, q.scales[i * blocks + b]);
+                        *record = rows[(t * VNNI_MR + r) * blocks + b];
                     }
                 }
             }
             return Operands::Vnni(records);
         }
         let _ = isa;
+        let q = quantise_rows(x, m, k, input_scale);
         let values: Vec<f32> = q
             .codes
             .iter()
@@ -152,7 +163,7 @@ pub(super) fn run(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Opti
     let input_scale = w
         .input_scale()
         .expect("W4A4 needs an input scale (checked by the caller)");
-    let operands = Operands::new(isa, &quantise_rows(x, m, k, input_scale), m, k);
+    let operands = Operands::new(isa, x, m, k, input_scale);
     let mr = operands.rows_per_tile();
     let tiles = m.div_ceil(mr);
     let pb = w.panel_bytes();

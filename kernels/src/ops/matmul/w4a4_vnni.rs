@@ -22,7 +22,8 @@ use super::avx512::{Nvfp4Vectors, store};
 use super::cpu::{PREFETCH_BYTES, PREFETCH_L2_BYTES, Tile};
 use super::nvfp4::chunk_at;
 use super::packed::NVFP4_RECORD;
-use crate::quant::nvfp4::NVFP4_BLOCK;
+use crate::quant::e4m3::e4m3_to_f32;
+use crate::quant::nvfp4::{NVFP4_BLOCK, block_scale_of_amax};
 
 /// Rows per tile (the register tile is at most 6 rows x 2 vectors, or fewer rows x wider).
 pub(super) const MR: usize = 6;
@@ -46,18 +47,67 @@ pub(super) struct RowBlock {
     pub(super) quarter_scale: f32,
 }
 
-impl RowBlock {
-    /// The record of one block: its 8 bytes of E2M1 codes (element `2i` in the low nibble of
-    /// byte `i`) and the f32 value of its E4M3 scale.
-    pub(super) fn new(codes: &[u8], scale: f32) -> RowBlock {
-        let twice = |t: usize| TWICE_E2M1[usize::from((codes[t / 2] >> (4 * (t % 2))) & 0xF)];
-        let lane = |first: usize| i32::from_le_bytes(std::array::from_fn(|i| twice(first + 2 * i) as u8));
-        let sum: i32 = (0..NVFP4_BLOCK).map(|t| i32::from(twice(t))).sum();
-        RowBlock {
-            even_odd: [lane(0), lane(1), lane(8), lane(9)],
-            start: -12 * sum,
-            quarter_scale: scale * 0.25,
+/// Quantises one row of activations (`row.len()` a multiple of 16) with the layer's input scale
+/// into one record per block: bitwise the records of `quantize_blocks`' codes (see the test)
+/// (the same f32 division per element, the same nearest-even E2M1 rounding as compares against the
+/// midpoints), 16 elements per vector instead of one at a time.
+///
+/// # Safety
+/// [`available`] returned true; `out` holds `row.len() / 16` records.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantise_row(row: &[f32], input_scale: f32, out: &mut [RowBlock]) {
+    // Midpoints between neighbouring E2M1 magnitudes; at 0.75, 1.75 and 3.5 a tie goes up, to
+    // the even code (see `quant::e2m1::f32_to_e2m1`).
+    const MIDPOINTS: [f32; 7] = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0];
+    const TIES_UP: [f32; 3] = [0.75, 1.75, 3.5];
+    let twice: [i32; 16] = std::array::from_fn(|c| i32::from(TWICE_E2M1[c]));
+    // SAFETY: 16 i32 / 16 lane indices.
+    let (twice, chunk_order) = unsafe {
+        (
+            _mm512_loadu_si512(twice.as_ptr().cast()),
+            _mm512_loadu_si512(
+                [0i32, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+                    .as_ptr()
+                    .cast(),
+            ),
+        )
+    };
+    let one = _mm512_set1_epi32(1);
+    for (block, record) in row.chunks_exact(NVFP4_BLOCK).zip(out) {
+        // SAFETY: a block is 16 f32.
+        let x = unsafe { _mm512_loadu_ps(block.as_ptr()) };
+        let magnitude = _mm512_abs_ps(x);
+        let has_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x) != 0;
+        let amax = if has_nan {
+            f32::NAN
+        } else {
+            _mm512_reduce_max_ps(magnitude)
+        };
+        let scale_code = block_scale_of_amax(amax, input_scale);
+        let scale = e4m3_to_f32(scale_code);
+        let q = _mm512_div_ps(x, _mm512_set1_ps(scale * input_scale));
+        let a = _mm512_abs_ps(q);
+        let mut code = _mm512_setzero_si512();
+        for m in MIDPOINTS {
+            let above = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_set1_ps(m), a);
+            code = _mm512_mask_add_epi32(code, above, code, one);
         }
+        for m in TIES_UP {
+            let tie = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, _mm512_set1_ps(m));
+            code = _mm512_mask_add_epi32(code, tie, code, one);
+        }
+        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(q, _mm512_setzero_ps());
+        code = _mm512_mask_or_epi32(code, negative, code, _mm512_set1_epi32(8));
+        let values = _mm512_permutexvar_epi32(code, twice);
+        let lanes = _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(chunk_order, values));
+        let mut even_odd = [0i32; 4];
+        // SAFETY: 16 bytes into 16 bytes.
+        unsafe { _mm_storeu_si128(even_odd.as_mut_ptr().cast(), lanes) };
+        *record = RowBlock {
+            even_odd,
+            start: -12 * _mm512_reduce_add_epi32(values),
+            quarter_scale: scale * 0.25,
+        };
     }
 }
 
@@ -146,22 +196,101 @@ unsafe fn kernel<const R: usize, const V: usize>(t: &Tile<u8>, xq: *const RowBlo
                 }
             }
             for v in 0..V {
-                let chunk = |quad| vectors.panel[v].add(record + chunk_at(quad, vectors.half[v]));
-                let (even0, odd0) = decode_chunk(chunk(0), table);
-                let (even1, odd1) = decode_chunk(chunk(1), table);
+                // One chunk (two registers of weights) at a time, every row's integer sum kept
+                // in a register across the two: few enough live registers for 6 rows.
+                let mut dots: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32((*xb.add(r)).start));
+                for quad in 0..2 {
+                    let chunk = vectors.panel[v].add(record + chunk_at(quad, vectors.half[v]));
+                    let (even, odd) = decode_chunk(chunk, table);
+                    for r in 0..R {
+                        let x = &*xb.add(r);
+                        dots[r] = _mm512_dpbusd_epi32(dots[r], even, _mm512_set1_epi32(x.even_odd[2 * quad]));
+                        dots[r] = _mm512_dpbusd_epi32(dots[r], odd, _mm512_set1_epi32(x.even_odd[2 * quad + 1]));
+                    }
+                }
                 let ws = vectors.scales(v, record);
                 for r in 0..R {
-                    let x = &*xb.add(r);
-                    let mut dot = _mm512_set1_epi32(x.start);
-                    dot = _mm512_dpbusd_epi32(dot, even0, _mm512_set1_epi32(x.even_odd[0]));
-                    dot = _mm512_dpbusd_epi32(dot, odd0, _mm512_set1_epi32(x.even_odd[1]));
-                    dot = _mm512_dpbusd_epi32(dot, even1, _mm512_set1_epi32(x.even_odd[2]));
-                    dot = _mm512_dpbusd_epi32(dot, odd1, _mm512_set1_epi32(x.even_odd[3]));
-                    let scale = _mm512_mul_ps(_mm512_set1_ps(x.quarter_scale), ws);
-                    acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][v]);
+                    let scale = _mm512_mul_ps(_mm512_set1_ps((*xb.add(r)).quarter_scale), ws);
+                    acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[r]), scale, acc[r][v]);
                 }
             }
         }
         store(&acc, t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::nvfp4::quantize_blocks;
+
+    /// The record of one block from the scalar quantiser's output: its 8 bytes of E2M1 codes
+    /// (element `2i` in the low nibble of byte `i`) and the f32 value of its E4M3 scale.
+    fn record(codes: &[u8], scale: f32) -> RowBlock {
+        let twice = |t: usize| TWICE_E2M1[usize::from((codes[t / 2] >> (4 * (t % 2))) & 0xF)];
+        let lane = |first: usize| i32::from_le_bytes(std::array::from_fn(|i| twice(first + 2 * i) as u8));
+        let sum: i32 = (0..NVFP4_BLOCK).map(|t| i32::from(twice(t))).sum();
+        RowBlock {
+            even_odd: [lane(0), lane(1), lane(8), lane(9)],
+            start: -12 * sum,
+            quarter_scale: scale * 0.25,
+        }
+    }
+
+    /// The vector quantiser against the scalar one (`quantize_blocks`, the reference of the
+    /// portable path) on blocks that hit every rounding case: exact midpoints and ties, zeros of
+    /// both signs, saturation past 6 and past the E4M3 range, tiny blocks, NaN and infinities.
+    #[test]
+    fn quantise_row_is_bitwise_the_scalar_quantiser() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        // With input scale 1/64, a block whose largest magnitude is 3 gets the E4M3 scale 32 and
+        // the divisor 1/2 exactly, so `x = e / 2` lands on `e` in E2M1 units: every midpoint, tie
+        // and neighbour below is hit exactly.
+        let input_scale = 1.0f32 / 64.0;
+        let mut special = Vec::new();
+        for e in [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.0] {
+            for d in [-1e-6f32, 0.0, 1e-6] {
+                special.push((e + d) / 2.0);
+                special.push(-(e + d) / 2.0);
+            }
+        }
+        special.push(-0.0);
+        let mut row: Vec<f32> = Vec::new();
+        for chunk in special.chunks(15) {
+            row.push(3.0);
+            row.extend_from_slice(chunk);
+            row.resize(row.len().next_multiple_of(16), 0.0);
+        }
+        let mut seed = 0x2545_f491_u32;
+        for i in 0..16 * 200 {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let v = (seed as f32 / u32::MAX as f32 - 0.5) * [1.0, 1e-6, 30.0, 1e4][i / 16 % 4];
+            row.push(v);
+        }
+        row.extend([f32::NAN, 1.0, f32::INFINITY, -2.0].iter().cycle().take(16));
+        row.extend([f32::NEG_INFINITY; 16]);
+        let blocks = row.len() / 16;
+        let mut want = vec![RowBlock::default(); blocks];
+        let (mut codes, mut scales) = (vec![0u8; row.len() / 2], vec![0u8; blocks]);
+        quantize_blocks(&row, input_scale, &mut codes, &mut scales);
+        for (b, w) in want.iter_mut().enumerate() {
+            *w = record(&codes[b * 8..(b + 1) * 8], e4m3_to_f32(scales[b]));
+        }
+        let mut got = vec![RowBlock::default(); blocks];
+        // SAFETY: available() checked above; `got` holds one record per block.
+        unsafe { quantise_row(&row, input_scale, &mut got) };
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                (g.even_odd, g.start, g.quarter_scale.to_bits()),
+                (w.even_odd, w.start, w.quarter_scale.to_bits()),
+                "block {b}: {:?}",
+                &row[b * 16..(b + 1) * 16]
+            );
+        }
     }
 }
