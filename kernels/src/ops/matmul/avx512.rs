@@ -111,11 +111,7 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
     let mut t = *t;
     let mut left = panels;
     while left > 0 {
-        let p = match rows {
-            1 if left >= 4 => 4,
-            1..=3 if left >= 2 => 2,
-            _ => 1,
-        };
+        let p = nvfp4_panels_at_once(rows, left);
         // SAFETY: forwarded from the caller to every kernel; a half-panel kernel reads its
         // half's chunks and scales of panel 0 of its view, and writes its 16 columns.
         unsafe {
@@ -148,6 +144,16 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
         }
         left -= p;
         t.advance(p);
+    }
+}
+
+/// Panels one NVFP4 kernel call covers for `rows` rows with `left` panels to go (see
+/// [`tile_nvfp4`]); the W4A4 VNNI tiles use the same shapes.
+pub(super) fn nvfp4_panels_at_once(rows: usize, left: usize) -> usize {
+    match rows {
+        1 if left >= 4 => 4,
+        1..=3 if left >= 2 => 2,
+        _ => 1,
     }
 }
 
@@ -327,6 +333,26 @@ impl<const V: usize> Nvfp4Vectors<V> {
         }
     }
 
+    /// Prefetches the record `record` bytes into each panel, some way ahead: into L1 a little
+    /// ahead, into L2 further, so that enough lines are in flight to keep the memory busy while
+    /// the decoding runs.
+    #[inline(always)]
+    pub(super) fn prefetch(&self, record: usize) {
+        for v in 0..V {
+            // Once per panel.
+            if v == 0 || self.half[v] == 0 {
+                for line in (0..NVFP4_RECORD).step_by(64) {
+                    let at = self.panel[v].wrapping_add(record + line);
+                    // SAFETY: a prefetch may point anywhere; it never faults.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast());
+                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_L2_BYTES).cast());
+                    }
+                }
+            }
+        }
+    }
+
     /// The 16 E4M3 block scales of vector `v` in the record at byte `record`, as f32.
     ///
     /// # Safety
@@ -358,17 +384,7 @@ unsafe fn block_dots<const R: usize, const V: usize>(
     let mut dot = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the caller; prefetches may point anywhere.
     unsafe {
-        for v in 0..V {
-            // Once per panel: into L1 a little ahead, into L2 further ahead, so that enough
-            // lines are in flight to keep the memory busy while the decoding runs.
-            if v == 0 || vectors.half[v] == 0 {
-                for line in (0..NVFP4_RECORD).step_by(64) {
-                    let at = vectors.panel[v].wrapping_add(record + line);
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast());
-                    _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_L2_BYTES).cast());
-                }
-            }
-        }
+        vectors.prefetch(record);
         for pair in 0..NVFP4_BLOCK / 2 {
             let (xe, xo) = (x.add(2 * pair * x_stride), x.add((2 * pair + 1) * x_stride));
             for v in 0..V {

@@ -18,8 +18,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{Nvfp4Vectors, store};
-use super::cpu::{PREFETCH_BYTES, PREFETCH_L2_BYTES, Tile};
+use super::avx512::{Nvfp4Vectors, nvfp4_panels_at_once, store};
+use super::cpu::Tile;
 use super::nvfp4::chunk_at;
 use super::packed::NVFP4_RECORD;
 use crate::quant::e4m3::e4m3_to_f32;
@@ -129,11 +129,7 @@ pub(super) unsafe fn tile(rows: usize, panels: usize, t: &Tile<u8>, xq: *const R
     let mut t = *t;
     let mut left = panels;
     while left > 0 {
-        let p = match rows {
-            1 if left >= 4 => 4,
-            1..=3 if left >= 2 => 2,
-            _ => 1,
-        };
+        let p = nvfp4_panels_at_once(rows, left);
         // SAFETY: forwarded from the caller.
         unsafe {
             match (rows, p) {
@@ -181,20 +177,12 @@ unsafe fn kernel<const R: usize, const V: usize>(t: &Tile<u8>, xq: *const RowBlo
     let table = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(WEIGHT_PLUS_12.as_ptr().cast()) });
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the caller: xq holds kc / 16 * R records, each panel kc / 16 block records;
-    // every chunk read is inside its record; prefetches may point anywhere.
+    // every chunk read is inside its record.
     unsafe {
         for b in 0..t.kc / NVFP4_BLOCK {
             let record = b * NVFP4_RECORD;
             let xb = xq.add(b * R);
-            for v in 0..V {
-                if v == 0 || vectors.half[v] == 0 {
-                    for line in (0..NVFP4_RECORD).step_by(64) {
-                        let at = vectors.panel[v].wrapping_add(record + line);
-                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast());
-                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_L2_BYTES).cast());
-                    }
-                }
-            }
+            vectors.prefetch(record);
             for v in 0..V {
                 // One chunk (two registers of weights) at a time, every row's integer sum kept
                 // in a register across the two: few enough live registers for 6 rows.
