@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{E4m3, Isa, PREFETCH_BYTES, PREFETCH_L2_BYTES, Tile, Weight};
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
 use super::nvfp4::{SCALES_AT, chunk_at};
 use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
@@ -253,7 +253,6 @@ unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first: usiz
             let record = t.w.add(b * NVFP4_RECORD);
             for line in (0..NVFP4_RECORD).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(record.wrapping_add(PREFETCH_BYTES + line).cast());
-                _mm_prefetch::<_MM_HINT_T1>(record.wrapping_add(PREFETCH_L2_BYTES + line).cast());
             }
             let mut dot = [[_mm256_setzero_ps(); V]; R];
             for pair in 0..NVFP4_BLOCK / 2 {

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{E4m3, Isa, PREFETCH_BYTES, PREFETCH_L2_BYTES, Tile, Weight};
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
 use super::nvfp4::{SCALES_AT, chunk_at};
 use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
@@ -333,9 +333,9 @@ impl<const V: usize> Nvfp4Vectors<V> {
         }
     }
 
-    /// Prefetches the record `record` bytes into each panel, some way ahead: into L1 a little
-    /// ahead, into L2 further, so that enough lines are in flight to keep the memory busy while
-    /// the decoding runs.
+    /// Prefetches into L1, [`PREFETCH_BYTES`] ahead of the record `record` bytes into each panel.
+    /// (A second, L2 prefetch further ahead was measured to cost 15% of the streaming rate at
+    /// batch 1: it competes with the L1 one for the same miss slots.)
     #[inline(always)]
     pub(super) fn prefetch(&self, record: usize) {
         for v in 0..V {
@@ -344,10 +344,7 @@ impl<const V: usize> Nvfp4Vectors<V> {
                 for line in (0..NVFP4_RECORD).step_by(64) {
                     let at = self.panel[v].wrapping_add(record + line);
                     // SAFETY: a prefetch may point anywhere; it never faults.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast());
-                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_L2_BYTES).cast());
-                    }
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast()) };
                 }
             }
         }

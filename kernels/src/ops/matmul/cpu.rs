@@ -39,10 +39,6 @@ const WIDEN_MIN_TILES: usize = 5;
 /// How far ahead in a weight stream the SIMD kernels prefetch: enough to cover L3 latency
 /// when a group's panels are first read (later tiles find them in L2 and lose nothing).
 pub(super) const PREFETCH_BYTES: usize = 2048;
-/// How far ahead the NVFP4 kernels also prefetch into L2. They consume their stream about 4x
-/// more slowly per instruction than the float kernels (4.5 bits per weight, and the decoding),
-/// so the L1 prefetch alone leaves too few lines in flight to keep the memory busy at batch 1.
-pub(super) const PREFETCH_L2_BYTES: usize = 8192;
 /// Tasks per pool thread to aim for, so that work stealing can even out the load.
 const TASKS_PER_THREAD: usize = 4;
 /// Elements of x from which it is packed in parallel.
