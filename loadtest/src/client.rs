@@ -1,10 +1,11 @@
 //! A pool of HTTP/2 connections to the server, used in turn (round robin) so that no single connection's flow
 //! control or stream limit caps the load. Unary `Embed` calls go on any connection; `EmbedStream` requests go on
-//! one long-lived stream per connection, opened on first use, each request tagged with a request id unique to the
+//! one long-lived stream per connection, opened on first use (and again when the server ends it), each request
+//! tagged with a request id unique to the
 //! pool so its answer (which may come out of order) finds its caller.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use anyhow::Context as _;
 use marc_proto::code_name;
 use marc_proto::marc::v1::{EmbedRequest, EmbedResponse, embedder_client::EmbedderClient};
 use marc_trace::Rpc;
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -65,11 +66,28 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<EmbedResponse, S
 struct Stream {
     tx: mpsc::Sender<EmbedRequest>,
     pending: Pending,
+    /// Set once the server has ended the call (or it failed): requests then go on a new one.
+    ended: Arc<AtomicBool>,
 }
 
 struct Connection {
     client: EmbedderClient<Channel>,
-    stream: OnceCell<Stream>,
+    /// The connection's current stream, opened on first use and again after the server ends one
+    /// (a server with `--max-connection-age`, a restart behind a load balancer).
+    stream: tokio::sync::Mutex<Option<Arc<Stream>>>,
+}
+
+impl Connection {
+    /// The open stream, or a new one if there is none or the last has ended.
+    async fn open_stream(&self) -> Result<Arc<Stream>, Status> {
+        let mut current = self.stream.lock().await;
+        if let Some(stream) = current.as_ref().filter(|s| !s.ended.load(Ordering::Acquire)) {
+            return Ok(stream.clone());
+        }
+        let stream = Arc::new(open_stream(self.client.clone()).await?);
+        *current = Some(stream.clone());
+        Ok(stream)
+    }
 }
 
 /// The connection pool.
@@ -97,7 +115,7 @@ impl Pool {
                 .with_context(|| format!("cannot connect to {target}"))?;
             pool.push(Connection {
                 client: EmbedderClient::new(channel).max_decoding_message_size(usize::MAX),
-                stream: OnceCell::new(),
+                stream: tokio::sync::Mutex::new(None),
             });
         }
         Ok(Self {
@@ -140,14 +158,17 @@ impl Pool {
     }
 
     async fn streamed(&self, connection: &Connection, mut request: EmbedRequest) -> Result<EmbedResponse, Status> {
-        let stream = connection
-            .stream
-            .get_or_try_init(|| open_stream(connection.client.clone()))
-            .await?;
+        let stream = connection.open_stream().await?;
         request.request_id = format!("lt{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         lock(&stream.pending).insert(request.request_id.clone(), tx);
         let id = request.request_id.clone();
+        // The stream may have ended between opening and registering: its reader drained the
+        // waiters before this one came, so nobody would answer it.
+        if stream.ended.load(Ordering::Acquire) {
+            lock(&stream.pending).remove(&id);
+            return Err(Status::unavailable("the stream has closed"));
+        }
         let waited = tokio::time::timeout(self.timeout, async {
             stream
                 .tx
@@ -178,6 +199,8 @@ async fn open_stream(mut client: EmbedderClient<Channel>) -> Result<Stream, Stat
     let mut inbound = client.embed_stream(ReceiverStream::new(rx)).await?.into_inner();
     let pending: Pending = Arc::default();
     let answers = pending.clone();
+    let ended = Arc::new(AtomicBool::new(false));
+    let mark_ended = ended.clone();
     tokio::spawn(async move {
         let end = loop {
             match inbound.message().await {
@@ -190,12 +213,13 @@ async fn open_stream(mut client: EmbedderClient<Channel>) -> Result<Stream, Stat
                 Err(status) => break status,
             }
         };
-        // Whoever still waits gets the stream's end.
+        // New requests go on a new stream; whoever still waits gets this one's end.
+        mark_ended.store(true, Ordering::Release);
         for (_, caller) in lock(&answers).drain() {
             let _ = caller.send(Err(end.clone()));
         }
     });
-    Ok(Stream { tx, pending })
+    Ok(Stream { tx, pending, ended })
 }
 
 #[cfg(test)]

@@ -132,6 +132,45 @@ impl StallingProxy {
     }
 }
 
+/// A TCP proxy to `upstream` that cuts every connection `lifetime` after it opened, as a restarting
+/// server or a load balancer's connection limit does.
+pub struct CuttingProxy {
+    pub addr: SocketAddr,
+}
+
+impl CuttingProxy {
+    pub fn start(runtime: &tokio::runtime::Runtime, upstream: SocketAddr, lifetime: Duration) -> Self {
+        let addr = runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                // Never stalls: the switch stays off for as long as the proxy runs.
+                let (_switch, never) = watch::channel(false);
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let (up, down) = (never.clone(), never.clone());
+                    let both = async move {
+                        tokio::join!(
+                            forward(client_read, server_write, up),
+                            forward(server_read, client_write, down)
+                        )
+                    };
+                    // Dropping both directions at the deadline closes both sockets.
+                    tokio::spawn(tokio::time::timeout(lifetime, both));
+                }
+            });
+            addr
+        });
+        Self { addr }
+    }
+}
+
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
