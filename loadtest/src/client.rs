@@ -1,8 +1,7 @@
 //! A pool of HTTP/2 connections to the server, used in turn (round robin) so that no single connection's flow
 //! control or stream limit caps the load. Unary `Embed` calls go on any connection; `EmbedStream` requests go on
 //! one long-lived stream per connection, opened on first use (and again when the server ends it), each request
-//! tagged with a request id unique to the
-//! pool so its answer (which may come out of order) finds its caller.
+//! tagged with a request id unique to the pool so its answer (which may come out of order) finds its caller.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
