@@ -7,6 +7,7 @@
 //! All reductions run in a fixed order per output element, so results are bitwise identical
 //! whatever the batch composition and the number of threads.
 
+pub mod backend;
 pub mod cuda;
 pub mod device;
 pub mod dtype;
@@ -15,7 +16,7 @@ pub mod ops;
 pub mod quant;
 
 pub use device::Device;
-pub use dtype::WeightDType;
+pub use dtype::{FloatType, WeightDType};
 pub use error::KernelError;
 pub use ops::matmul::{
     MatmulPrecision, PackedMatrix, matmul, matmul_precision, matmul_with_precision, set_matmul_precision,

@@ -18,10 +18,12 @@ pub mod heads;
 pub mod model;
 pub mod pooling;
 pub mod quant;
-pub mod scratch;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
+
+/// Reusable activation buffers (the CPU backend's tensors).
+pub use marc_kernels::backend::cpu::scratch;
 
 pub use batch::PackedBatch;
 pub use blocks::moe::{Route, route};
