@@ -7,6 +7,9 @@
 //! the SIMT emulation against the CPU ops. Loading the PTX into a CUDA context and launching it
 //! (cudarc's `load_module` / `launch_builder`) is the next step; see docs/gpu.md for what is done.
 
+pub mod arena;
+pub mod backend;
 pub mod nvrtc;
+pub mod plan;
 pub mod ptx_cache;
 pub mod sources;
