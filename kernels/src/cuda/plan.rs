@@ -293,7 +293,8 @@ pub fn padded_expert_rows(t: usize, top_k: usize, experts: usize) -> usize {
 fn block_activations(block: &BlockShape, h: usize, t: usize) -> Layout {
     let mut a = Layout::default();
     a.push("normed", t * h * F32);
-    let widest_gemm_input = match block {
+    // Per token: the widest GEMM input (staged as bf16 parts) and output (partial sums).
+    let (widest_input, widest_output) = match block {
         BlockShape::Mamba { ssd, .. } => {
             let (inner, conv) = mamba_widths(ssd);
             a.push("mamba.z", t * inner * F32);
@@ -301,7 +302,7 @@ fn block_activations(block: &BlockShape, h: usize, t: usize) -> Layout {
             a.push("mamba.dt", t * ssd.num_heads * F32);
             a.push("mamba.conv", t * conv * F32);
             a.push("mamba.y", t * inner * F32);
-            inner.max(h)
+            (inner.max(h), conv.max(h))
         }
         BlockShape::Attention(s) => {
             let (q, kv) = (s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim);
@@ -309,11 +310,11 @@ fn block_activations(block: &BlockShape, h: usize, t: usize) -> Layout {
             a.push("attention.k", t * kv * F32);
             a.push("attention.v", t * kv * F32);
             a.push("attention.context", t * q * F32);
-            q.max(h)
+            (q.max(h), q.max(h))
         }
         BlockShape::Mlp { intermediate, .. } => {
             a.push("mlp.up", t * intermediate * F32);
-            (*intermediate).max(h)
+            ((*intermediate).max(h), (*intermediate).max(h))
         }
         BlockShape::Moe {
             experts,
@@ -342,36 +343,18 @@ fn block_activations(block: &BlockShape, h: usize, t: usize) -> Layout {
             }
             a.push("moe.shared.up", t * shared_intermediate * F32);
             a.push("moe.shared.down", t * h * F32);
-            h.max(*shared_intermediate).max(top_k * expert_intermediate)
+            // Routed rows are per (token, slot): top_k of them per token.
+            let own = h.max(*shared_intermediate).max(latent.unwrap_or(0));
+            let routed_out = top_k * (*expert_intermediate).max(width);
+            (own.max(top_k * expert_intermediate), own.max(*experts).max(routed_out))
         }
     };
     a.push("out", t * h * F32);
     // Exact GEMMs split their f32 input into three bf16 parts (hi, mid, lo: exact products, as the
     // CPU's AMX path does), and sum three partial outputs.
-    a.push("gemm.input.bf16x3", 3 * t * widest_gemm_input * BF16);
-    a.push("gemm.partials", 2 * t * widest_gemm_output(block, h) * F32);
+    a.push("gemm.input.bf16x3", 3 * t * widest_input * BF16);
+    a.push("gemm.partials", 2 * t * widest_output * F32);
     a
-}
-
-/// The widest GEMM output of a block: what the exact GEMM's two extra partial sums need.
-fn widest_gemm_output(block: &BlockShape, h: usize) -> usize {
-    match block {
-        BlockShape::Mamba { ssd, .. } => mamba_widths(ssd).1.max(h),
-        BlockShape::Attention(s) => (s.num_heads * s.head_dim).max(h),
-        BlockShape::Mlp { intermediate, .. } => (*intermediate).max(h),
-        BlockShape::Moe {
-            experts,
-            top_k,
-            expert_intermediate,
-            shared_intermediate,
-            latent,
-            ..
-        } => {
-            let width = latent.unwrap_or(h);
-            let routed = top_k * expert_intermediate.max(&width);
-            h.max(*experts).max(*shared_intermediate).max(routed)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The CUDA backend's host side: a context and one stream, the kernels compiled with NVRTC and
-//! resolved once ([`kernels`]), the device memory of a [`MemoryPlan`] (weights uploaded once, one
+//! resolved once (`kernels.rs`), the device memory of a [`MemoryPlan`] (weights uploaded once, one
 //! workspace arena for the activations) and the launches, with the launch configurations of
 //! docs/gpu.md's kernel table.
 //!
@@ -10,8 +10,11 @@
 //! Weights must be stored in bf16: the FP8, NVFP4, f32 and f16 GEMMs do not exist on the GPU yet,
 //! and such a weight is refused at load, naming its format.
 
+mod gemm;
 mod kernels;
+mod launch;
 mod memory;
+mod moe;
 mod ops;
 
 pub use kernels::NEEDED as NEEDED_KERNELS;

@@ -1,185 +1,17 @@
 //! The op interface on CUDA: each op checks its sizes, takes its output from the workspace and
 //! launches its kernels with docs/gpu.md's launch configurations.
 
-use cudarc::driver::{CudaFunction, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::memory::{ArenaBuf, CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, DeviceVec};
+use super::gemm::gemm_weight_bits;
+use super::launch::{GEMM_TILE, NULL, grid, int};
+use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, DeviceVec};
 use super::{Cuda, failed, ssd_shared_bytes};
 use crate::backend::{Backend, LinearSource, WeightData, WeightSource};
-use crate::cuda::plan::{EXPERT_TILE, padded_expert_rows};
 use crate::dtype::FloatType;
 use crate::error::{KernelError, check_len};
-use crate::ops::matmul::MatmulPrecision;
 use crate::ops::moe_route::RouterConfig;
 use crate::ops::{AttentionShape, SsdShape};
-
-/// Threads of the element-wise kernels (the ones docs/gpu.md lists as not written yet).
-const ELEMENTWISE_THREADS: u32 = 256;
-/// `GEMM_BM` / `GEMM_BN` of gemm_bf16.cu.
-const GEMM_TILE: usize = 64;
-
-/// A launch size or an `int` kernel argument out of range.
-fn int<T: TryFrom<usize>>(op: &'static str, what: &str, value: usize) -> Result<T, KernelError> {
-    T::try_from(value).map_err(|_| KernelError::InvalidShape {
-        op,
-        reason: format!("{what} = {value} is beyond what a kernel argument holds"),
-    })
-}
-
-fn grid(x: u32, y: u32, z: u32, threads: u32, shared: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (x, y, z),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: shared,
-    }
-}
-
-/// A null device pointer, for optional arguments.
-const NULL: u64 = 0;
-
-/// bf16 bits of a little-endian bf16 tensor.
-fn bf16_bits(bytes: &[u8]) -> Vec<u16> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
-impl Cuda {
-    /// Launches `f` with the arguments `push` adds.
-    fn launch<'a>(
-        &'a self,
-        op: &'static str,
-        f: &'a CudaFunction,
-        cfg: LaunchConfig,
-        push: impl FnOnce(&mut LaunchArgs<'a>),
-    ) -> Result<(), KernelError> {
-        if cfg.grid_dim.0 == 0 || cfg.grid_dim.1 == 0 || cfg.grid_dim.2 == 0 {
-            return Ok(());
-        }
-        let mut args = self.stream.launch_builder(f);
-        push(&mut args);
-        // SAFETY: every pointer argument is a live weight or workspace range whose size the op
-        // checked against the kernel's contract (its header comment); integer arguments match the
-        // kernel's parameter types; the stream orders this launch after the writes it reads.
-        unsafe { args.launch(cfg) }.map(drop).map_err(failed(op))
-    }
-
-    /// One launch per `ELEMENTWISE_THREADS` elements of `n`.
-    fn elementwise(&self, n: usize) -> Result<LaunchConfig, KernelError> {
-        let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize);
-        Ok(grid(
-            int("elementwise", "blocks", blocks)?,
-            1,
-            1,
-            ELEMENTWISE_THREADS,
-            0,
-        ))
-    }
-
-    /// `acc += x` over `n` floats at device addresses.
-    fn add_raw(&self, acc: u64, x: u64, n: usize) -> Result<(), KernelError> {
-        let n32: i32 = int("add_f32", "n", n)?;
-        self.launch("add_f32", &self.kernels.add_f32, self.elementwise(n)?, |a| {
-            a.arg(&acc).arg(&x).arg(&n32);
-        })
-    }
-
-    /// Runs `gemm(a, with_bias, out)` — a GEMM reading bf16 rows from `a` — on `x` (`rows x cols`
-    /// f32 at `x_ptr`) into `out` (`out_len` floats) per `precision`: on x rounded to bf16, or,
-    /// exact, on each of its three bf16 parts, summing the three products.
-    fn staged_gemm(
-        &self,
-        op: &'static str,
-        x_ptr: u64,
-        x_len: usize,
-        out: &CudaTensor,
-        precision: MatmulPrecision,
-        gemm: impl Fn(u64, bool, u64) -> Result<(), KernelError>,
-    ) -> Result<(), KernelError> {
-        let n: i32 = int(op, "x", x_len)?;
-        match precision {
-            MatmulPrecision::Bf16Activations => {
-                let staged = self.scratch(op, x_len * 2)?;
-                self.launch(op, &self.kernels.round_bf16_f32, self.elementwise(x_len)?, |a| {
-                    a.arg(&x_ptr).arg(&n).arg(&staged.ptr);
-                })?;
-                gemm(staged.ptr, true, out.ptr())
-            }
-            MatmulPrecision::Exact => {
-                let parts = self.scratch(op, x_len * 2 * 3)?;
-                let part = |i: u64| parts.ptr + i * x_len as u64 * 2;
-                let (hi, mid, lo) = (part(0), part(1), part(2));
-                self.launch(op, &self.kernels.split_bf16x3_f32, self.elementwise(x_len)?, |a| {
-                    a.arg(&x_ptr).arg(&n).arg(&hi).arg(&mid).arg(&lo);
-                })?;
-                let partials = self.tensor(op, out.len * 2)?;
-                let second = partials.ptr() + out.len as u64 * 4;
-                gemm(hi, true, out.ptr())?;
-                gemm(mid, false, partials.ptr())?;
-                gemm(lo, false, second)?;
-                self.add_raw(out.ptr(), partials.ptr(), out.len)?;
-                self.add_raw(out.ptr(), second, out.len)
-            }
-            MatmulPrecision::Nvfp4Activations => Err(KernelError::Unsupported {
-                op,
-                reason: "NVFP4 activations (W4A4) have no CUDA GEMM yet".into(),
-            }),
-        }
-    }
-
-    /// The routed experts' GEMM for one projection (`w`: `[experts, n, k]`), rows gathered from
-    /// `x` by `a_row = entry / top_k`, written by entry.
-    #[allow(clippy::too_many_arguments)] // The grouped GEMM's operands.
-    fn grouped_gemm(
-        &self,
-        x: &CudaTensor,
-        routing: &Routing,
-        top_k: usize,
-        w: u64,
-        (n, k): (usize, usize),
-        precision: MatmulPrecision,
-        out: &CudaTensor,
-    ) -> Result<(), KernelError> {
-        const OP: &str = "grouped_gemm_bf16_f32";
-        let (e, kk, nn, tk): (i32, i32, i32, i32) = (
-            int(OP, "experts", routing.experts)?,
-            int(OP, "k", k)?,
-            int(OP, "n", n)?,
-            int(OP, "top_k", top_k)?,
-        );
-        let cfg = grid(
-            int(OP, "column tiles", n.div_ceil(GEMM_TILE))?,
-            int(OP, "row tiles", routing.rows / EXPERT_TILE)?,
-            1,
-            128,
-            0,
-        );
-        self.staged_gemm(OP, x.ptr(), x.len, out, precision, |a_ptr, _, out_ptr| {
-            self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
-                a.arg(&a_ptr)
-                    .arg(&routing.sorted.ptr)
-                    .arg(&routing.offsets.ptr)
-                    .arg(&e)
-                    .arg(&tk)
-                    .arg(&w)
-                    .arg(&nn)
-                    .arg(&kk)
-                    .arg(&out_ptr);
-            })
-        })
-    }
-}
-
-/// One batch's routing on the device: the permutation the grouped GEMM reads.
-struct Routing {
-    experts: usize,
-    /// Routing entries per expert, padded to the tile; `-1` pads, up to `rows`.
-    sorted: ArenaBuf,
-    offsets: ArenaBuf,
-    /// Rows the grouped GEMM's grid covers (a bound on `offsets[experts]`, a multiple of the tile).
-    rows: usize,
-}
 
 impl Backend for Cuda {
     type Tensor = CudaTensor;
@@ -195,26 +27,12 @@ impl Backend for Cuda {
 
     fn upload_linear(&self, linear: LinearSource<'_>) -> Result<CudaLinear, KernelError> {
         const OP: &str = "cuda linear";
-        let WeightSource { rows, cols, data } = linear.weight;
-        let WeightData::Float {
-            dtype: FloatType::BF16,
-            bytes,
-        } = data
-        else {
-            return Err(KernelError::Unsupported {
-                op: OP,
-                reason: format!(
-                    "a {} weight has no CUDA GEMM yet (gemm_bf16_f32 takes BF16 weights); run this model \
-                     with --device cpu",
-                    data.dtype()
-                ),
-            });
-        };
-        check_len(OP, "weight bytes", bytes.len(), rows * cols * 2)?;
+        let (rows, cols) = (linear.weight.rows, linear.weight.cols);
+        let bits = gemm_weight_bits(&linear.weight)?;
         if let Some(bias) = &linear.bias {
             check_len(OP, "bias", bias.len(), rows)?;
         }
-        let weight = DeviceVec::upload(&self.stream, &bf16_bits(bytes)).map_err(failed(OP))?;
+        let weight = DeviceVec::upload(&self.stream, &bits).map_err(failed(OP))?;
         let bias = linear
             .bias
             .map(|b| DeviceVec::upload(&self.stream, &b))
@@ -679,104 +497,6 @@ impl Backend for Cuda {
         router: &RouterConfig,
         experts: &CudaExperts,
     ) -> Result<CudaTensor, KernelError> {
-        const OP: &str = "routed_experts";
-        let (e, top_k, width, inter) = (experts.experts, router.top_k, experts.width, experts.inter);
-        if !logits.len.is_multiple_of(e) {
-            return Err(KernelError::InvalidShape {
-                op: OP,
-                reason: format!("{} router logits are not whole rows of {e} experts", logits.len),
-            });
-        }
-        let tokens = logits.len / e;
-        check_len(OP, "x", x.len, tokens * width)?;
-        check_len(OP, "bias", bias.len, e)?;
-        let entries = tokens * top_k;
-
-        // Routing: experts and weights per (token, slot), then each expert's entries in token
-        // order, padded to the GEMM tile.
-        let chosen = self.scratch(OP, entries * 4)?;
-        let weights = self.tensor(OP, entries)?;
-        let ints: [i32; 6] = [
-            int(OP, "tokens", tokens)?,
-            int(OP, "experts", e)?,
-            int(OP, "n_group", router.n_group)?,
-            int(OP, "topk_group", router.topk_group)?,
-            int(OP, "top_k", top_k)?,
-            i32::from(router.norm_topk_prob),
-        ];
-        let cfg = grid(int(OP, "token blocks", tokens.div_ceil(4))?, 1, 1, 128, 0);
-        self.launch("moe_route_f32", &self.kernels.moe_route_f32, cfg, |a| {
-            a.arg(&logits.buf.ptr).arg(&bias.ptr);
-            for v in &ints {
-                a.arg(v);
-            }
-            a.arg(&router.routed_scaling_factor)
-                .arg(&chosen.ptr)
-                .arg(&weights.buf.ptr);
-        })?;
-        let counts = self.scratch(OP, e * 4)?;
-        let offsets = self.scratch(OP, (e + 1) * 4)?;
-        let rows = padded_expert_rows(tokens, top_k, e);
-        let sorted = self.scratch(OP, rows * 4)?;
-        let (pairs, tile): (i32, i32) = (int(OP, "entries", entries)?, int(OP, "tile", EXPERT_TILE)?);
-        let per_expert = grid(ints[1].unsigned_abs(), 1, 1, 32, 0);
-        self.launch(
-            "moe_count_by_expert",
-            &self.kernels.moe_count_by_expert,
-            per_expert,
-            |a| {
-                a.arg(&chosen.ptr).arg(&pairs).arg(&counts.ptr);
-            },
-        )?;
-        self.launch(
-            "moe_align_offsets",
-            &self.kernels.moe_align_offsets,
-            grid(1, 1, 1, 1, 0),
-            |a| {
-                a.arg(&counts.ptr).arg(&ints[1]).arg(&tile).arg(&offsets.ptr);
-            },
-        )?;
-        // Rows past offsets[experts] stay -1, so the grid can cover the bound without a read-back.
-        // SAFETY: `sorted` holds `rows` i32s.
-        unsafe { cudarc::driver::result::memset_d8_async(sorted.ptr, 0xff, rows * 4, self.stream.cu_stream()) }
-            .map_err(failed(OP))?;
-        self.launch(
-            "moe_scatter_by_expert",
-            &self.kernels.moe_scatter_by_expert,
-            per_expert,
-            |a| {
-                a.arg(&chosen.ptr).arg(&pairs).arg(&offsets.ptr).arg(&sorted.ptr);
-            },
-        )?;
-        let routing = Routing {
-            experts: e,
-            sorted,
-            offsets,
-            rows,
-        };
-
-        // up (by token), relu², down (by entry), then each token's slots weighted and summed.
-        let mut up = self.tensor(OP, entries * inter)?;
-        let (up_w, down_w) = (experts.up_ptr, experts.down_ptr);
-        self.grouped_gemm(x, &routing, top_k, up_w, (inter, width), experts.precision, &up)?;
-        self.relu2(&mut up)?;
-        let down = self.tensor(OP, entries * width)?;
-        self.grouped_gemm(&up, &routing, 1, down_w, (width, inter), experts.precision, &down)?;
-        let routed = self.tensor(OP, tokens * width)?;
-        let (tk, w32): (i32, i32) = (ints[4], int(OP, "width", width)?);
-        self.launch(
-            "moe_combine_f32",
-            &self.kernels.moe_combine_f32,
-            self.elementwise(tokens * width)?,
-            |a| {
-                a.arg(&down.buf.ptr)
-                    .arg(&weights.buf.ptr)
-                    .arg(&ints[0])
-                    .arg(&tk)
-                    .arg(&w32)
-                    .arg(&routed.buf.ptr);
-            },
-        )?;
-        Ok(routed)
+        self.moe(x, logits, bias, router, experts)
     }
 }
