@@ -1,10 +1,10 @@
 //! Where the ops run: the CPU backend (the default) or a CUDA device.
 //!
-//! The CUDA kernels (`kernels/cuda/`) are written and verified without a GPU (crate
-//! `kernels/verify`: NVRTC compile checks and CPU emulation); the device-side op dispatch is not
-//! wired into the model yet. So [`open`] checks what can be checked on the machine (a driver, the
-//! device) and then says plainly that the model cannot run on CUDA, rather than pretending to.
-//! The driver is probed before any cudarc call that would panic without `libcuda`.
+//! [`open`] checks what can be checked before a model is read (a driver, the device); the CUDA
+//! backend itself opens with the model's sizes ([`crate::cuda::backend::Cuda::open`]) and fails,
+//! with a [`DeviceError`] that says why, when the kernels it launches are not all written, the
+//! model's shapes are not ones they handle, or the memory plan does not fit. The driver is probed
+//! before any cudarc call that would panic without `libcuda`.
 
 use std::fmt;
 use std::str::FromStr;

@@ -4,6 +4,7 @@ fn main() {
     let cuda = std::path::Path::new("../cuda");
     println!("cargo:rerun-if-changed=src/emulated.cpp");
     println!("cargo:rerun-if-changed=src/simt_selftest.cu");
+    println!("cargo:rerun-if-changed=src/quant_probe.cu");
     println!("cargo:rerun-if-changed={}", cuda.display());
     for entry in std::fs::read_dir(cuda).expect("kernels/cuda exists").flatten() {
         println!("cargo:rerun-if-changed={}", entry.path().display());

@@ -450,6 +450,7 @@ pub fn load_head(
                 weight: packed,
                 bias,
                 precision,
+                observer: None,
             },
             activation,
         });

@@ -2,6 +2,7 @@
 //! loaded only as deep as the deepest layer that will be asked for.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use marc_kernels::MatmulPrecision;
@@ -13,7 +14,7 @@ use crate::blocks::Mixer;
 use crate::checkpoint::{Checkpoint, layer_of};
 use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::{ForwardError, LoadError};
-use crate::quant::QuantMode;
+use crate::quant::{ActivationAmax, QuantMode};
 use crate::weights::WeightLoader;
 
 /// What to load.
@@ -85,7 +86,14 @@ impl NemotronH<Cpu> {
         options: LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, LoadError> {
-        Self::load_on(Cpu, dir, options, progress)
+        Self::load_with(Cpu, dir, options, progress, None)
+    }
+
+    /// Like [`NemotronH::load`], with every Linear reporting its inputs to `amax` when it runs:
+    /// the model `marc quantize --calibrate` runs a corpus through (see
+    /// [`crate::quant::calibration`]).
+    pub fn load_observed(dir: &Path, options: LoadOptions, amax: Arc<ActivationAmax>) -> Result<Self, LoadError> {
+        Self::load_with(Cpu, dir, options, &mut |_| {}, Some(amax))
     }
 }
 
@@ -96,6 +104,16 @@ impl<B: Backend> NemotronH<B> {
         dir: &Path,
         options: LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, LoadError> {
+        Self::load_with(backend, dir, options, progress, None)
+    }
+
+    fn load_with(
+        backend: B,
+        dir: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+        observer: Option<Arc<ActivationAmax>>,
     ) -> Result<Self, LoadError> {
         let config = NemotronHConfig::from_file(&config_path(dir))?;
         let num_layers = config.num_layers();
@@ -115,6 +133,9 @@ impl<B: Backend> NemotronH<B> {
         progress(LoadProgress { done: 0, total });
         let mut report = |done: u64| progress(LoadProgress { done, total });
         let mut w = WeightLoader::new(&backend, &checkpoint, options.precision, options.quant, &mut report);
+        if let Some(amax) = observer {
+            w.observe_into(amax);
+        }
 
         let hidden = config.hidden_size;
         let embeddings = w.embedding("embeddings.weight", config.vocab_size, hidden)?;

@@ -3,7 +3,9 @@
 //! (bf16 stays bf16, NVFP4 and FP8 stay quantised), and reports the bytes it consumed for the
 //! progress display.
 
-use marc_kernels::backend::{Backend, LinearSource, WeightData, WeightSource};
+use std::sync::Arc;
+
+use marc_kernels::backend::{Backend, InputObserver, LinearSource, WeightData, WeightSource};
 use marc_kernels::{MatmulPrecision, PackedMatrix};
 use safetensors::Dtype;
 
@@ -13,6 +15,7 @@ pub use marc_kernels::backend::cpu::{EmbeddingTable, Linear};
 use crate::checkpoint::{Checkpoint, TensorRef};
 use crate::error::LoadError;
 use crate::quant::QuantMode;
+use crate::quant::calibration::{ActivationAmax, Observer};
 use crate::quant::stored::StoredWeight;
 
 /// Receives the number of checkpoint bytes consumed so far.
@@ -71,6 +74,8 @@ pub(crate) struct WeightLoader<'a, B: Backend> {
     quant: QuantMode,
     consumed: u64,
     progress: &'a mut ProgressFn<'a>,
+    /// Where every Linear loaded reports its inputs, when calibrating.
+    observer: Option<Arc<ActivationAmax>>,
 }
 
 impl<'a, B: Backend> WeightLoader<'a, B> {
@@ -88,7 +93,13 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             quant,
             consumed: 0,
             progress,
+            observer: None,
         }
+    }
+
+    /// Makes every Linear loaded from now on report its inputs to `amax`.
+    pub(crate) fn observe_into(&mut self, amax: Arc<ActivationAmax>) {
+        self.observer = Some(amax);
     }
 
     fn count(&mut self, bytes: u64) {
@@ -177,20 +188,28 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         Ok(MatmulPrecision::Nvfp4Activations)
     }
 
-    /// Hands a Linear stored as `stored` to the backend; errors name the stored tensor.
+    /// Hands a Linear stored as `stored` to the backend; errors name the stored tensor. When
+    /// calibrating, its inputs are reported under `observed_as` (its canonical module name), if given.
     fn upload_linear(
         &self,
+        observed_as: Option<&str>,
         stored: &StoredWeight<'_>,
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
         bias: Option<Vec<f32>>,
         precision: MatmulPrecision,
     ) -> Result<B::Linear, LoadError> {
         let with_input_scale = precision == MatmulPrecision::Nvfp4Activations;
+        let observer = self.observer.as_ref().zip(observed_as).map(|(amax, module)| {
+            Arc::new(Observer {
+                amax: amax.clone(),
+                module: module.into(),
+            }) as Arc<dyn InputObserver>
+        });
         let source = LinearSource {
             weight: stored.source(rows, cols, with_input_scale)?,
             bias,
             precision,
+            observer,
         };
         self.backend.upload_linear(source).map_err(|source| {
             let t = stored.tensor();
@@ -202,21 +221,24 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         })
     }
 
+    /// The Linear of module `module` (its canonical name) from its stored weight.
     fn linear_from(
         &self,
+        module: &str,
         stored: &StoredWeight<'_>,
         rows: usize,
         cols: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<B::Linear, LoadError> {
         let precision = self.precision_for(stored)?;
-        self.upload_linear(stored, rows, cols, bias, precision)
+        self.upload_linear(Some(module), stored, (rows, cols), bias, precision)
     }
 
     /// The Linear `prefix`, bias-free, for a GEMM that always runs exact (the MoE router).
     pub(crate) fn exact_linear(&mut self, prefix: &str, rows: usize, cols: usize) -> Result<B::Linear, LoadError> {
         let stored = self.stored(prefix, rows, cols)?;
-        self.upload_linear(&stored, rows, cols, None, MatmulPrecision::Exact)
+        // Not observed: the router is never quantised.
+        self.upload_linear(None, &stored, (rows, cols), None, MatmulPrecision::Exact)
     }
 
     /// A Linear `prefix` (`{prefix}.weight`, its scales if quantised, and its bias when `bias` is set).
@@ -229,7 +251,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     ) -> Result<B::Linear, LoadError> {
         let stored = self.stored(prefix, rows, cols)?;
         let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
-        self.linear_from(&stored, rows, cols, bias)
+        self.linear_from(prefix, &stored, rows, cols, bias)
     }
 
     /// A Linear weight `[sum(parts), cols]` (and bias) split by output rows into one Linear per
@@ -251,7 +273,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         for part in parts {
             let slice = stored.rows(first, part, cols)?;
             let part_bias = bias.as_ref().map(|b| b[first..first + part].to_vec());
-            linears.push(self.linear_from(&slice, part, cols, part_bias)?);
+            linears.push(self.linear_from(prefix, &slice, part, cols, part_bias)?);
             first += part;
         }
         let mut linears = linears.into_iter();
@@ -291,7 +313,7 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             ..t
         };
         self.count(size as u64);
-        self.linear_from(&StoredWeight::Float(slice), rows, cols, None)
+        self.linear_from(&per_expert, &StoredWeight::Float(slice), rows, cols, None)
     }
 
     /// Groups an MoE block's routed experts (tensors under `prefix`) on the backend.

@@ -43,7 +43,7 @@ pub(crate) enum Command {
     Quantize(QuantizeArgs),
 }
 
-/// `--quant` (shared by `marc embed` and `marc serve`).
+/// `--quant` (shared by `marc embed`, `marc serve` and `marc bench`).
 #[derive(Args)]
 pub(crate) struct QuantArgs {
     /// How the NVFP4 layers of a quantised checkpoint (ModelOpt, compressed-tensors) run: `w4a16`
@@ -73,6 +73,14 @@ pub(crate) struct QuantizeArgs {
     /// Replace an output directory that already holds a model.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Calibrate the activations on this corpus (`marc embed`'s input format) and write each NVFP4
+    /// layer's static input scale, so the checkpoint also runs `--quant w4a4`; without it the
+    /// checkpoint is weight-only (W4A16).
+    #[arg(long, value_name = "CORPUS")]
+    pub(crate) calibrate: Option<PathBuf>,
+    /// Tokens per forward pass while calibrating.
+    #[arg(long, default_value_t = 4096, requires = "calibrate")]
+    pub(crate) calibration_batch_tokens: usize,
 }
 
 #[derive(Args)]
@@ -298,6 +306,8 @@ pub(crate) struct BenchArgs {
     /// Write the results as JSON here too.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) quant: QuantArgs,
 }
 
 /// Builds the global compute pool.

@@ -63,4 +63,11 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// relu(x)^2, the MLP and MoE experts' activation: max then square, as relu2_in_place (fmaxf
+// turns NaN into 0, as f32::max does).
+__device__ __forceinline__ float relu2(float x) {
+    const float r = fmaxf(x, 0.0f);
+    return r * r;
+}
+
 }  // namespace marc

@@ -336,6 +336,10 @@ inline float __int_as_float(int v) { return ::simt::from_bits<float>(uint32_t(v)
 inline int __float_as_int(float v) { return int(uint32_t(::simt::to_bits(v))); }
 inline unsigned __float_as_uint(float v) { return uint32_t(::simt::to_bits(v)); }
 inline float __uint_as_float(unsigned v) { return ::simt::from_bits<float>(v); }
+// Round-to-nearest products and sums that the GPU compiler may not fuse into an FMA. g++ in ISO
+// mode (-std=c++20, as build.rs and tsan.rs compile) does not contract a * b + c at all.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 
 // bf16 as cuda_bf16.h defines it: the high 16 bits of an IEEE f32; conversions round to nearest
 // even (`__float2bfloat16`), NaN stays NaN.
@@ -349,3 +353,4 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     return {uint16_t(rounded >> 16)};
 }
 inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float(uint32_t(h.bits) << 16); }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }

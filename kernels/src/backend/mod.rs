@@ -19,6 +19,13 @@ use crate::error::KernelError;
 use crate::ops::moe_route::RouterConfig;
 use crate::ops::{AttentionShape, SsdShape};
 
+/// Receives every input a Linear layer is applied to (calibration: the largest |input| per layer
+/// decides the static activation scale of W4A4). Only the CPU backend reports inputs.
+pub trait InputObserver: Send + Sync + std::fmt::Debug {
+    /// Called with the `[m, in]` input before each product.
+    fn observe(&self, x: &[f32]);
+}
+
 /// Something a backend holds for the model's lifetime; reports what it occupies.
 pub trait Resident {
     /// Bytes of weights held.

@@ -1,5 +1,8 @@
 //! Weights as a checkpoint stores them, borrowed from it, for a backend to take in its own layout.
 
+use std::sync::Arc;
+
+use super::InputObserver;
 use crate::dtype::{FloatType, WeightDType};
 use crate::error::KernelError;
 use crate::ops::matmul::{MatmulPrecision, PackedMatrix};
@@ -73,7 +76,8 @@ impl WeightSource<'_> {
     }
 }
 
-/// A Linear layer as stored: its weight, its bias and how its GEMM treats activations.
+/// A Linear layer as stored: its weight, its bias, how its GEMM treats activations, and who
+/// watches its inputs.
 #[derive(Clone, Debug)]
 pub struct LinearSource<'a> {
     /// `[out, in]`.
@@ -82,4 +86,6 @@ pub struct LinearSource<'a> {
     pub bias: Option<Vec<f32>>,
     /// The GEMM's precision.
     pub precision: MatmulPrecision,
+    /// Where its inputs are reported, in a model loaded for calibration.
+    pub observer: Option<Arc<dyn InputObserver>>,
 }

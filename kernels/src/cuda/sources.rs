@@ -21,6 +21,9 @@ pub const KERNELS: &[Source] = embed!(
     "causal_conv1d.cu",
     "embedding.cu",
     "gemm_bf16.cu",
+    "gemm_fp8.cu",
+    "gemm_nvfp4.cu",
+    "moe_experts.cu",
     "moe_routing.cu",
     "norm.cu",
     "pooling.cu",
@@ -31,8 +34,10 @@ pub const KERNELS: &[Source] = embed!(
 /// kept so the set mirrors the folder).
 pub const HEADERS: &[Source] = embed!(
     "include/bf16.cuh",
+    "include/gemm_tile.cuh",
     "include/marc_cuda.cuh",
     "include/mma.cuh",
+    "include/quant.cuh",
     "include/simt_cpu.h",
     "include/varlen.cuh",
 );

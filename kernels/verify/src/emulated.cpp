@@ -11,10 +11,14 @@
 #include "../../cuda/causal_conv1d.cu"
 #include "../../cuda/embedding.cu"
 #include "../../cuda/gemm_bf16.cu"
+#include "../../cuda/gemm_fp8.cu"
+#include "../../cuda/gemm_nvfp4.cu"
+#include "../../cuda/moe_experts.cu"
 #include "../../cuda/moe_routing.cu"
 #include "../../cuda/norm.cu"
 #include "../../cuda/pooling.cu"
 #include "../../cuda/ssd_scan.cu"
+#include "quant_probe.cu"
 #include "simt_selftest.cu"
 
 namespace {
@@ -44,14 +48,24 @@ const Entry KERNELS[] = {
     KERNEL(embedding_gather_bf16),
     KERNEL(embedding_gather_f32),
     KERNEL(gemm_bf16_f32),
+    KERNEL(gemm_fp8_f32),
+    KERNEL(gemm_nvfp4_w4a16_f32),
+    KERNEL(gemm_nvfp4_w4a4_f32),
     KERNEL(grouped_gemm_bf16_f32),
+    KERNEL(grouped_gemm_nvfp4_w4a4_f32),
+    KERNEL(grouped_gemm_nvfp4_w4a16_f32),
     KERNEL(head_activation_normalize_f32),
     KERNEL(mma_m16n8k16_probe),
     KERNEL(moe_route_f32),
     KERNEL(moe_count_by_expert),
     KERNEL(moe_align_offsets),
     KERNEL(moe_scatter_by_expert),
+    KERNEL(moe_unpermute_f32),
+    KERNEL(nvfp4_quantize_f32),
     KERNEL(pool_f32),
+    KERNEL(quant_probe_decode),
+    KERNEL(quant_probe_encode),
+    KERNEL(relu2_f32),
     KERNEL(rms_norm_f32),
     KERNEL(simt_selftest_block),
     KERNEL(simt_selftest_warp),

@@ -3,7 +3,8 @@
 // `__syncthreads()` (SIMT_SKIP_SYNC=<file>:<line>) is reported as a data race. Correctness is the
 // parity tests' job; here only the memory accesses matter, so the inputs are simple and fixed.
 //
-// Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan, attention, gemm.
+// Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan, attention, gemm,
+// gemm_nvfp4.
 
 #include <cstdio>
 #include <cstring>
@@ -105,11 +106,31 @@ int gemm() {
     return run("gemm_bf16_f32", 1, 1, 128, 0, {&ap, &wp, &bias, &mm, &nn, &kk, &cp});
 }
 
+int gemm_nvfp4() {
+    // The W4A16 GEMM: its own shared tiles (bf16 activations, packed NVFP4 weights) behind the
+    // same barriers; two K steps, as for gemm.
+    const int m = 20, n = 24, k = 64;
+    auto x = ramp(size_t(m) * k, 1.0f);
+    std::vector<unsigned> packed_words(size_t(n) * k / 8);  // 4-byte aligned, as the kernel reads it
+    for (size_t i = 0; i < packed_words.size(); ++i) packed_words[i] = 0x9a3c51e7u * unsigned(i + 1);
+    std::vector<unsigned char> scales(size_t(n) * k / 16, 0x38);  // E4M3 1.0
+    std::vector<float> y(size_t(m) * n);
+    const float* xp = x.data();
+    const unsigned char* wp = reinterpret_cast<const unsigned char*>(packed_words.data());
+    const unsigned char* sp = scales.data();
+    float tensor_scale = 0.5f;
+    const float* bias = nullptr;
+    float* yp = y.data();
+    int mm = m, nn = n, kk = k;
+    return run("gemm_nvfp4_w4a16_f32", 1, 1, 128, 0, {&xp, &wp, &sp, &tensor_scale, &bias, &mm, &nn, &kk, &yp});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc != 2) {
-        std::fprintf(stderr, "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm\n", argv[0]);
+        std::fprintf(stderr, "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm|gemm_nvfp4\n",
+                     argv[0]);
         return 2;
     }
     const char* which = argv[1];
@@ -118,6 +139,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(which, "ssd_scan") == 0) return ssd_scan();
     if (std::strcmp(which, "attention") == 0) return attention();
     if (std::strcmp(which, "gemm") == 0) return gemm();
+    if (std::strcmp(which, "gemm_nvfp4") == 0) return gemm_nvfp4();
     std::fprintf(stderr, "unknown case %s\n", which);
     return 2;
 }

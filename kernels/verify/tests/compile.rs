@@ -41,7 +41,21 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     // 32 f32 accumulators + 16 fragment words per lane; 128 threads.
     ("gemm_bf16_f32", 96),
     ("grouped_gemm_bf16_f32", 96),
+    ("gemm_fp8_f32", 96),
+    // The same tile, plus the NVFP4 decode of each fragment register (nibble, block scale,
+    // two products) for one operand (W4A16) or both (W4A4; the grouped one also quantises a
+    // block per thread while staging); 128 registers at 128 threads still
+    // leave 4 blocks per SM, and their shared memory (2-6 KiB) is no limit.
+    ("gemm_nvfp4_w4a16_f32", 128),
+    ("gemm_nvfp4_w4a4_f32", 128),
+    ("grouped_gemm_nvfp4_w4a16_f32", 128),
+    ("grouped_gemm_nvfp4_w4a4_f32", 128),
     ("mma_m16n8k16_probe", 40),
+    // One 16-element block per thread: its values, amax, the scale and the codes.
+    ("nvfp4_quantize_f32", 40),
+    // Elementwise epilogues: an accumulator and a few pointers.
+    ("relu2_f32", 32),
+    ("moe_unpermute_f32", 40),
     // The activation (erff is the largest) and a block reduction.
     ("head_activation_normalize_f32", 40),
     // 16 sigmoid scores and 16 choice scores per lane for 512 experts, plus the argmax state;

@@ -40,18 +40,8 @@ fn gemm_matches_a_plain_product_on_awkward_shapes() {
         let mut c = vec![f32::NAN; m * n];
         let mut args = Args::new();
         args.input(&a).input(&w);
-        match &bias {
-            Some(b) => args.input(b),
-            None => args.null(),
-        };
-        args.int(m as i32).int(n as i32).int(k as i32).output(&mut c);
-        launch(
-            "gemm_bf16_f32",
-            [dim(n.div_ceil(64)), dim(m.div_ceil(64)), 1],
-            [128, 1, 1],
-            0,
-            &mut args,
-        );
+        gemm_tail(&mut args, bias.as_deref(), (m, n, k), &mut c);
+        launch_gemm("gemm_bf16_f32", m, n, &mut args);
         let want = bf16_product(&a64, &w64, bias.as_deref(), m, n, k);
         assert_close(&format!("gemm {m}x{n}x{k}"), &c, &want, F32_REL_L2);
     }

@@ -115,23 +115,6 @@ fn ties_go_to_the_lower_index() {
     check("two tied winners", &logits, &bias, &config(8, 1, 1, 2, false, 1.0));
 }
 
-/// Per expert, its routing entries (`t * top_k + slot`) in token order, padded with -1 to `tile`.
-fn permutation_reference(experts: &[i32], num_experts: usize, tile: usize) -> (Vec<i32>, Vec<i32>) {
-    let mut offsets = vec![0i32];
-    let mut sorted = Vec::new();
-    for e in 0..num_experts {
-        let mine: Vec<i32> = (0..experts.len())
-            .filter(|&i| experts[i] == e as i32)
-            .map(|i| i as i32)
-            .collect();
-        let padded = mine.len().div_ceil(tile) * tile;
-        sorted.extend(&mine);
-        sorted.resize(sorted.len() + padded - mine.len(), -1);
-        offsets.push(sorted.len() as i32);
-    }
-    (offsets, sorted)
-}
-
 #[test]
 fn permutation_groups_tokens_by_expert_padded_to_the_tile() {
     let cfg = config(40, 4, 2, 6, true, 1.0);
@@ -200,14 +183,7 @@ fn grouped_gemm_multiplies_each_entry_by_its_experts_weight() {
         .int(n as i32)
         .int(k as i32)
         .output(&mut out);
-    let row_tiles = *offsets.last().unwrap() as usize / 64;
-    launch(
-        "grouped_gemm_bf16_f32",
-        [dim(n.div_ceil(64)), dim(row_tiles), 1],
-        [128, 1, 1],
-        0,
-        &mut args,
-    );
+    launch_grouped_gemm("grouped_gemm_bf16_f32", n, &offsets, &mut args);
     let want: Vec<f32> = experts
         .iter()
         .enumerate()

@@ -1,6 +1,7 @@
 //! The emulated kernels under ThreadSanitizer: a clean run reports no race, and deleting any one
-//! barrier of the SSD scan, the attention, the GEMM (or the one inside `block_sum`) is reported as a
-//! data race in the kernel source. This is what makes the emulation a check on synchronisation, not only on arithmetic.
+//! barrier of the SSD scan, the attention, the GEMM tile (through the bf16 and the NVFP4 GEMM, whose
+//! shared tiles differ) or the one inside `block_sum` is reported as a data race in the kernel
+//! source. This is what makes the emulation a check on synchronisation, not only on arithmetic.
 //!
 //! Builds `src/emulated.cpp` + `src/tsan_driver.cpp` with `g++ -fsanitize=thread` (about 10 s),
 //! then runs the driver once per case. Barriers are removed at run time by `SIMT_SKIP_SYNC`
@@ -54,7 +55,14 @@ fn barrier_lines(file: &str) -> Vec<usize> {
 
 #[test]
 fn clean_runs_report_no_race() {
-    for case in ["rms_norm", "gated_group_rms_norm", "ssd_scan", "attention", "gemm"] {
+    for case in [
+        "rms_norm",
+        "gated_group_rms_norm",
+        "ssd_scan",
+        "attention",
+        "gemm",
+        "gemm_nvfp4",
+    ] {
         let out = run(case, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -99,7 +107,11 @@ fn every_ssd_scan_barrier_is_needed_and_its_removal_is_caught() {
 
 #[test]
 fn every_attention_and_gemm_barrier_is_needed() {
-    for (case, file, count) in [("attention", "attention.cu", 2), ("gemm", "gemm_bf16.cu", 2)] {
+    for (case, file, count) in [
+        ("attention", "attention.cu", 2),
+        ("gemm", "include/gemm_tile.cuh", 2),
+        ("gemm_nvfp4", "include/gemm_tile.cuh", 2),
+    ] {
         let lines = barrier_lines(file);
         assert_eq!(lines.len(), count, "{file}'s barriers moved; update this test");
         for line in lines {

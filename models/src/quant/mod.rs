@@ -6,8 +6,11 @@
 //! - `stored`: what each Linear *is*, decided from the tensors actually stored (never from
 //!   `exclude_modules`, which has been seen holding garbage), checked and packed for the kernels.
 //!
+//! - `calibration`: the activation amax per Linear over a corpus, for W4A4's static input scales.
+//!
 //! How NVFP4 layers run is chosen at load time by [`QuantMode`].
 
+pub mod calibration;
 pub mod format;
 pub(crate) mod stored;
 pub mod writer;
@@ -15,6 +18,7 @@ pub mod writer;
 use std::fmt;
 use std::str::FromStr;
 
+pub use calibration::ActivationAmax;
 pub use format::{CheckpointQuantization, QuantFormat};
 pub use writer::{OutputFormat, QuantizeError, QuantizeOptions, QuantizeSummary, quantize_checkpoint};
 

@@ -31,6 +31,8 @@ use crate::weights::{FloatType, float_dtype, widen_into};
 
 /// ModelOpt's `quant_algo` for NVFP4 weights without activation scales.
 const WEIGHT_ONLY_ALGO: &str = "W4A16_NVFP4";
+/// ModelOpt's `quant_algo` for NVFP4 weights and activations (with input scales).
+const W4A4_ALGO: &str = "NVFP4";
 
 /// Projections that share one tensor scale with their siblings under the same parent (fused QKV).
 const FUSED_SIBLINGS: [&str; 3] = ["q_proj", "k_proj", "v_proj"];
@@ -57,6 +59,10 @@ pub struct QuantizeOptions {
     pub format: OutputFormat,
     /// More module-name patterns to leave unquantised, besides [`DEFAULT_EXCLUDES`].
     pub exclude: Vec<String>,
+    /// The calibrated input amax per Linear (canonical module names, see
+    /// [`crate::quant::calibration`]): when given, every NVFP4 layer also gets its static input
+    /// scale (`amax / (6 * 448)`), so the checkpoint runs W4A4; without, it is weight-only.
+    pub input_amax: Option<HashMap<String, f32>>,
 }
 
 /// What was written.
@@ -68,6 +74,8 @@ pub struct QuantizeSummary {
     pub kept: Vec<(String, &'static str)>,
     /// Bytes of tensors written.
     pub bytes_written: u64,
+    /// NVFP4 modules written with a calibrated input scale.
+    pub calibrated: usize,
 }
 
 /// Why a checkpoint could not be quantised.
@@ -137,7 +145,7 @@ pub fn quantize_checkpoint(
             let t = checkpoint
                 .get(canonical)?
                 .expect("Checkpoint::files lists only tensors it holds");
-            encode_tensor(&t, options.format, &excludes, &fused_amax, &mut outputs, &mut summary)?;
+            encode_tensor(&t, options, &excludes, &fused_amax, &mut outputs, &mut summary)?;
             done += t.bytes.len() as u64;
             progress(done, total);
         }
@@ -194,7 +202,7 @@ fn fused_amax(checkpoint: &Checkpoint) -> Result<HashMap<String, f32>, QuantizeE
 /// as it is.
 fn encode_tensor(
     t: &TensorRef<'_>,
-    format: OutputFormat,
+    options: &QuantizeOptions,
     excludes: &[&str],
     fused_amax: &HashMap<String, f32>,
     out: &mut Vec<Output>,
@@ -275,7 +283,7 @@ fn encode_tensor(
                 source,
             }
         })?;
-        let (packed_name, global_name, global_shape, global) = match format {
+        let (packed_name, global_name, global_shape, global) = match options.format {
             OutputFormat::ModelOpt => ("weight", "weight_scale_2", vec![], tensor_scale),
             OutputFormat::CompressedTensors => ("weight_packed", "weight_global_scale", vec![1], 1.0 / tensor_scale),
         };
@@ -294,12 +302,58 @@ fn encode_tensor(
         out.push(Output {
             name: format!("{module}.{global_name}"),
             dtype: Dtype::F32,
-            shape: global_shape,
+            shape: global_shape.clone(),
             bytes: global.to_le_bytes().to_vec(),
         });
+        if let Some(amax) = &options.input_amax {
+            let scale = nvfp4_tensor_scale(input_amax(amax, &module, t)?);
+            let (name, value) = match options.format {
+                OutputFormat::ModelOpt => ("input_scale", scale),
+                OutputFormat::CompressedTensors => ("input_global_scale", 1.0 / scale),
+            };
+            out.push(Output {
+                name: format!("{module}.{name}"),
+                dtype: Dtype::F32,
+                shape: global_shape,
+                bytes: value.to_le_bytes().to_vec(),
+            });
+            summary.calibrated += 1;
+        }
         summary.quantized.push(module);
     }
     Ok(())
+}
+
+/// The calibrated input amax of `module`. Routed experts share one input scale per layer and
+/// projection, the largest of theirs (ModelOpt exports MoE layers so, which lets a grouped GEMM
+/// quantise every expert's rows alike). A module with no amax is an error naming it.
+fn input_amax(amax: &HashMap<String, f32>, module: &str, t: &TensorRef<'_>) -> Result<f32, QuantizeError> {
+    let canonical = canonical_name(module);
+    let usable = |v: f32| (v.is_finite() && v > 0.0).then_some(v);
+    // `layers.N.mixer.experts.E.up_proj` -> (`layers.N.mixer`, `up_proj`).
+    let expert_of = |name: &str| {
+        let (layer, rest) = name.split_once(".experts.")?;
+        let (index, proj) = rest.split_once('.')?;
+        index.parse::<usize>().ok().map(|_| (layer.to_owned(), proj.to_owned()))
+    };
+    let found = match expert_of(canonical) {
+        Some(group) => amax
+            .iter()
+            .filter(|(name, _)| expert_of(name).as_ref() == Some(&group))
+            .filter_map(|(_, &v)| usable(v))
+            .reduce(f32::max),
+        None => amax.get(canonical).copied().and_then(usable),
+    };
+    found.ok_or_else(|| {
+        QuantizeError::Load(LoadError::Unsupported {
+            path: t.path.to_owned(),
+            tensor: t.name.to_owned(),
+            message: format!(
+                "no calibrated input amax for {canonical}: the calibration corpus never ran it (or its inputs \
+                 were all zero); calibrate with more text, or exclude it"
+            ),
+        })
+    })
 }
 
 fn write_safetensors(path: &Path, mut outputs: Vec<Output>) -> Result<(), QuantizeError> {
@@ -349,16 +403,24 @@ fn write_configs(
     let ignore: Vec<&str> = summary.kept.iter().map(|(m, _)| m.as_str()).collect();
     let producer = json!({"name": "marc", "version": env!("CARGO_PKG_VERSION")});
     let weights = json!({"dynamic": false, "num_bits": 4, "type": "float", "group_size": NVFP4_BLOCK});
+    // With calibrated input scales the layers run W4A4: ModelOpt's "NVFP4", compressed-tensors'
+    // NVFP4 activation scheme (per-16 block scales computed at run time, a static global scale).
+    let calibrated = summary.calibrated > 0;
+    let algo = if calibrated { W4A4_ALGO } else { WEIGHT_ONLY_ALGO };
+    let activations = calibrated.then(|| {
+        json!({"num_bits": 4, "type": "float", "symmetric": true, "group_size": NVFP4_BLOCK,
+               "strategy": "tensor_group", "dynamic": "local", "scale_dtype": "torch.float8_e4m3fn"})
+    });
     let section = match format {
         OutputFormat::ModelOpt => {
             let hf = json!({
                 "producer": producer,
-                "quantization": {"quant_algo": WEIGHT_ONLY_ALGO, "kv_cache_quant_algo": null,
+                "quantization": {"quant_algo": algo, "kv_cache_quant_algo": null,
                                  "group_size": NVFP4_BLOCK, "exclude_modules": ignore},
             });
             write_text(&output.join(HF_QUANT_CONFIG), &pretty(&hf))?;
             json!({
-                "quant_method": "modelopt", "quant_algo": WEIGHT_ONLY_ALGO, "group_size": NVFP4_BLOCK,
+                "quant_method": "modelopt", "quant_algo": algo, "group_size": NVFP4_BLOCK,
                 "producer": producer, "ignore": ignore,
                 "config_groups": {"group_0": {"weights": weights, "targets": ["Linear"]}},
             })
@@ -370,7 +432,7 @@ fn write_configs(
                 "format": "nvfp4-pack-quantized", "targets": ["Linear"],
                 "weights": {"num_bits": 4, "type": "float", "symmetric": true, "group_size": NVFP4_BLOCK,
                             "strategy": "tensor_group", "dynamic": false, "scale_dtype": "torch.float8_e4m3fn"},
-                "input_activations": null, "output_activations": null,
+                "input_activations": activations, "output_activations": null,
             }},
         }),
     };

@@ -14,6 +14,7 @@ use marc_models::{BlockTimings, LoadOptions, NemotronH, PackedBatch};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
+use crate::quantization::Quantization;
 
 /// Untimed runs before measuring, to fault in weights and warm caches.
 const WARMUP: usize = 2;
@@ -85,32 +86,28 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision, device: Device) 
             scratch.path().to_owned()
         }
     };
+    let quantization = Quantization::resolve(&dir, args.quant.quant)?;
     let options = LoadOptions {
         precision,
+        quant: quantization.mode,
         ..Default::default()
     };
+    let numerics = format!(
+        "precision: {precision:?}; quantization: {}",
+        quantization.describe(precision)
+    );
     let results = match device {
         Device::Cpu => {
             let model = NemotronH::load(&dir, options).with_context(|| format!("cannot load {}", dir.display()))?;
             let threads = rayon::current_num_threads();
-            measure(
-                &model,
-                &shapes,
-                args,
-                &format!("threads: {threads}; precision: {precision:?}"),
-            )?
+            measure(&model, &shapes, args, &format!("threads: {threads}; {numerics}"))?
         }
         Device::Cuda(_) => {
             // The workspace is planned for the largest shape measured.
             let max_tokens = shapes.iter().map(|(s, l)| s * l).max().unwrap_or(1);
             let model = marc_models::cuda::load(&dir, options, device, max_tokens, &mut |_| {})
                 .with_context(|| format!("cannot load {} on {device}", dir.display()))?;
-            measure(
-                &model,
-                &shapes,
-                args,
-                &format!("device: {device}; precision: {precision:?}"),
-            )?
+            measure(&model, &shapes, args, &format!("device: {device}; {numerics}"))?
         }
     };
     if let Some(path) = &args.json {

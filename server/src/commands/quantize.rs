@@ -1,19 +1,25 @@
-//! `marc quantize`: an NVFP4 checkpoint from an unquantised one (weight-only calibration with
-//! ModelOpt's two-level scales; see `marc_models::quant::writer`), in ModelOpt's or
-//! compressed-tensors' layout, with the tokenizer files and compression heads copied along.
+//! `marc quantize`: an NVFP4 checkpoint from an unquantised one (ModelOpt's two-level weight
+//! scales; see `marc_models::quant::writer`), in ModelOpt's or compressed-tensors' layout, with
+//! the tokenizer files and compression heads copied along. With `--calibrate CORPUS`, the
+//! activations are calibrated too (max calibration over the corpus), so the layers carry static
+//! input scales and the checkpoint runs `--quant w4a4`.
 //!
 //! An output directory that already holds anything is replaced only with `--force`, and then
 //! only if it holds a model (a `config.json`), so a mistyped path never deletes unrelated files.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use marc_models::heads::HEADS_DIR;
-use marc_models::quant::{OutputFormat, QuantizeOptions, quantize_checkpoint};
+use marc_models::quant::{ActivationAmax, OutputFormat, QuantizeOptions, quantize_checkpoint};
+use marc_models::{LoadOptions, NemotronH};
 
 use crate::cli::QuantizeArgs;
-use crate::commands::embed::bar;
+use crate::commands::embed::{bar, for_each_batch};
+use crate::input::read_items;
 
 /// Files beside the weights that travel with the model unchanged.
 const COPIED_FILES: [&str; 4] = [
@@ -31,9 +37,14 @@ pub(crate) fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
     prepare_output(&args.model, &args.output, args.force)?;
     let started = Instant::now();
     let progress = bar(0, "quantising {bar:40} {bytes}/{total_bytes} ({eta})");
+    let input_amax = match &args.calibrate {
+        Some(corpus) => Some(calibrate(&args.model, corpus, args.calibration_batch_tokens)?),
+        None => None,
+    };
     let options = QuantizeOptions {
         format,
         exclude: args.exclude.clone(),
+        input_amax,
     };
     let summary = quantize_checkpoint(&args.model, &args.output, &options, &mut |done, total| {
         progress.set_length(total);
@@ -42,8 +53,13 @@ pub(crate) fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let summary = summary.with_context(|| format!("cannot quantise the model in {}", args.model.display()))?;
     copy_extras(&args.model, &args.output)?;
+    let mode = if summary.calibrated > 0 {
+        "with calibrated input scales: runs w4a16 and w4a4"
+    } else {
+        "weight-only: runs w4a16"
+    };
     eprintln!(
-        "wrote {} ({}): {} Linear weights in NVFP4, {} matrices kept as stored, {:.1} MB of tensors in {:.1} s",
+        "wrote {} ({}, {mode}): {} Linear weights in NVFP4, {} matrices kept as stored, {:.1} MB of tensors in {:.1} s",
         args.output.display(),
         args.format,
         summary.quantized.len(),
@@ -55,6 +71,33 @@ pub(crate) fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
         eprintln!("  kept {module}: {reason}");
     }
     Ok(())
+}
+
+/// Runs the corpus through the unquantised model (every block, exact f32 activations) and returns
+/// each Linear's largest |input| (see `marc_models::quant::calibration`).
+fn calibrate(model: &Path, corpus: &Path, batch_tokens: usize) -> anyhow::Result<HashMap<String, f32>> {
+    let amax = Arc::new(ActivationAmax::default());
+    let loaded = NemotronH::load_observed(model, LoadOptions::default(), amax.clone())
+        .with_context(|| format!("cannot load the model in {} to calibrate it", model.display()))?;
+    let items = read_items(corpus, model, loaded.config().vocab_size)
+        .with_context(|| format!("cannot read the calibration corpus {}", corpus.display()))?;
+    let total: usize = items.iter().map(|i| i.tokens.len()).sum();
+    let progress = bar(total as u64, "calibrating {bar:40} {pos}/{len} tokens ({eta})");
+    for_each_batch(
+        &loaded,
+        &items,
+        loaded.max_layer(),
+        batch_tokens,
+        &progress,
+        |_, _, _| Ok(()),
+    )?;
+    progress.finish_and_clear();
+    eprintln!(
+        "calibrated on {} items ({total} tokens) of {}",
+        items.len(),
+        corpus.display()
+    );
+    Ok(amax.snapshot())
 }
 
 /// Creates `output`, or empties it when `--force` allows and it holds a model.

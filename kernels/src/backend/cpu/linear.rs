@@ -1,7 +1,9 @@
 //! The CPU backend's Linear layer and embedding table: weights kept in their stored format.
 
+use std::sync::Arc;
+
 use super::scratch::{self, Buffer};
-use crate::backend::Resident;
+use crate::backend::{InputObserver, Resident};
 use crate::dtype::FloatType;
 use crate::error::KernelError;
 use crate::ops::matmul::{MatmulPrecision, PackedMatrix, matmul_with_precision};
@@ -15,6 +17,8 @@ pub struct Linear {
     /// How the GEMM treats activations: exact f32, the opt-in bf16 mode, or NVFP4 quantisation
     /// of the activations (W4A4, on NVFP4 weights with an input scale).
     pub precision: MatmulPrecision,
+    /// Where the inputs are reported, in a model loaded for calibration.
+    pub observer: Option<Arc<dyn InputObserver>>,
 }
 
 impl Linear {
@@ -25,6 +29,9 @@ impl Linear {
 
     /// `y[m, out] = x[m, in] · Wᵀ + b`.
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        if let Some(observer) = &self.observer {
+            observer.observe(x);
+        }
         matmul_with_precision(x, m, &self.weight, self.bias.as_deref(), y, self.precision)
     }
 

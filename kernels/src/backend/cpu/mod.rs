@@ -53,6 +53,7 @@ impl Backend for Cpu {
             weight: linear.weight.pack()?,
             bias: linear.bias,
             precision: linear.precision,
+            observer: linear.observer,
         })
     }
 

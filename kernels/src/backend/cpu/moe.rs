@@ -66,6 +66,15 @@ pub(super) fn routed_experts(
         .collect();
     drop(logits);
 
+    if experts.0.first().is_some_and(|(up, _)| up.observer.is_some()) {
+        // Calibration (as ModelOpt calibrates MoE layers): every expert sees every token, so
+        // that each one's input amax covers what any routing could send it; the outputs are
+        // discarded and the layer's result below is unchanged.
+        experts
+            .0
+            .par_iter()
+            .try_for_each(|expert| expert_forward(expert, x, tokens).map(drop))?;
+    }
     // (token, slot) pairs per expert, in token order.
     let mut assignments: Vec<Vec<(usize, usize)>> = vec![Vec::new(); num_experts];
     for (t, r) in routes.iter().enumerate() {

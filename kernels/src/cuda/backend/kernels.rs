@@ -72,10 +72,10 @@ kernel_table! {
     round_bf16_f32,
     /// Not written yet: `acc += x`.
     add_f32,
-    /// Not written yet: `x = relu(x)²`.
+    /// moe_experts.cu
     relu2_f32,
+    /// moe_experts.cu
+    moe_unpermute_f32,
     /// Not written yet: Mamba's `dt = max(softplus(dt + bias), dt_min)`.
     softplus_dt_f32,
-    /// Not written yet: each token's expert outputs, weighted and summed in routing order.
-    moe_combine_f32,
 }

@@ -1,5 +1,5 @@
 //! The routed experts of an MoE block on CUDA: routing (`moe_route_f32`), the permutation by
-//! expert padded to the GEMM tile, the grouped up and down GEMMs, and the weighted combine.
+//! expert padded to the GEMM tile, the grouped up and down GEMMs, and the weighted un-permute.
 
 use cudarc::driver::PushKernelArg;
 
@@ -118,9 +118,15 @@ impl Cuda {
         let routed = self.tensor(OP, tokens * width)?;
         let (tk, w32): (i32, i32) = (ints[4], int(OP, "width", width)?);
         self.launch(
-            "moe_combine_f32",
-            &self.kernels.moe_combine_f32,
-            self.elementwise(tokens * width)?,
+            "moe_unpermute_f32",
+            &self.kernels.moe_unpermute_f32,
+            grid(
+                int(OP, "column blocks", width.div_ceil(256))?,
+                ints[0].unsigned_abs(),
+                1,
+                256,
+                0,
+            ),
             |a| {
                 a.arg(&down.buf.ptr)
                     .arg(&weights.buf.ptr)

@@ -28,6 +28,12 @@ impl Backend for Cuda {
     fn upload_linear(&self, linear: LinearSource<'_>) -> Result<CudaLinear, KernelError> {
         const OP: &str = "cuda linear";
         let (rows, cols) = (linear.weight.rows, linear.weight.cols);
+        if linear.observer.is_some() {
+            return Err(KernelError::Unsupported {
+                op: OP,
+                reason: "calibration observes a Linear's inputs on the CPU backend only".into(),
+            });
+        }
         let bits = gemm_weight_bits(&linear.weight)?;
         if let Some(bias) = &linear.bias {
             check_len(OP, "bias", bias.len(), rows)?;

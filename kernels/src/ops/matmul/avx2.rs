@@ -6,8 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
-use super::nvfp4::SCALES_AT;
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, PREFETCH_L2_BYTES, Tile, Weight};
+use super::nvfp4::{SCALES_AT, chunk_at};
 use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
 use crate::quant::e2m1::E2M1_VALUES;
@@ -185,8 +185,7 @@ unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m256; V]; R], t: &T
 
 /// NVFP4 tiles (see `nvfp4.rs` for the order of operations): a row needs two accumulators
 /// per vector, so with 16 registers: 1 row x 1 panel, 2-3 rows x half a panel, 4-6 rows x a
-/// quarter, the views moving along the panel (a record's nibble lines and scale line are both
-/// NR bytes, so `c` columns further is `c` bytes further in both).
+/// quarter, each kernel told which 8-column vector of the panel it starts at.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
     let width = match rows {
@@ -198,19 +197,20 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
         for c0 in (0..NR).step_by(width) {
             let mut v = *t;
             v.advance(q);
-            let v = v.at_column(c0);
+            let v = v.columns_from_view(c0);
             if v.cols == 0 {
                 return;
             }
-            // SAFETY: forwarded from the caller; the view stays inside panel q.
+            let first = c0 / L;
+            // SAFETY: forwarded from the caller; the vectors stay inside panel q.
             unsafe {
                 match rows {
-                    1 => kernel_nvfp4::<1, 4>(&v),
-                    2 => kernel_nvfp4::<2, 2>(&v),
-                    3 => kernel_nvfp4::<3, 2>(&v),
-                    4 => kernel_nvfp4::<4, 1>(&v),
-                    5 => kernel_nvfp4::<5, 1>(&v),
-                    6 => kernel_nvfp4::<6, 1>(&v),
+                    1 => kernel_nvfp4::<1, 4>(&v, first),
+                    2 => kernel_nvfp4::<2, 2>(&v, first),
+                    3 => kernel_nvfp4::<3, 2>(&v, first),
+                    4 => kernel_nvfp4::<4, 1>(&v, first),
+                    5 => kernel_nvfp4::<5, 1>(&v, first),
+                    6 => kernel_nvfp4::<6, 1>(&v, first),
                     _ => unreachable!("AVX2 tiles have at most 6 rows, got {rows}"),
                 }
             }
@@ -218,16 +218,17 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
     }
 }
 
-/// The 8 bytes at `p` (a k-step pair of 8 columns) decoded to the two k-steps' E2M1 values:
-/// the magnitude from an 8-entry `vpermps` table, the sign (bit 3) moved to bit 31.
+/// The 32 bytes at `p` (`j` bytes into 8 columns of a chunk, see `nvfp4::nibble_byte`)
+/// decoded to the E2M1 values of pair `j` of those columns: the magnitude from an 8-entry
+/// `vpermps` table (which reads the low 3 bits of each lane), the sign (bit 3) moved to bit 31.
 ///
 /// # Safety
-/// 8 bytes are readable at `p`.
+/// 32 bytes are readable at `p`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn decode_pair_e2m1(p: *const u8, magnitudes: __m256) -> (__m256, __m256) {
     // SAFETY: per the caller.
-    let idx = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p.cast()) });
+    let idx = unsafe { _mm256_loadu_si256(p.cast()) };
     let sign_bit = _mm256_set1_epi32(i32::MIN);
     let decode = |i: __m256i| {
         let sign = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32::<28>(i), sign_bit));
@@ -236,10 +237,11 @@ unsafe fn decode_pair_e2m1(p: *const u8, magnitudes: __m256) -> (__m256, __m256)
     (decode(idx), decode(_mm256_srli_epi32::<4>(idx)))
 }
 
-/// `R` rows x `V` vectors of 8 columns of one NVFP4 panel, in the order of `nvfp4.rs`.
+/// `R` rows x `V` vectors of 8 columns of one NVFP4 panel, from its vector `first` (of 4) on,
+/// in the order of `nvfp4.rs`.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>) {
+unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first: usize) {
     // SAFETY: the table has at least 8 f32 (the non-negative magnitudes come first).
     let magnitudes = unsafe { _mm256_loadu_ps(E2M1_VALUES.as_ptr()) };
     let mut acc = [[_mm256_setzero_ps(); V]; R];
@@ -251,11 +253,15 @@ unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>) {
             let record = t.w.add(b * NVFP4_RECORD);
             for line in (0..NVFP4_RECORD).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(record.wrapping_add(PREFETCH_BYTES + line).cast());
+                _mm_prefetch::<_MM_HINT_T1>(record.wrapping_add(PREFETCH_L2_BYTES + line).cast());
             }
             let mut dot = [[_mm256_setzero_ps(); V]; R];
             for pair in 0..NVFP4_BLOCK / 2 {
                 for v in 0..V {
-                    let (even, odd) = decode_pair_e2m1(record.add(pair * NR + v * L), magnitudes);
+                    // Vector u is the (u % 2)-th 8 columns of its half (u / 2) of the panel.
+                    let u = first + v;
+                    let at = chunk_at(pair / 4, u / 2) + (u % 2) * 4 * L + pair % 4;
+                    let (even, odd) = decode_pair_e2m1(record.add(at), magnitudes);
                     for r in 0..R {
                         dot[r][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*x.add(r)), even, dot[r][v]);
                         dot[r][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*x.add(t.x_stride + r)), odd, dot[r][v]);
@@ -264,7 +270,7 @@ unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>) {
                 x = x.add(2 * t.x_stride);
             }
             for v in 0..V {
-                let s = load(record.add(SCALES_AT + v * L).cast::<E4m3>());
+                let s = load(record.add(SCALES_AT + (first + v) * L).cast::<E4m3>());
                 for r in 0..R {
                     acc[r][v] = _mm256_fmadd_ps(dot[r][v], s, acc[r][v]);
                 }

@@ -7,8 +7,8 @@
 
 use std::arch::x86_64::*;
 
-use super::cpu::{E4m3, Isa, PREFETCH_BYTES, Tile, Weight};
-use super::nvfp4::SCALES_AT;
+use super::cpu::{E4m3, Isa, PREFETCH_BYTES, PREFETCH_L2_BYTES, Tile, Weight};
+use super::nvfp4::{SCALES_AT, chunk_at};
 use super::packed::{NR, NVFP4_RECORD};
 use crate::dtype::WeightDType;
 use crate::quant::e2m1::E2M1_VALUES;
@@ -36,7 +36,7 @@ impl Isa for Avx512 {
     unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
         // SAFETY: forwarded from the caller (ISA available, pointers valid); the kernels read
         // `t.w` as the bytes of block records (the element type is a formality).
-        unsafe { tile_nvfp4(rows, panels, &t.cast()) }
+        unsafe { tile_nvfp4(rows, panels, t) }
     }
 }
 
@@ -49,16 +49,18 @@ fn e2m1_table() -> __m512 {
     unsafe { _mm512_loadu_ps(E2M1_VALUES.as_ptr()) }
 }
 
-/// The 16 bytes at `p` (one k-step pair of 16 columns) decoded to the two k-steps' E2M1
-/// values: (low nibbles, high nibbles).
+/// The 64 bytes at `p` (`j` bytes into a chunk of a block record, see `nvfp4::nibble_byte`)
+/// decoded to the E2M1 values of k-step pair `j` of the chunk's 16 columns: (low nibbles of
+/// each lane's lowest byte, high nibbles). `vpermps` reads only the low 4 bits of each index
+/// lane, so the rest of the lane, the next pairs' bytes, needs no masking.
 ///
 /// # Safety
-/// 16 bytes are readable at `p`.
+/// 64 bytes are readable at `p`.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn decode_pair_e2m1(p: *const u8, table: __m512) -> (__m512, __m512) {
     // SAFETY: per the caller.
-    let idx = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(p.cast()) });
+    let idx = unsafe { _mm512_loadu_si512(p.cast()) };
     let even = _mm512_permutexvar_ps(idx, table);
     let odd = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), table);
     (even, odd)
@@ -105,7 +107,7 @@ unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
 /// running sum), so the register tile is half as wide as for float weights: 1 row x 4 panels,
 /// up to 3 rows x 2 panels, up to 6 rows x 1 panel, up to 12 rows x half a panel.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
+unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
     let mut t = *t;
     let mut left = panels;
     while left > 0 {
@@ -114,31 +116,30 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<E4m3>) {
             1..=3 if left >= 2 => 2,
             _ => 1,
         };
-        // SAFETY: forwarded from the caller to every kernel; each half-panel view stays inside
-        // the panel (the nibble lines and the scale line of a record are both NR bytes, so a
-        // half is 16 bytes further in both).
+        // SAFETY: forwarded from the caller to every kernel; a half-panel kernel reads its
+        // half's chunks and scales of panel 0 of its view, and writes its 16 columns.
         unsafe {
             match (rows, p) {
-                (1, 4) => kernel::<E4m3, 1, 8, true>(&t),
-                (1, 2) => kernel::<E4m3, 1, 4, true>(&t),
-                (2, 2) => kernel::<E4m3, 2, 4, true>(&t),
-                (3, 2) => kernel::<E4m3, 3, 4, true>(&t),
-                (1, _) => kernel::<E4m3, 1, 2, true>(&t),
-                (2, _) => kernel::<E4m3, 2, 2, true>(&t),
-                (3, _) => kernel::<E4m3, 3, 2, true>(&t),
-                (4, _) => kernel::<E4m3, 4, 2, true>(&t),
-                (5, _) => kernel::<E4m3, 5, 2, true>(&t),
-                (6, _) => kernel::<E4m3, 6, 2, true>(&t),
+                (1, 4) => kernel_nvfp4::<1, 8>(&t, 0),
+                (1, 2) => kernel_nvfp4::<1, 4>(&t, 0),
+                (2, 2) => kernel_nvfp4::<2, 4>(&t, 0),
+                (3, 2) => kernel_nvfp4::<3, 4>(&t, 0),
+                (1, _) => kernel_nvfp4::<1, 2>(&t, 0),
+                (2, _) => kernel_nvfp4::<2, 2>(&t, 0),
+                (3, _) => kernel_nvfp4::<3, 2>(&t, 0),
+                (4, _) => kernel_nvfp4::<4, 2>(&t, 0),
+                (5, _) => kernel_nvfp4::<5, 2>(&t, 0),
+                (6, _) => kernel_nvfp4::<6, 2>(&t, 0),
                 _ => {
                     for half in 0..2 {
-                        let h = t.at_column(half * L);
+                        let h = t.columns_from_view(half * L);
                         match rows {
-                            7 => kernel::<E4m3, 7, 1, true>(&h),
-                            8 => kernel::<E4m3, 8, 1, true>(&h),
-                            9 => kernel::<E4m3, 9, 1, true>(&h),
-                            10 => kernel::<E4m3, 10, 1, true>(&h),
-                            11 => kernel::<E4m3, 11, 1, true>(&h),
-                            12 => kernel::<E4m3, 12, 1, true>(&h),
+                            7 => kernel_nvfp4::<7, 1>(&h, half),
+                            8 => kernel_nvfp4::<8, 1>(&h, half),
+                            9 => kernel_nvfp4::<9, 1>(&h, half),
+                            10 => kernel_nvfp4::<10, 1>(&h, half),
+                            11 => kernel_nvfp4::<11, 1>(&h, half),
+                            12 => kernel_nvfp4::<12, 1>(&h, half),
                             _ => unreachable!("AVX-512 tiles have at most 12 rows, got {rows}"),
                         }
                     }
@@ -180,7 +181,7 @@ unsafe fn by_shape<W: Weight>(rows: usize, panels: usize, t: &Tile<W>) {
         ($( ($r:literal, $p:literal) ),* $(,)?) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller.
-                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }, false>(t) }, )*
+                $( ($r, $p) => unsafe { kernel::<W, $r, { 2 * $p }>(t) }, )*
                 _ => unreachable!("no kernel for {rows} rows x {panels} panels"),
             }
         };
@@ -218,20 +219,19 @@ fn lane_mask(cols: usize, v: usize) -> __mmask16 {
 }
 
 /// `R` rows x `V` vectors of 16 columns (`V / 2` panels), all `kc` k-steps, then the
-/// epilogue (`* scale`, `+ bias`, masked stores). With `NVFP4`, the panels are NVFP4 block
-/// records (`W` is a one-byte formality).
+/// epilogue (`* scale`, `+ bias`, masked stores).
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<W: Weight, const R: usize, const V: usize, const NVFP4: bool>(t: &Tile<W>) {
-    // SAFETY: forwarded from the caller; with NVFP4, W is u8 and the panels block records.
-    let acc = unsafe {
-        if NVFP4 {
-            chains_nvfp4::<R, V>(t.w.cast(), t)
-        } else {
-            chains::<W, R, V>(t)
-        }
-    };
+unsafe fn kernel<W: Weight, const R: usize, const V: usize>(t: &Tile<W>) {
     // SAFETY: forwarded from the caller.
-    unsafe { store(&acc, t) }
+    unsafe { store(&chains::<W, R, V>(t), t) }
+}
+
+/// [`kernel`] on NVFP4 block records: `V` vectors of 16 columns from half `first_half` of the
+/// view's first panel on.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first_half: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { store(&chains_nvfp4::<R, V>(t, first_half), t) }
 }
 
 /// The epilogue of a tile: `acc * t.scale (+ bias)` into the first `t.cols` columns of y.
@@ -240,7 +240,7 @@ unsafe fn kernel<W: Weight, const R: usize, const V: usize, const NVFP4: bool>(t
 /// As for `Isa::tile`: y holds rows `0..R` (`t.ldy` apart) and bias the columns written.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
+pub(super) unsafe fn store<W, const R: usize, const V: usize>(acc: &[[__m512; V]; R], t: &Tile<W>) {
     let scale = _mm512_set1_ps(t.scale);
     for v in 0..V {
         let mask = lane_mask(t.cols, v);
@@ -308,71 +308,100 @@ fn vector_ptrs<T, const V: usize>(w: *const T, panel_stride: usize) -> [*const T
     std::array::from_fn(|v| w.wrapping_add((v / 2) * panel_stride + (v % 2) * L))
 }
 
+/// Where the `V` 16-column vectors of an NVFP4 tile sit: vector `v` is half `half[v]` of the
+/// panel whose block records start at `panel[v]`.
+pub(super) struct Nvfp4Vectors<const V: usize> {
+    pub(super) panel: [*const u8; V],
+    pub(super) half: [usize; V],
+}
+
+impl<const V: usize> Nvfp4Vectors<V> {
+    /// The vectors of a tile whose first vector is half `first_half` of the panel at `w`, the
+    /// panels `panel_stride` bytes apart.
+    #[inline(always)]
+    pub(super) fn new(w: *const u8, panel_stride: usize, first_half: usize) -> Self {
+        let at = |v: usize| ((v + first_half) / 2, (v + first_half) % 2);
+        Nvfp4Vectors {
+            panel: std::array::from_fn(|v| w.wrapping_add(at(v).0 * panel_stride)),
+            half: std::array::from_fn(|v| at(v).1),
+        }
+    }
+
+    /// The 16 E4M3 block scales of vector `v` in the record at byte `record`, as f32.
+    ///
+    /// # Safety
+    /// The record exists in the vector's panel.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn scales(&self, v: usize, record: usize) -> __m512 {
+        // SAFETY: per the caller; the scale line holds NR bytes, 16 per half.
+        unsafe { load(self.panel[v].add(record + SCALES_AT + self.half[v] * L).cast::<E4m3>()) }
+    }
+}
+
 /// The E2M1 dot products of one NVFP4 block (at byte `record` of each vector's panel) with
 /// `R` rows of x (`x` at the block's first k-step, rows `x_stride` apart per k-step): one FMA
-/// chain per (row, vector) in k order, or, with `SPLIT`, the even and odd k-steps in two chains
-/// summed at the end (twice the independent FMAs; only where every partial sum is exact).
+/// chain per (row, vector) in k order.
 ///
 /// # Safety
-/// x holds 16 k-steps of `x_stride` values; each vector pointer is followed by the record.
+/// x holds 16 k-steps of `x_stride` values; each vector's panel holds the record.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn block_dots<const R: usize, const V: usize, const SPLIT: bool>(
-    wp: &[*const u8; V],
+unsafe fn block_dots<const R: usize, const V: usize>(
+    vectors: &Nvfp4Vectors<V>,
     record: usize,
     x: *const f32,
     x_stride: usize,
 ) -> [[__m512; V]; R] {
     let table = e2m1_table();
     let mut dot = [[_mm512_setzero_ps(); V]; R];
-    let mut odd_dot = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the caller; prefetches may point anywhere.
     unsafe {
-        for v in (0..V).step_by(2) {
-            for line in (0..NVFP4_RECORD).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(wp[v].wrapping_add(record + PREFETCH_BYTES + line).cast());
+        for v in 0..V {
+            // Once per panel: into L1 a little ahead, into L2 further ahead, so that enough
+            // lines are in flight to keep the memory busy while the decoding runs.
+            if v == 0 || vectors.half[v] == 0 {
+                for line in (0..NVFP4_RECORD).step_by(64) {
+                    let at = vectors.panel[v].wrapping_add(record + line);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_L2_BYTES).cast());
+                }
             }
         }
         for pair in 0..NVFP4_BLOCK / 2 {
             let (xe, xo) = (x.add(2 * pair * x_stride), x.add((2 * pair + 1) * x_stride));
             for v in 0..V {
-                let (even, odd) = decode_pair_e2m1(wp[v].add(record + pair * NR), table);
+                let chunk = record + chunk_at(pair / 4, vectors.half[v]);
+                let (even, odd) = decode_pair_e2m1(vectors.panel[v].add(chunk + pair % 4), table);
                 for r in 0..R {
                     dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xe.add(r)), even, dot[r][v]);
-                    let chain = if SPLIT { &mut odd_dot[r][v] } else { &mut dot[r][v] };
-                    *chain = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, *chain);
+                    dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, dot[r][v]);
                 }
-            }
-        }
-    }
-    if SPLIT {
-        for r in 0..R {
-            for v in 0..V {
-                dot[r][v] = _mm512_add_ps(dot[r][v], odd_dot[r][v]);
             }
         }
     }
     dot
 }
 
-/// The chains of an `R` x `V` tile over NVFP4 block records at `w` (panels `t.panel_stride`
-/// bytes apart), in the W4A16 order of `nvfp4.rs`: per block, the FMA chain of x times the
-/// E2M1 values ([`block_dots`]), then `acc = fma(dot, block_scale, acc)`.
+/// The chains of an `R` x `V` tile over NVFP4 block records (`t.w`, panels `t.panel_stride`
+/// bytes apart, from half `first_half` of the first), in the W4A16 order of `nvfp4.rs`: per
+/// block, the FMA chain of x times the E2M1 values ([`block_dots`]), then
+/// `acc = fma(dot, block_scale, acc)`.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<impl Weight>) -> [[__m512; V]; R] {
-    let wp = vector_ptrs::<u8, V>(w, t.panel_stride);
+unsafe fn chains_nvfp4<const R: usize, const V: usize>(t: &Tile<u8>, first_half: usize) -> [[__m512; V]; R] {
+    let vectors = Nvfp4Vectors::<V>::new(t.w, t.panel_stride, first_half);
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: per the `Tile` contract: x holds kc * x_stride values, and each panel holds
     // kc / 16 block records.
     unsafe {
         for b in 0..t.kc / NVFP4_BLOCK {
             let record = b * NVFP4_RECORD;
-            let dot = block_dots::<R, V, false>(&wp, record, t.x.add(b * NVFP4_BLOCK * t.x_stride), t.x_stride);
+            let dot = block_dots::<R, V>(&vectors, record, t.x.add(b * NVFP4_BLOCK * t.x_stride), t.x_stride);
             for v in 0..V {
-                let s = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
+                let s = vectors.scales(v, record);
                 for r in 0..R {
                     acc[r][v] = _mm512_fmadd_ps(dot[r][v], s, acc[r][v]);
                 }
@@ -380,58 +409,4 @@ unsafe fn chains_nvfp4<const R: usize, const V: usize>(w: *const u8, t: &Tile<im
         }
     }
     acc
-}
-
-/// W4A4 (see `w4a4.rs`): `rows` (1..=3) rows of NVFP4-quantised x against `panels` NVFP4
-/// panels. `t.x` is the tile's E2M1 activation values (`[kc][rows]`), `xs` its block scales
-/// (`[kc / 16][rows]`), `t.w` the panels' block records (`t.panel_stride` bytes apart) and
-/// `t.scale` is `input_scale * tensor_scale`.
-///
-/// # Safety
-/// AVX-512F is available and the pointers are valid as described (and on `Tile`).
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn w4a4_tile(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32) {
-    let mut t = *t;
-    let mut left = panels;
-    while left > 0 {
-        let p = if rows == 1 && left >= 2 { 2 } else { 1 };
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match (rows, p) {
-                (1, 2) => w4a4_kernel::<1, 4>(&t, xs),
-                (1, _) => w4a4_kernel::<1, 2>(&t, xs),
-                (2, _) => w4a4_kernel::<2, 2>(&t, xs),
-                (3, _) => w4a4_kernel::<3, 2>(&t, xs),
-                _ => unreachable!("W4A4 tiles have at most 3 rows, got {rows}"),
-            }
-        }
-        left -= p;
-        t.advance(p);
-    }
-}
-
-/// `R` x `V` W4A4 tile: per block, the exact E2M1 dot products (even and odd k-steps in
-/// separate chains, for twice the independent FMAs; every partial sum is exact, so the order is
-/// free), then `acc = fma(dot, xs * ws, acc)`, then the common epilogue.
-#[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx512f")]
-unsafe fn w4a4_kernel<const R: usize, const V: usize>(t: &Tile<u8>, xs: *const f32) {
-    let wp = vector_ptrs::<u8, V>(t.w, t.panel_stride);
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: per the caller: x holds kc * R values, xs kc / 16 * R, each panel kc / 16 block
-    // records.
-    unsafe {
-        for b in 0..t.kc / NVFP4_BLOCK {
-            let record = b * NVFP4_RECORD;
-            let dot = block_dots::<R, V, true>(&wp, record, t.x.add(b * NVFP4_BLOCK * R), R);
-            for v in 0..V {
-                let ws = load(wp[v].add(record + SCALES_AT).cast::<E4m3>());
-                for r in 0..R {
-                    let scale = _mm512_mul_ps(_mm512_set1_ps(*xs.add(b * R + r)), ws);
-                    acc[r][v] = _mm512_fmadd_ps(dot[r][v], scale, acc[r][v]);
-                }
-            }
-        }
-        store(&acc, t);
-    }
 }

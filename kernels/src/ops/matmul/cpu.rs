@@ -39,6 +39,10 @@ const WIDEN_MIN_TILES: usize = 5;
 /// How far ahead in a weight stream the SIMD kernels prefetch: enough to cover L3 latency
 /// when a group's panels are first read (later tiles find them in L2 and lose nothing).
 pub(super) const PREFETCH_BYTES: usize = 2048;
+/// How far ahead the NVFP4 kernels also prefetch into L2. They consume their stream about 4x
+/// more slowly per instruction than the float kernels (4.5 bits per weight, and the decoding),
+/// so the L1 prefetch alone leaves too few lines in flight to keep the memory busy at batch 1.
+pub(super) const PREFETCH_L2_BYTES: usize = 8192;
 /// Tasks per pool thread to aim for, so that work stealing can even out the load.
 const TASKS_PER_THREAD: usize = 4;
 /// Elements of x from which it is packed in parallel.
@@ -177,10 +181,19 @@ impl<W: Copy> Tile<W> {
     }
 
     /// The tile viewed from column `c` of its first panel on, for kernels narrower than a
-    /// panel (`c` elements further in every line of weights: `c` bytes in an NVFP4 record).
+    /// panel (`c` elements further in every line of weights).
     pub(super) fn at_column(&self, c: usize) -> Tile<W> {
         let mut view = *self;
         view.w = view.w.wrapping_add(c);
+        view.columns_from(c);
+        view
+    }
+
+    /// The tile viewed from column `c` of its first panel on, for y, bias and the column count
+    /// only: the weights stay at the panel, for kernels that find their columns in it
+    /// themselves (NVFP4 records keep a panel's column halves in separate chunks).
+    pub(super) fn columns_from_view(&self, c: usize) -> Tile<W> {
+        let mut view = *self;
         view.columns_from(c);
         view
     }
@@ -191,23 +204,6 @@ impl<W: Copy> Tile<W> {
         self.cols = self.cols.saturating_sub(c);
         if !self.bias.is_null() {
             self.bias = self.bias.wrapping_add(c);
-        }
-    }
-
-    /// The same tile with its weight pointer viewed as `U` (for kernels that read the bytes of
-    /// NVFP4 panels through a generic signature).
-    pub(super) fn cast<U>(&self) -> Tile<U> {
-        Tile {
-            x: self.x,
-            x_stride: self.x_stride,
-            w: self.w.cast(),
-            panel_stride: self.panel_stride,
-            kc: self.kc,
-            y: self.y,
-            ldy: self.ldy,
-            cols: self.cols,
-            bias: self.bias,
-            scale: self.scale,
         }
     }
 }

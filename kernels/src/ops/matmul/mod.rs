@@ -20,7 +20,8 @@
 //! - `nvfp4.rs`: NVFP4 weights with f32 activations (W4A16): the order of operations and the
 //!   portable kernel; the SIMD ones sit with their ISA.
 //! - `w4a4.rs`: NVFP4 weights times NVFP4-quantised activations
-//!   ([`MatmulPrecision::Nvfp4Activations`]).
+//!   ([`MatmulPrecision::Nvfp4Activations`]); `w4a4_vnni.rs`: its block products in 8-bit
+//!   integers on AVX-512 VNNI.
 //!
 //! There is deliberately no bf16-activation mode built on `vdpbf16ps`: on the Sapphire Rapids
 //! machines this was written on, `vdpbf16ps zmm` issues one per ~2 cycles (measured: ~110
@@ -40,6 +41,8 @@ mod scalar;
 #[cfg(test)]
 mod tests;
 mod w4a4;
+#[cfg(target_arch = "x86_64")]
+mod w4a4_vnni;
 mod xpack;
 
 pub use packed::PackedMatrix;

@@ -15,15 +15,15 @@
 //!
 //! FP8 E4M3 weights use the plain panels with 1-byte elements. NVFP4 weights
 //! ([`Layout::Nvfp4`]) stay 4.5 bits per weight: a panel is a run of 16-k block records of
-//! [`NVFP4_RECORD`] bytes, one per block of 16 k-steps: 8 lines of [`NR`] bytes, line `t`
-//! holding for each column `c` the byte `nib(c, 2t) | nib(c, 2t + 1) << 4` (which is the
-//! checkpoint's own byte: it packs element `2i` low, `2i + 1` high), then the [`NR`] E4M3 block
-//! scales of the columns. A kernel thus reads, per pair of k-steps and 16 columns, 16 bytes
-//! whose low nibbles are one k-step and high nibbles the next, and one scale line per block.
+//! [`NVFP4_RECORD`] bytes, one per block of 16 k-steps: 256 bytes of nibbles, for each column
+//! `c` and k-step pair `t` the byte `nib(c, 2t) | nib(c, 2t + 1) << 4` (which is the
+//! checkpoint's own byte: it packs element `2i` low, `2i + 1` high) at the place
+//! `nvfp4::nibble_byte(c, t)` gives, then the [`NR`] E4M3 block scales of the columns.
 
 use rayon::prelude::*;
 
 use super::cpu::CpuIsa;
+use super::nvfp4::nibble_byte;
 use crate::dtype::WeightDType;
 use crate::error::KernelError;
 use crate::quant::e4m3::e4m3_is_nan;
@@ -210,7 +210,7 @@ impl PackedMatrix {
                 );
                 for (b, record) in dst.chunks_exact_mut(NVFP4_RECORD).enumerate() {
                     for t in 0..NVFP4_BLOCK / 2 {
-                        record[t * NR + c] = bytes[b * NVFP4_BLOCK / 2 + t];
+                        record[nibble_byte(c, t)] = bytes[b * NVFP4_BLOCK / 2 + t];
                     }
                     record[NVFP4_BLOCK / 2 * NR + c] = scales[b];
                 }

@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::cpu::{CpuIsa, SharedMut, Tile};
-use super::nvfp4::SCALES_AT;
+use super::nvfp4::{SCALES_AT, nibble_byte};
 use super::packed::{NR, NVFP4_RECORD, PackedMatrix};
 use super::xpack::pack_x;
 use crate::quant::e2m1::E2M1_VALUES;
@@ -28,62 +28,133 @@ use crate::quant::nvfp4::{NVFP4_BLOCK, quantize_blocks};
 
 /// Rows of x whose quantisation runs as one task.
 const QUANTISE_ROWS_PER_TASK: usize = 16;
-/// Rows per tile of the W4A4 kernels (two dot-product chains and one accumulator per row and
-/// vector must fit the register file).
+/// Rows per tile of the portable kernel.
 const MR: usize = 3;
 /// Panels per task.
-const GROUP_PANELS: usize = 2;
+const GROUP_PANELS: usize = 4;
 
-/// Activations of `m` rows quantised to NVFP4 and decoded: the E2M1 values as f32 (`[m, k]`)
-/// and the block scales as f32 (`[m, k / 16]`).
+/// Each row of x quantised to NVFP4 (`quantize_blocks` with the layer's input scale): per row,
+/// the E2M1 codes (`k / 2` bytes) and the E4M3 block scales as f32 (`k / 16`).
 struct QuantisedRows {
-    values: Vec<f32>,
+    codes: Vec<u8>,
     scales: Vec<f32>,
 }
 
 fn quantise_rows(x: &[f32], m: usize, k: usize, input_scale: f32) -> QuantisedRows {
     let blocks = k / NVFP4_BLOCK;
     let mut q = QuantisedRows {
-        values: vec![0.0; m * k],
+        codes: vec![0; m * k / 2],
         scales: vec![0.0; m * blocks],
     };
-    let quantise = |(i, (values, scales)): (usize, (&mut [f32], &mut [f32]))| {
-        let rows = values.len() / k;
-        let mut packed = vec![0u8; k / 2];
-        let mut codes = vec![0u8; blocks];
-        for r in 0..rows {
+    let quantise = |(i, (codes, scales)): (usize, (&mut [u8], &mut [f32]))| {
+        let mut scale_codes = vec![0u8; blocks];
+        for (r, (row_codes, row_scales)) in codes
+            .chunks_exact_mut(k / 2)
+            .zip(scales.chunks_exact_mut(blocks))
+            .enumerate()
+        {
             let row = &x[(i * QUANTISE_ROWS_PER_TASK + r) * k..][..k];
-            quantize_blocks(row, input_scale, &mut packed, &mut codes);
-            for (pair, &byte) in values[r * k..(r + 1) * k].chunks_exact_mut(2).zip(&packed) {
-                pair[0] = E2M1_VALUES[usize::from(byte & 0xF)];
-                pair[1] = E2M1_VALUES[usize::from(byte >> 4)];
-            }
-            for (s, &c) in scales[r * blocks..(r + 1) * blocks].iter_mut().zip(&codes) {
+            quantize_blocks(row, input_scale, row_codes, &mut scale_codes);
+            for (s, &c) in row_scales.iter_mut().zip(&scale_codes) {
                 *s = e4m3_to_f32(c);
             }
         }
     };
-    q.values
-        .par_chunks_mut(QUANTISE_ROWS_PER_TASK * k)
+    q.codes
+        .par_chunks_mut(QUANTISE_ROWS_PER_TASK * k / 2)
         .zip(q.scales.par_chunks_mut(QUANTISE_ROWS_PER_TASK * blocks))
         .enumerate()
         .for_each(quantise);
     q
 }
 
+/// The quantised rows in the order a kernel reads them, and the kernel.
+enum Operands {
+    /// Tiles of [`MR`] rows: the E2M1 values as f32, k-major (`[k][rows]`), and the block scales
+    /// (`[k / 16][rows]`).
+    Portable { values: Vec<f32>, scales: Vec<f32> },
+    /// Tiles of `w4a4_vnni::MR` rows: one record per block and row (`[k / 16][rows]`).
+    #[cfg(target_arch = "x86_64")]
+    Vnni(Vec<super::w4a4_vnni::RowBlock>),
+}
+
+impl Operands {
+    fn new(isa: CpuIsa, q: &QuantisedRows, m: usize, k: usize) -> Operands {
+        let blocks = k / NVFP4_BLOCK;
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, CpuIsa::Avx512 | CpuIsa::Amx) && super::w4a4_vnni::available() {
+            let mr = super::w4a4_vnni::MR;
+            let mut records = vec![super::w4a4_vnni::RowBlock::default(); m * blocks];
+            for (t, tile) in records.chunks_mut(mr * blocks).enumerate() {
+                let rows = tile.len() / blocks;
+                for (b, at) in tile.chunks_exact_mut(rows).enumerate() {
+                    for (r, record) in at.iter_mut().enumerate() {
+                        let i = t * mr + r;
+                        let codes = &q.codes[i * k / 2 + b * NVFP4_BLOCK / 2..][..NVFP4_BLOCK / 2];
+                        *record = super::w4a4_vnni::RowBlock::new(codes, q.scales[i * blocks + b]);
+                    }
+                }
+            }
+            return Operands::Vnni(records);
+        }
+        let _ = isa;
+        let values: Vec<f32> = q
+            .codes
+            .iter()
+            .flat_map(|&byte| {
+                [
+                    E2M1_VALUES[usize::from(byte & 0xF)],
+                    E2M1_VALUES[usize::from(byte >> 4)],
+                ]
+            })
+            .collect();
+        let (mut xv, mut xs) = (vec![0.0; m * k], vec![0.0; m * blocks]);
+        pack_x(&values, k, 0..m, MR, &mut xv);
+        pack_x(&q.scales, blocks, 0..m, MR, &mut xs);
+        Operands::Portable { values: xv, scales: xs }
+    }
+
+    /// Rows per tile.
+    fn rows_per_tile(&self) -> usize {
+        match self {
+            Operands::Portable { .. } => MR,
+            #[cfg(target_arch = "x86_64")]
+            Operands::Vnni(_) => super::w4a4_vnni::MR,
+        }
+    }
+
+    /// Runs the tile of rows `i0..i0 + rows` against `panels` panels (`t.x` is set here).
+    ///
+    /// # Safety
+    /// `t` is valid for those rows and panels as on [`Tile`] (but for `t.x`).
+    unsafe fn run_tile(&self, i0: usize, rows: usize, panels: usize, t: &mut Tile<u8>) {
+        let blocks = t.kc / NVFP4_BLOCK;
+        // SAFETY: the operands hold k values (or k / 16 records) per row, tiles in row order.
+        unsafe {
+            match self {
+                Operands::Portable { values, scales } => {
+                    t.x = values[i0 * t.kc..].as_ptr();
+                    t.x_stride = rows;
+                    tile_portable(rows, panels, t, scales[i0 * blocks..].as_ptr())
+                }
+                #[cfg(target_arch = "x86_64")]
+                Operands::Vnni(records) => super::w4a4_vnni::tile(rows, panels, t, records[i0 * blocks..].as_ptr()),
+            }
+        }
+    }
+}
+
 /// `y = W4A4(x, w) (+ bias)`; `w` is NVFP4 with an input scale, arguments validated, `m > 0`.
+/// On AVX-512 VNNI the block products run in 8-bit integers (`w4a4_vnni.rs`), elsewhere in the
+/// portable kernel; the two give the same bits.
 pub(super) fn run(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());
-    let blocks = k / NVFP4_BLOCK;
     let input_scale = w
         .input_scale()
         .expect("W4A4 needs an input scale (checked by the caller)");
-    let q = quantise_rows(x, m, k, input_scale);
-    // Tiles of MR rows, k-major, as the kernels broadcast from them.
-    let (mut xv, mut xs) = (vec![0.0; m * k], vec![0.0; m * blocks]);
-    pack_x(&q.values, k, 0..m, MR, &mut xv);
-    pack_x(&q.scales, blocks, 0..m, MR, &mut xs);
-    let tiles = m.div_ceil(MR);
+    let operands = Operands::new(isa, &quantise_rows(x, m, k, input_scale), m, k);
+    let mr = operands.rows_per_tile();
+    let tiles = m.div_ceil(mr);
     let pb = w.panel_bytes();
     let yp = SharedMut(y.as_mut_ptr());
     let groups = w.panels().div_ceil(GROUP_PANELS);
@@ -91,9 +162,9 @@ pub(super) fn run(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Opti
         let p0 = g * GROUP_PANELS;
         let panels = GROUP_PANELS.min(w.panels() - p0);
         for t in 0..tiles {
-            let (i0, rows) = (t * MR, MR.min(m - t * MR));
-            let tile = Tile {
-                x: xv[i0 * k..].as_ptr(),
+            let (i0, rows) = (t * mr, mr.min(m - t * mr));
+            let mut tile = Tile {
+                x: std::ptr::null(),
                 x_stride: rows,
                 w: w.data_ptr::<u8>().wrapping_add(p0 * pb),
                 panel_stride: pb,
@@ -104,25 +175,20 @@ pub(super) fn run(isa: CpuIsa, x: &[f32], m: usize, w: &PackedMatrix, bias: Opti
                 bias: bias.map_or(std::ptr::null(), |b| b[p0 * NR..].as_ptr()),
                 scale: input_scale * w.scale(),
             };
-            let scales = xs[i0 * blocks..].as_ptr();
-            // SAFETY: the ISA is available (checked by `matmul`); the x tile holds k * rows
-            // values and its scales blocks * rows, the group's panels exist (pb bytes apart),
-            // and y rows i0.. and columns p0 * NR.. (clipped by `cols`) are this task's alone.
-            unsafe {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    CpuIsa::Avx512 | CpuIsa::Amx => super::avx512::w4a4_tile(rows, panels, &tile, scales),
-                    _ => tile_portable(rows, panels, &tile, scales),
-                }
-            }
+            // SAFETY: the ISA of the operands is available (chosen by `Operands::new`); the
+            // group's panels exist (pb bytes apart), and y rows i0.. and columns p0 * NR..
+            // (clipped by `cols`) are this task's alone.
+            unsafe { operands.run_tile(i0, rows, panels, &mut tile) };
         }
     });
 }
 
-/// The portable W4A4 tile, with the same operations per output as the SIMD one.
+/// The portable W4A4 tile, with the same operations per output as the VNNI one: `rows` rows of
+/// E2M1 activation values (`t.x`, `[kc][rows]`) and their block scales (`xs`, `[kc / 16][rows]`)
+/// against `panels` NVFP4 panels.
 ///
 /// # Safety
-/// As for `avx512::w4a4_tile`.
+/// The pointers are valid as described (and on `Tile`).
 unsafe fn tile_portable(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32) {
     let blocks = t.kc / NVFP4_BLOCK;
     for q in 0..panels {
@@ -137,7 +203,7 @@ unsafe fn tile_portable(rows: usize, panels: usize, t: &Tile<u8>, xs: *const f32
                     for (b, record) in panel.chunks_exact(NVFP4_RECORD).enumerate() {
                         let mut dot = 0.0f32;
                         for pair in 0..NVFP4_BLOCK / 2 {
-                            let byte = record[pair * NR + c];
+                            let byte = record[nibble_byte(c, pair)];
                             let kk = b * NVFP4_BLOCK + 2 * pair;
                             dot += *t.x.add(kk * rows + r) * E2M1_VALUES[usize::from(byte & 0xF)];
                             dot += *t.x.add((kk + 1) * rows + r) * E2M1_VALUES[usize::from(byte >> 4)];

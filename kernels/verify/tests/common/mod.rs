@@ -60,6 +60,39 @@ pub(crate) fn launch(name: &str, grid: [u32; 3], block: [u32; 3], shared_bytes: 
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Appends what every dense GEMM kernel's parameters end with: the bias (or null), m, n, k and
+/// the output.
+pub(crate) fn gemm_tail<'a>(
+    args: &'a mut Args,
+    bias: Option<&[f32]>,
+    (m, n, k): (usize, usize, usize),
+    y: &mut [f32],
+) -> &'a mut Args {
+    match bias {
+        Some(b) => args.input(b),
+        None => args.null(),
+    };
+    args.int(m as i32).int(n as i32).int(k as i32).output(y)
+}
+
+/// Launches a dense GEMM kernel (kernels/cuda/include/gemm_tile.cuh's 64 x 64 tiles) on [m, n].
+pub(crate) fn launch_gemm(kernel: &str, m: usize, n: usize, args: &mut Args) {
+    launch(
+        kernel,
+        [dim(n.div_ceil(64)), dim(m.div_ceil(64)), 1],
+        [128, 1, 1],
+        0,
+        args,
+    );
+}
+
+/// Launches a grouped expert GEMM kernel over N columns and the 64-row tiles of `offsets`
+/// (moe_routing.cu's padded permutation).
+pub(crate) fn launch_grouped_gemm(kernel: &str, n: usize, offsets: &[i32], args: &mut Args) {
+    let row_tiles = *offsets.last().expect("offsets has E + 1 entries") as usize / 64;
+    launch(kernel, [dim(n.div_ceil(64)), dim(row_tiles), 1], [128, 1, 1], 0, args);
+}
+
 /// `n` as a launch dimension.
 pub(crate) fn dim(n: usize) -> u32 {
     u32::try_from(n).unwrap()
@@ -80,12 +113,86 @@ pub(crate) fn bf16_values(rng: &mut StdRng, len: usize) -> (Vec<u16>, Vec<f64>) 
 
 /// `a [m, k] * w [n, k]^T (+ bias)` in f64, rounded to f32.
 pub(crate) fn bf16_product(a: &[f64], w: &[f64], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    scaled_product(a, w, 1.0, bias, m, n, k)
+}
+
+/// `a [m, k] * w [n, k]^T * scale (+ bias)` in f64, rounded to f32.
+pub(crate) fn scaled_product(
+    a: &[f64],
+    w: &[f64],
+    scale: f64,
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
             let dot: f64 = (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum();
-            c[i * n + j] = (dot + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
+            c[i * n + j] = (dot * scale + bias.map_or(0.0, |b| f64::from(b[j]))) as f32;
         }
     }
     c
+}
+
+/// `x` rounded to bf16 (nearest even), as the GEMMs stage f32 activations: as f32 for the CPU
+/// op, and exactly as f64 for a reference product.
+pub(crate) fn bf16_rounded(x: &[f32]) -> (Vec<f32>, Vec<f64>) {
+    let rounded: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+    let exact = rounded.iter().map(|&v| f64::from(v)).collect();
+    (rounded, exact)
+}
+
+/// Per expert, its routing entries (`t * top_k + slot`) in token order, padded with -1 to
+/// `tile`, as moe_routing.cu's permutation lays them out: (offsets, sorted).
+pub(crate) fn permutation_reference(experts: &[i32], num_experts: usize, tile: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut offsets = vec![0i32];
+    let mut sorted = Vec::new();
+    for e in 0..num_experts {
+        let mine: Vec<i32> = (0..experts.len())
+            .filter(|&i| experts[i] == e as i32)
+            .map(|i| i as i32)
+            .collect();
+        let padded = mine.len().div_ceil(tile) * tile;
+        sorted.extend(&mine);
+        sorted.resize(sorted.len() + padded - mine.len(), -1);
+        offsets.push(sorted.len() as i32);
+    }
+    (offsets, sorted)
+}
+
+/// NVFP4 data as a checkpoint stores it, and its exact values.
+pub(crate) struct Nvfp4Data {
+    /// `[rows, k / 2]`, element `2i` in the low nibble.
+    pub packed: Vec<u8>,
+    /// E4M3 `[rows, k / 16]`.
+    pub scales: Vec<u8>,
+    /// `e2m1 * block_scale` per element, `[rows, k]` (exact; without any tensor scale).
+    pub values: Vec<f64>,
+}
+
+impl Nvfp4Data {
+    /// Decodes packed data with the CPU codecs (`marc_kernels::quant`).
+    pub(crate) fn new(packed: Vec<u8>, scales: Vec<u8>) -> Self {
+        // The kernels read the nibbles as 32-bit words (rows are K / 2 bytes, a multiple of 8).
+        assert_eq!(packed.as_ptr() as usize % 4, 0, "NVFP4 data must be 4-byte aligned");
+        let values = packed
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &byte)| {
+                let scale = marc_kernels::e4m3_to_f32(scales[i / 8]);
+                [byte & 0xF, byte >> 4].map(|code| f64::from(marc_kernels::e2m1_to_f32(code) * scale))
+            })
+            .collect();
+        Self { packed, scales, values }
+    }
+
+    /// `rows x k` random weights: every nibble, block scales normal E4M3 codes from 2^-6 to
+    /// 2^6, so blocks differ in magnitude.
+    pub(crate) fn random(rng: &mut StdRng, rows: usize, k: usize) -> Self {
+        let packed = (0..rows * k / 2).map(|_| rng.random::<u8>()).collect();
+        let scales = (0..rows * k / 16).map(|_| rng.random_range(0x08u8..0x68)).collect();
+        Self::new(packed, scales)
+    }
 }
