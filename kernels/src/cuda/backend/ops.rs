@@ -503,6 +503,17 @@ impl Backend for Cuda {
         router: &RouterConfig,
         experts: &CudaExperts,
     ) -> Result<CudaTensor, KernelError> {
-        self.moe(x, logits, bias, router, experts)
+        let routing = self.route(&logits, bias, router, experts.experts)?;
+        let (entries, inter, width) = (routing.entries(), experts.inter, experts.width);
+        check_len("routed_experts", "x", x.len, routing.tokens() * width)?;
+        // up (rows gathered by token), relu², down (rows by entry), then the weighted sum.
+        let mut up = self.tensor("routed_experts", entries * inter)?;
+        let projection = (experts.up_ptr, (inter, width));
+        self.grouped_gemm(x, &routing, router.top_k, projection, experts.precision, &up)?;
+        self.relu2(&mut up)?;
+        let down = self.tensor("routed_experts", entries * width)?;
+        let projection = (experts.down_ptr, (width, inter));
+        self.grouped_gemm(&up, &routing, 1, projection, experts.precision, &down)?;
+        self.unpermute(&down, &routing, width)
     }
 }
