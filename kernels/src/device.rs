@@ -1,10 +1,10 @@
 //! Where the ops run: the CPU backend (the default) or a CUDA device.
 //!
-//! The CUDA kernels (`kernels/cuda/`) are written and verified without a GPU (crate
-//! `kernels/verify`: NVRTC compile checks and CPU emulation); the device-side op dispatch is not
-//! wired into the model yet. So [`open`] checks what can be checked on the machine (a driver, the
-//! device) and then says plainly that the model cannot run on CUDA, rather than pretending to.
-//! The driver is probed before any cudarc call that would panic without `libcuda`.
+//! [`open`] checks what can be checked before a model is read (a driver, the device); the CUDA
+//! backend itself opens with the model's sizes ([`crate::cuda::backend::Cuda::open`]) and fails,
+//! with a [`DeviceError`] that says why, when the kernels it launches are not all written, the
+//! model's shapes are not ones they handle, or the memory plan does not fit. The driver is probed
+//! before any cudarc call that would panic without `libcuda`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,14 +48,45 @@ pub enum DeviceError {
         /// The driver's error.
         reason: String,
     },
-    /// The device works, but marc's CUDA backend cannot run the model yet.
-    #[error(
-        "{device}: the CUDA device is available, but marc's CUDA backend does not run the model yet (its kernels \
-         are written and verified, see docs/gpu.md); run on the CPU with --device cpu"
-    )]
-    BackendIncomplete {
+    /// The kernels could not be compiled for the device.
+    #[error("{device}: compiling the CUDA kernels failed: {reason}")]
+    Compile {
         /// The device asked for.
         device: Device,
+        /// NVRTC's or the PTX cache's error.
+        reason: String,
+    },
+    /// Kernels the backend launches are not in the compiled sources yet.
+    #[error(
+        "{device}: the CUDA backend cannot run the model yet: kernels {missing:?} are not written (see docs/gpu.md, \
+         \"What the host side needs\"); run on the CPU with --device cpu"
+    )]
+    MissingKernels {
+        /// The device asked for.
+        device: Device,
+        /// The kernel names not found.
+        missing: Vec<&'static str>,
+    },
+    /// The model has a shape the kernels do not handle.
+    #[error("{device}: the CUDA kernels do not handle this model: {reason}; run on the CPU with --device cpu")]
+    Unsupported {
+        /// The device asked for.
+        device: Device,
+        /// What is not handled.
+        reason: String,
+    },
+    /// The memory plan does not fit in the device's free memory.
+    #[error(
+        "{device}: the model needs {needed} bytes of device memory (weights and the workspace for the batch \
+         token limit), and {free} are free; serve fewer layers or lower --max-batch-tokens"
+    )]
+    OutOfMemory {
+        /// The device asked for.
+        device: Device,
+        /// Bytes planned.
+        needed: usize,
+        /// Bytes free on the device.
+        free: usize,
     },
 }
 
@@ -81,7 +112,8 @@ pub fn cuda_driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-/// Checks that the ops can run on `device`: always for the CPU; for CUDA, see the module docs.
+/// Checks that the ops can run on `device`: always for the CPU; for CUDA, that a driver is
+/// there and opens the device (the backend itself opens with the model: [`crate::cuda::backend::Cuda::open`]).
 pub fn open(device: Device) -> Result<(), DeviceError> {
     let Device::Cuda(ordinal) = device else {
         return Ok(());
@@ -93,7 +125,7 @@ pub fn open(device: Device) -> Result<(), DeviceError> {
         device,
         reason: e.to_string(),
     })?;
-    Err(DeviceError::BackendIncomplete { device })
+    Ok(())
 }
 
 #[cfg(test)]

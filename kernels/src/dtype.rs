@@ -56,3 +56,51 @@ impl fmt::Display for WeightDType {
         f.write_str(self.name())
     }
 }
+
+/// The plain floating element types: what embeddings, vectors and unquantised matrices come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FloatType {
+    /// IEEE 754 binary32.
+    F32,
+    /// bfloat16.
+    BF16,
+    /// IEEE 754 binary16.
+    F16,
+}
+
+impl FloatType {
+    /// Bytes per element.
+    pub const fn size_in_bytes(self) -> usize {
+        self.weight_dtype().size_in_bytes()
+    }
+
+    /// The same type as a [`WeightDType`].
+    pub const fn weight_dtype(self) -> WeightDType {
+        match self {
+            Self::F32 => WeightDType::F32,
+            Self::BF16 => WeightDType::BF16,
+            Self::F16 => WeightDType::F16,
+        }
+    }
+
+    /// Converts little-endian elements of this type to f32 (exactly: every value is an f32).
+    pub fn widen_into(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            Self::F32 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Self::BF16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            Self::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        }
+    }
+}

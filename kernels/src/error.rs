@@ -56,6 +56,14 @@ pub enum KernelError {
     /// A packed sequence op refused its arguments.
     #[error(transparent)]
     Sequence(#[from] crate::ops::SeqOpError),
+    /// The device failed the op (a driver error, or device memory the plan did not provide).
+    #[error("{op}: the device failed: {reason}")]
+    Device {
+        /// The op that ran.
+        op: &'static str,
+        /// The driver's or the arena's message.
+        reason: String,
+    },
     /// The op does not support this combination of arguments.
     #[error("{op}: unsupported: {reason}")]
     Unsupported {

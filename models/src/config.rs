@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use marc_kernels::ops::moe_route::RouterConfig;
 use serde::Deserialize;
 
 use crate::error::LoadError;
@@ -151,6 +152,17 @@ impl MoeConfig {
     /// The width routed experts read and write: the latent size, else the hidden size.
     pub fn expert_width(&self, hidden_size: usize) -> usize {
         self.latent_size.unwrap_or(hidden_size)
+    }
+
+    /// How tokens are routed, as the routing op takes it.
+    pub fn router(&self) -> RouterConfig {
+        RouterConfig {
+            top_k: self.top_k,
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+            norm_topk_prob: self.norm_topk_prob,
+            routed_scaling_factor: self.routed_scaling_factor,
+        }
     }
 }
 

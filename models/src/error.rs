@@ -125,6 +125,9 @@ pub enum LoadError {
         /// The deepest layer the model has.
         available: usize,
     },
+    /// The device to load onto cannot be used.
+    #[error(transparent)]
+    Device(#[from] marc_kernels::device::DeviceError),
 }
 
 /// Why a forward pass was refused or failed.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use marc_kernels::MatmulPrecision;
-use marc_kernels::ops::norm::rms_norm;
+use marc_kernels::backend::cpu::Cpu;
+use marc_kernels::backend::{Backend, Resident};
 
 use crate::batch::PackedBatch;
 use crate::blocks::Mixer;
@@ -14,8 +15,7 @@ use crate::checkpoint::{Checkpoint, layer_of};
 use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::{ForwardError, LoadError};
 use crate::quant::{ActivationAmax, QuantMode};
-use crate::scratch;
-use crate::weights::{EmbeddingTable, WeightLoader};
+use crate::weights::WeightLoader;
 
 /// What to load.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,22 +58,24 @@ impl BlockTimings {
     }
 }
 
-struct Block {
-    norm: Vec<f32>,
-    mixer: Mixer,
+struct Block<B: Backend> {
+    norm: B::Vector,
+    mixer: Mixer<B>,
 }
 
-/// A loaded NemotronH model (possibly cut after a middle block).
-pub struct NemotronH {
+/// A loaded NemotronH model (possibly cut after a middle block), its weights held by backend `B`
+/// (the CPU by default), which runs its forward pass.
+pub struct NemotronH<B: Backend = Cpu> {
+    backend: B,
     config: NemotronHConfig,
-    embeddings: EmbeddingTable,
-    blocks: Vec<Block>,
+    embeddings: B::Embedding,
+    blocks: Vec<Block<B>>,
     /// Present only when every block is loaded.
-    norm_f: Option<Vec<f32>>,
+    norm_f: Option<B::Vector>,
 }
 
-impl NemotronH {
-    /// Loads the model in `dir` (`config.json` + safetensors).
+impl NemotronH<Cpu> {
+    /// Loads the model in `dir` (`config.json` + safetensors) on the CPU.
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, LoadError> {
         Self::load_with_progress(dir, options, &mut |_| {})
     }
@@ -84,17 +86,30 @@ impl NemotronH {
         options: LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self, LoadError> {
-        Self::load_inner(dir, options, progress, None)
+        Self::load_with(Cpu, dir, options, progress, None)
     }
 
     /// Like [`NemotronH::load`], with every Linear reporting its inputs to `amax` when it runs:
     /// the model `marc quantize --calibrate` runs a corpus through (see
     /// [`crate::quant::calibration`]).
     pub fn load_observed(dir: &Path, options: LoadOptions, amax: Arc<ActivationAmax>) -> Result<Self, LoadError> {
-        Self::load_inner(dir, options, &mut |_| {}, Some(amax))
+        Self::load_with(Cpu, dir, options, &mut |_| {}, Some(amax))
+    }
+}
+
+impl<B: Backend> NemotronH<B> {
+    /// Loads the model in `dir` onto `backend`, reporting progress as weights are read.
+    pub fn load_on(
+        backend: B,
+        dir: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, LoadError> {
+        Self::load_with(backend, dir, options, progress, None)
     }
 
-    fn load_inner(
+    fn load_with(
+        backend: B,
         dir: &Path,
         options: LoadOptions,
         progress: &mut dyn FnMut(LoadProgress),
@@ -117,7 +132,7 @@ impl NemotronH {
         })?;
         progress(LoadProgress { done: 0, total });
         let mut report = |done: u64| progress(LoadProgress { done, total });
-        let mut w = WeightLoader::new(&checkpoint, options.precision, options.quant, &mut report);
+        let mut w = WeightLoader::new(&backend, &checkpoint, options.precision, options.quant, &mut report);
         if let Some(amax) = observer {
             w.observe_into(amax);
         }
@@ -127,18 +142,24 @@ impl NemotronH {
         let blocks = (0..depth)
             .map(|layer| {
                 Ok(Block {
-                    norm: w.vector(&format!("layers.{layer}.norm.weight"), &[hidden])?,
+                    norm: w.param(&format!("layers.{layer}.norm.weight"), &[hidden])?,
                     mixer: Mixer::load(&mut w, &config, layer)?,
                 })
             })
             .collect::<Result<Vec<_>, LoadError>>()?;
-        let norm_f = full.then(|| w.vector("norm_f.weight", &[hidden])).transpose()?;
+        let norm_f = full.then(|| w.param("norm_f.weight", &[hidden])).transpose()?;
         Ok(Self {
+            backend,
             config,
             embeddings,
             blocks,
             norm_f,
         })
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     /// The model's config.
@@ -185,24 +206,20 @@ impl NemotronH {
             });
         }
         batch.check_vocab(self.config.vocab_size)?;
-        let hidden = self.config.hidden_size;
-        let tokens = batch.num_tokens();
-        let cu_seqlens = batch.cu_seqlens();
+        let backend = &self.backend;
+        let on_backend = backend.batch(batch.tokens(), batch.cu_seqlens())?;
 
-        let mut h = scratch::take(tokens * hidden);
-        for (row, &id) in h.chunks_exact_mut(hidden).zip(batch.tokens()) {
-            self.embeddings.row_into(id as usize, row);
-        }
+        let mut h = backend.embed(&self.embeddings, &on_backend)?;
         let mut outputs: Vec<Option<Vec<f32>>> = vec![None; layers.len()];
-        let mut normed = scratch::take(tokens * hidden);
         for layer in 0..=deepest {
             if layer > 0 {
                 let started = Instant::now();
                 let block = &self.blocks[layer - 1];
-                rms_norm(&h, &block.norm, self.config.norm_eps, &mut normed)?;
-                let mixed = block.mixer.forward(&normed, cu_seqlens)?;
-                marc_kernels::ops::activation::add_in_place(&mut h, &mixed);
+                let normed = backend.rms_norm(&h, &block.norm, self.config.norm_eps)?;
+                let mixed = block.mixer.forward(backend, &normed, &on_backend)?;
+                backend.add_assign(&mut h, &mixed)?;
                 if let Some(t) = timings.as_deref_mut() {
+                    backend.synchronize()?;
                     t.add(self.config.blocks[layer - 1], started.elapsed());
                 }
             }
@@ -210,12 +227,8 @@ impl NemotronH {
                 continue;
             }
             let state = match (&self.norm_f, layer == self.config.num_layers()) {
-                (Some(norm_f), true) => {
-                    let mut out = vec![0.0; h.len()];
-                    rms_norm(&h, norm_f, self.config.norm_eps, &mut out)?;
-                    out
-                }
-                _ => h.to_vec(),
+                (Some(norm_f), true) => backend.download(&backend.rms_norm(&h, norm_f, self.config.norm_eps)?)?,
+                _ => backend.download(&h)?,
             };
             for (slot, _) in outputs.iter_mut().zip(layers).filter(|(_, l)| **l == layer) {
                 *slot = Some(state.clone());

@@ -5,88 +5,25 @@
 
 use std::sync::Arc;
 
-use half::{bf16, f16};
-use marc_kernels::{MatmulPrecision, PackedMatrix, WeightDType};
+use marc_kernels::backend::{Backend, InputObserver, LinearSource, WeightData, WeightSource};
+use marc_kernels::{MatmulPrecision, PackedMatrix};
 use safetensors::Dtype;
+
+pub use marc_kernels::FloatType;
+pub use marc_kernels::backend::cpu::{EmbeddingTable, Linear};
 
 use crate::checkpoint::{Checkpoint, TensorRef};
 use crate::error::LoadError;
 use crate::quant::QuantMode;
 use crate::quant::calibration::{ActivationAmax, Observer};
 use crate::quant::stored::StoredWeight;
-use crate::scratch::{self, Buffer};
 
 /// Receives the number of checkpoint bytes consumed so far.
 pub type ProgressFn<'a> = dyn FnMut(u64) + 'a;
 
-/// An embedding table kept in the checkpoint's dtype; rows are widened when looked up.
-pub struct EmbeddingTable {
-    dtype: FloatType,
-    width: usize,
-    bytes: Vec<u8>,
-}
-
-impl EmbeddingTable {
-    /// Number of rows (the vocabulary size).
-    pub fn rows(&self) -> usize {
-        self.bytes.len() / (self.width * self.dtype.size_in_bytes())
-    }
-
-    /// Writes row `row` as f32 into `out` (`width` values). `row` must be `< rows()`.
-    pub fn row_into(&self, row: usize, out: &mut [f32]) {
-        let size = self.dtype.size_in_bytes();
-        let bytes = &self.bytes[row * self.width * size..(row + 1) * self.width * size];
-        widen_into(self.dtype, bytes, out);
-    }
-
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-/// The plain floating element types: what embeddings, vectors and unquantised matrices come in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FloatType {
-    F32,
-    BF16,
-    F16,
-}
-
-impl FloatType {
-    pub(crate) const fn size_in_bytes(self) -> usize {
-        self.weight_dtype().size_in_bytes()
-    }
-
-    /// The kernels' name for it.
-    pub(crate) const fn weight_dtype(self) -> WeightDType {
-        match self {
-            Self::F32 => WeightDType::F32,
-            Self::BF16 => WeightDType::BF16,
-            Self::F16 => WeightDType::F16,
-        }
-    }
-}
-
 /// Converts little-endian elements of `dtype` to f32.
 pub(crate) fn widen_into(dtype: FloatType, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        FloatType::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        FloatType::BF16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        FloatType::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-    }
+    dtype.widen_into(bytes, out);
 }
 
 /// The floating dtypes weights may come in.
@@ -102,6 +39,14 @@ pub(crate) fn float_dtype(t: &TensorRef<'_>) -> Result<FloatType, LoadError> {
             found: format!("{other:?}"),
         }),
     }
+}
+
+/// A float tensor's values as f32.
+fn widened(t: &TensorRef<'_>) -> Result<Vec<f32>, LoadError> {
+    let dtype = float_dtype(t)?;
+    let mut out = vec![0.0; t.shape.iter().product()];
+    widen_into(dtype, t.bytes, &mut out);
+    Ok(out)
 }
 
 pub(crate) fn check_shape(t: &TensorRef<'_>, expected: &[usize]) -> Result<(), LoadError> {
@@ -120,8 +65,10 @@ pub(crate) fn describe(shape: &[usize]) -> String {
     format!("a F32/BF16/F16 tensor of shape {shape:?}")
 }
 
-/// Fetches tensors from a checkpoint with checks, counting bytes for progress.
-pub(crate) struct WeightLoader<'a> {
+/// Fetches tensors from a checkpoint with checks, counting bytes for progress, and hands them
+/// to the backend.
+pub(crate) struct WeightLoader<'a, B: Backend> {
+    backend: &'a B,
     checkpoint: &'a Checkpoint,
     precision: MatmulPrecision,
     quant: QuantMode,
@@ -131,14 +78,16 @@ pub(crate) struct WeightLoader<'a> {
     observer: Option<Arc<ActivationAmax>>,
 }
 
-impl<'a> WeightLoader<'a> {
+impl<'a, B: Backend> WeightLoader<'a, B> {
     pub(crate) fn new(
+        backend: &'a B,
         checkpoint: &'a Checkpoint,
         precision: MatmulPrecision,
         quant: QuantMode,
         progress: &'a mut ProgressFn<'a>,
     ) -> Self {
         Self {
+            backend,
             checkpoint,
             precision,
             quant,
@@ -168,10 +117,38 @@ impl<'a> WeightLoader<'a> {
     /// A vector (or small tensor) of the given shape, as f32.
     pub(crate) fn vector(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
         let t = self.fetch(name, shape)?;
-        let dtype = float_dtype(&t)?;
-        let mut out = vec![0.0; shape.iter().product()];
-        widen_into(dtype, t.bytes, &mut out);
-        Ok(out)
+        widened(&t)
+    }
+
+    /// A vector (or small tensor) of the given shape, on the backend.
+    pub(crate) fn param(&mut self, name: &str, shape: &[usize]) -> Result<B::Vector, LoadError> {
+        self.param_with(name, shape, |values| values)
+    }
+
+    /// Like [`Self::param`], with the values transformed on the way (e.g. `A = -exp(A_log)`).
+    pub(crate) fn param_with(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        transform: impl FnOnce(Vec<f32>) -> Vec<f32>,
+    ) -> Result<B::Vector, LoadError> {
+        let t = self.fetch(name, shape)?;
+        let values = transform(widened(&t)?);
+        self.backend.upload_vector(values).map_err(|source| LoadError::Kernel {
+            path: t.path.to_owned(),
+            tensor: t.name.to_owned(),
+            source,
+        })
+    }
+
+    /// A vector on the backend that exists only when the config says so.
+    pub(crate) fn optional_param(
+        &mut self,
+        name: &str,
+        len: usize,
+        present: bool,
+    ) -> Result<Option<B::Vector>, LoadError> {
+        present.then(|| self.param(name, &[len])).transpose()
     }
 
     /// A vector that exists only when the config says so.
@@ -211,6 +188,39 @@ impl<'a> WeightLoader<'a> {
         Ok(MatmulPrecision::Nvfp4Activations)
     }
 
+    /// Hands a Linear stored as `stored` to the backend; errors name the stored tensor. When
+    /// calibrating, its inputs are reported under `observed_as` (its canonical module name), if given.
+    fn upload_linear(
+        &self,
+        observed_as: Option<&str>,
+        stored: &StoredWeight<'_>,
+        (rows, cols): (usize, usize),
+        bias: Option<Vec<f32>>,
+        precision: MatmulPrecision,
+    ) -> Result<B::Linear, LoadError> {
+        let with_input_scale = precision == MatmulPrecision::Nvfp4Activations;
+        let observer = self.observer.as_ref().zip(observed_as).map(|(amax, module)| {
+            Arc::new(Observer {
+                amax: amax.clone(),
+                module: module.into(),
+            }) as Arc<dyn InputObserver>
+        });
+        let source = LinearSource {
+            weight: stored.source(rows, cols, with_input_scale)?,
+            bias,
+            precision,
+            observer,
+        };
+        self.backend.upload_linear(source).map_err(|source| {
+            let t = stored.tensor();
+            LoadError::Kernel {
+                path: t.path.to_owned(),
+                tensor: t.name.to_owned(),
+                source,
+            }
+        })
+    }
+
     /// The Linear of module `module` (its canonical name) from its stored weight.
     fn linear_from(
         &self,
@@ -219,26 +229,26 @@ impl<'a> WeightLoader<'a> {
         rows: usize,
         cols: usize,
         bias: Option<Vec<f32>>,
-    ) -> Result<Linear, LoadError> {
+    ) -> Result<B::Linear, LoadError> {
         let precision = self.precision_for(stored)?;
-        Ok(Linear {
-            weight: stored.pack(rows, cols, precision == MatmulPrecision::Nvfp4Activations)?,
-            bias,
-            precision,
-            observer: self.observer.as_ref().map(|amax| Observer {
-                amax: amax.clone(),
-                module: module.into(),
-            }),
-        })
+        self.upload_linear(Some(module), stored, (rows, cols), bias, precision)
     }
 
-    /// The weight of Linear `prefix` packed for a GEMM that always runs exact (the MoE router).
-    pub(crate) fn exact_matrix(&mut self, prefix: &str, rows: usize, cols: usize) -> Result<PackedMatrix, LoadError> {
-        self.stored(prefix, rows, cols)?.pack(rows, cols, false)
+    /// The Linear `prefix`, bias-free, for a GEMM that always runs exact (the MoE router).
+    pub(crate) fn exact_linear(&mut self, prefix: &str, rows: usize, cols: usize) -> Result<B::Linear, LoadError> {
+        let stored = self.stored(prefix, rows, cols)?;
+        // Not observed: the router is never quantised.
+        self.upload_linear(None, &stored, (rows, cols), None, MatmulPrecision::Exact)
     }
 
     /// A Linear `prefix` (`{prefix}.weight`, its scales if quantised, and its bias when `bias` is set).
-    pub(crate) fn linear(&mut self, prefix: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear, LoadError> {
+    pub(crate) fn linear(
+        &mut self,
+        prefix: &str,
+        rows: usize,
+        cols: usize,
+        bias: bool,
+    ) -> Result<B::Linear, LoadError> {
         let stored = self.stored(prefix, rows, cols)?;
         let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
         self.linear_from(prefix, &stored, rows, cols, bias)
@@ -254,7 +264,7 @@ impl<'a> WeightLoader<'a> {
         parts: [usize; N],
         cols: usize,
         bias: bool,
-    ) -> Result<[Linear; N], LoadError> {
+    ) -> Result<[B::Linear; N], LoadError> {
         let rows: usize = parts.iter().sum();
         let stored = self.stored(prefix, rows, cols)?;
         let bias = self.optional_vector(&format!("{prefix}.bias"), rows, bias)?;
@@ -283,7 +293,7 @@ impl<'a> WeightLoader<'a> {
         num_experts: usize,
         rows: usize,
         cols: usize,
-    ) -> Result<Linear, LoadError> {
+    ) -> Result<B::Linear, LoadError> {
         let per_expert = format!("{prefix}.{expert}.{proj}");
         let stacked = format!("{prefix}.{proj}");
         let stored_per_expert = ["weight", "weight_packed"]
@@ -306,14 +316,37 @@ impl<'a> WeightLoader<'a> {
         self.linear_from(&per_expert, &StoredWeight::Float(slice), rows, cols, None)
     }
 
-    /// The embedding table `[vocab, hidden]`, kept in its dtype.
-    pub(crate) fn embedding(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<EmbeddingTable, LoadError> {
-        let t = self.fetch(name, &[vocab, hidden])?;
-        Ok(EmbeddingTable {
-            dtype: float_dtype(&t)?,
-            width: hidden,
-            bytes: t.bytes.to_vec(),
+    /// Groups an MoE block's routed experts (tensors under `prefix`) on the backend.
+    pub(crate) fn group_experts(
+        &self,
+        prefix: &str,
+        experts: Vec<(B::Linear, B::Linear)>,
+    ) -> Result<B::Experts, LoadError> {
+        self.backend.group_experts(experts).map_err(|source| LoadError::Kernel {
+            path: self.checkpoint.dir().to_owned(),
+            tensor: format!("{prefix}.*"),
+            source,
         })
+    }
+
+    /// The embedding table `[vocab, hidden]`, kept in its dtype.
+    pub(crate) fn embedding(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<B::Embedding, LoadError> {
+        let t = self.fetch(name, &[vocab, hidden])?;
+        let table = WeightSource {
+            rows: vocab,
+            cols: hidden,
+            data: WeightData::Float {
+                dtype: float_dtype(&t)?,
+                bytes: t.bytes,
+            },
+        };
+        self.backend
+            .upload_embedding(table)
+            .map_err(|source| LoadError::Kernel {
+                path: t.path.to_owned(),
+                tensor: t.name.to_owned(),
+                source,
+            })
     }
 }
 
@@ -324,49 +357,4 @@ pub(crate) fn pack(t: &TensorRef<'_>, rows: usize, cols: usize) -> Result<Packed
         tensor: t.name.to_owned(),
         source,
     })
-}
-
-/// A Linear layer: packed weight and optional bias.
-pub struct Linear {
-    /// `[out, in]`.
-    pub weight: PackedMatrix,
-    /// `[out]`.
-    pub bias: Option<Vec<f32>>,
-    /// How the GEMM treats activations: exact f32, the opt-in bf16 mode, or NVFP4 quantisation
-    /// of the activations (W4A4, on NVFP4 weights with an input scale).
-    pub precision: MatmulPrecision,
-    /// Where the inputs are reported, in a model loaded for calibration.
-    pub(crate) observer: Option<Observer>,
-}
-
-impl Linear {
-    /// Output features.
-    pub fn out_features(&self) -> usize {
-        self.weight.rows()
-    }
-
-    /// `y[m, out] = x[m, in] · Wᵀ + b`.
-    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), marc_kernels::KernelError> {
-        if let Some(observer) = &self.observer {
-            observer.observe(x);
-        }
-        marc_kernels::matmul_with_precision(x, m, &self.weight, self.bias.as_deref(), y, self.precision)
-    }
-
-    /// Like [`Linear::forward`], into a pooled buffer.
-    pub fn apply(&self, x: &[f32], m: usize) -> Result<Buffer, marc_kernels::KernelError> {
-        let mut y = scratch::take(m * self.out_features());
-        self.forward(x, m, &mut y)?;
-        Ok(y)
-    }
-
-    /// Bytes of weights held.
-    pub fn size_in_bytes(&self) -> usize {
-        self.weight.size_in_bytes() + self.bias.as_ref().map_or(0, |b| b.len() * 4)
-    }
-
-    /// Whether it reports its inputs (a model loaded for calibration).
-    pub(crate) fn is_observed(&self) -> bool {
-        self.observer.is_some()
-    }
 }

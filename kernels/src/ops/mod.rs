@@ -8,6 +8,7 @@ pub mod activation;
 pub mod attention;
 pub mod causal_conv1d;
 pub mod matmul;
+pub mod moe_route;
 pub mod norm;
 pub mod seq_error;
 mod seq_gemm;

@@ -2,24 +2,24 @@
 //! position), over a packed batch: tokens never attend across sequences.
 
 use marc_kernels::KernelError;
-use marc_kernels::ops::attention::{AttentionShape, causal_attention};
+use marc_kernels::backend::{Backend, Resident};
+use marc_kernels::ops::attention::AttentionShape;
 
 use crate::config::AttentionConfig;
 use crate::error::LoadError;
-use crate::scratch::{self, Buffer};
-use crate::weights::{Linear, WeightLoader};
+use crate::weights::WeightLoader;
 
-pub(crate) struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+pub(crate) struct Attention<B: Backend> {
+    q: B::Linear,
+    k: B::Linear,
+    v: B::Linear,
+    o: B::Linear,
     shape: AttentionShape,
 }
 
-impl Attention {
+impl<B: Backend> Attention<B> {
     pub(crate) fn load(
-        w: &mut WeightLoader<'_>,
+        w: &mut WeightLoader<'_, B>,
         prefix: &str,
         cfg: &AttentionConfig,
         hidden: usize,
@@ -47,13 +47,11 @@ impl Attention {
             .sum()
     }
 
-    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Buffer, KernelError> {
-        let tokens = x.len() / self.q.weight.cols();
-        let q = self.q.apply(x, tokens)?;
-        let k = self.k.apply(x, tokens)?;
-        let v = self.v.apply(x, tokens)?;
-        let mut context = scratch::take(q.len());
-        causal_attention(&self.shape, cu_seqlens, &q, &k, &v, &mut context)?;
-        self.o.apply(&context, tokens)
+    pub(crate) fn forward(&self, backend: &B, x: &B::Tensor, batch: &B::Batch) -> Result<B::Tensor, KernelError> {
+        let q = backend.linear(x, &self.q)?;
+        let k = backend.linear(x, &self.k)?;
+        let v = backend.linear(x, &self.v)?;
+        let context = backend.causal_attention(&self.shape, batch, &q, &k, &v)?;
+        backend.linear(&context, &self.o)
     }
 }

@@ -3,37 +3,34 @@
 //! `A = -exp(A_log)` and the D skip; the gated group RMSNorm with z; `out_proj`.
 
 use marc_kernels::KernelError;
-use marc_kernels::ops::activation::softplus;
-use marc_kernels::ops::causal_conv1d::causal_conv1d_silu;
-use marc_kernels::ops::norm::gated_group_rms_norm;
-use marc_kernels::ops::ssd_scan::{SsdShape, ssd_scan_xbc};
+use marc_kernels::backend::{Backend, Resident};
+use marc_kernels::ops::ssd_scan::SsdShape;
 
 use crate::config::MambaConfig;
 use crate::error::LoadError;
-use crate::scratch::{self, Buffer};
-use crate::weights::{Linear, WeightLoader};
+use crate::weights::WeightLoader;
 
-pub(crate) struct Mamba {
+pub(crate) struct Mamba<B: Backend> {
     cfg: MambaConfig,
     eps: f32,
     /// `in_proj` split by output rows into its three consumers, so each lands contiguous.
-    z_proj: Linear,
-    xbc_proj: Linear,
-    dt_proj: Linear,
+    z_proj: B::Linear,
+    xbc_proj: B::Linear,
+    dt_proj: B::Linear,
     /// `[conv_dim, kernel]` (the checkpoint's `[conv_dim, 1, kernel]` without the unit axis).
-    conv_weight: Vec<f32>,
-    conv_bias: Option<Vec<f32>>,
+    conv_weight: B::Vector,
+    conv_bias: Option<B::Vector>,
     /// `-exp(A_log)`, computed once at load.
-    a: Vec<f32>,
-    d: Vec<f32>,
-    dt_bias: Vec<f32>,
-    norm: Vec<f32>,
-    out_proj: Linear,
+    a: B::Vector,
+    d: B::Vector,
+    dt_bias: B::Vector,
+    norm: B::Vector,
+    out_proj: B::Linear,
 }
 
-impl Mamba {
+impl<B: Backend> Mamba<B> {
     pub(crate) fn load(
-        w: &mut WeightLoader<'_>,
+        w: &mut WeightLoader<'_, B>,
         prefix: &str,
         cfg: &MambaConfig,
         hidden: usize,
@@ -47,19 +44,20 @@ impl Mamba {
             hidden,
             cfg.proj_bias,
         )?;
-        let a_log = w.vector(&format!("{prefix}.A_log"), &[heads])?;
         Ok(Self {
             cfg: cfg.clone(),
             eps,
             z_proj,
             xbc_proj,
             dt_proj,
-            conv_weight: w.vector(&format!("{prefix}.conv1d.weight"), &[conv_dim, 1, cfg.conv_kernel])?,
-            conv_bias: w.optional_vector(&format!("{prefix}.conv1d.bias"), conv_dim, cfg.conv_bias)?,
-            a: a_log.iter().map(|v| -v.exp()).collect(),
-            d: w.vector(&format!("{prefix}.D"), &[heads])?,
-            dt_bias: w.vector(&format!("{prefix}.dt_bias"), &[heads])?,
-            norm: w.vector(&format!("{prefix}.norm.weight"), &[inner])?,
+            conv_weight: w.param(&format!("{prefix}.conv1d.weight"), &[conv_dim, 1, cfg.conv_kernel])?,
+            conv_bias: w.optional_param(&format!("{prefix}.conv1d.bias"), conv_dim, cfg.conv_bias)?,
+            a: w.param_with(&format!("{prefix}.A_log"), &[heads], |a_log| {
+                a_log.iter().map(|v| -v.exp()).collect()
+            })?,
+            d: w.param(&format!("{prefix}.D"), &[heads])?,
+            dt_bias: w.param(&format!("{prefix}.dt_bias"), &[heads])?,
+            norm: w.param(&format!("{prefix}.norm.weight"), &[inner])?,
             out_proj: w.linear(&format!("{prefix}.out_proj"), hidden, inner, cfg.proj_bias)?,
         })
     }
@@ -69,43 +67,31 @@ impl Mamba {
             .iter()
             .map(|l| l.size_in_bytes())
             .sum::<usize>()
-            + 4 * self.conv_weight.len()
+            + self.conv_weight.size_in_bytes()
     }
 
-    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Buffer, KernelError> {
+    pub(crate) fn forward(&self, backend: &B, x: &B::Tensor, batch: &B::Batch) -> Result<B::Tensor, KernelError> {
         let cfg = &self.cfg;
-        let tokens = x.len() / self.z_proj.weight.cols();
-        let z = self.z_proj.apply(x, tokens)?;
-        let xbc = self.xbc_proj.apply(x, tokens)?;
-        let mut dt = self.dt_proj.apply(x, tokens)?;
-        for row in dt.chunks_exact_mut(cfg.num_heads) {
-            for (v, bias) in row.iter_mut().zip(&self.dt_bias) {
-                *v = softplus(*v + bias).max(cfg.dt_min);
-            }
-        }
+        let z = backend.linear(x, &self.z_proj)?;
+        let xbc = backend.linear(x, &self.xbc_proj)?;
+        let mut dt = backend.linear(x, &self.dt_proj)?;
+        backend.softplus_dt(&mut dt, &self.dt_bias, cfg.dt_min)?;
 
-        let mut conv = scratch::take(xbc.len());
-        causal_conv1d_silu(
-            &xbc,
-            cu_seqlens,
-            &self.conv_weight,
-            self.conv_bias.as_deref(),
-            cfg.conv_kernel,
-            &mut conv,
-        )?;
+        let conv =
+            backend.causal_conv1d_silu(&xbc, batch, &self.conv_weight, self.conv_bias.as_ref(), cfg.conv_kernel)?;
         drop(xbc);
 
-        let shape = SsdShape {
-            num_heads: cfg.num_heads,
-            head_dim: cfg.head_dim,
-            n_groups: cfg.n_groups,
-            state_size: cfg.state_size,
-            chunk_size: cfg.chunk_size,
-        };
-        let mut y = scratch::take(z.len());
-        ssd_scan_xbc(&shape, cu_seqlens, &conv, &dt, &self.a, &self.d, &mut y)?;
+        let shape = SsdShape::new(
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.n_groups,
+            cfg.state_size,
+            cfg.chunk_size,
+        );
+        let mut y = backend.ssd_scan_xbc(&shape, batch, &conv, &dt, &self.a, &self.d)?;
         drop(conv);
-        gated_group_rms_norm(&mut y, &z, &self.norm, cfg.intermediate_size() / cfg.n_groups, self.eps)?;
-        self.out_proj.apply(&y, tokens)
+        let group_size = cfg.intermediate_size() / cfg.n_groups;
+        backend.gated_group_rms_norm(&mut y, &z, &self.norm, group_size, self.eps)?;
+        backend.linear(&y, &self.out_proj)
     }
 }

@@ -1,21 +1,20 @@
-//! The non-gated ReLU² MLP: `down(relu(up(x))²)`. Also the shape of every routed and shared expert.
+//! The non-gated ReLU² MLP: `down(relu(up(x))²)`. Also the shape of the shared expert.
 
 use marc_kernels::KernelError;
-use marc_kernels::ops::activation::relu2_in_place;
+use marc_kernels::backend::{Backend, Resident};
 
 use crate::error::LoadError;
-use crate::scratch::Buffer;
-use crate::weights::{Linear, WeightLoader};
+use crate::weights::WeightLoader;
 
-pub(crate) struct Mlp {
-    up: Linear,
-    down: Linear,
+pub(crate) struct Mlp<B: Backend> {
+    up: B::Linear,
+    down: B::Linear,
 }
 
-impl Mlp {
+impl<B: Backend> Mlp<B> {
     /// Loads `{prefix}.up_proj` `[intermediate, width]` and `{prefix}.down_proj` `[width, intermediate]`.
     pub(crate) fn load(
-        w: &mut WeightLoader<'_>,
+        w: &mut WeightLoader<'_, B>,
         prefix: &str,
         width: usize,
         intermediate: usize,
@@ -27,25 +26,14 @@ impl Mlp {
         })
     }
 
-    /// Builds an expert from already packed projections.
-    pub(crate) fn from_parts(up: Linear, down: Linear) -> Self {
-        Self { up, down }
-    }
-
-    /// Whether its Linears report their inputs (a model loaded for calibration).
-    pub(crate) fn is_observed(&self) -> bool {
-        self.up.is_observed()
-    }
-
     pub(crate) fn size_in_bytes(&self) -> usize {
         self.up.size_in_bytes() + self.down.size_in_bytes()
     }
 
     /// `x`: `[m, width]` -> `[m, width]`.
-    pub(crate) fn forward(&self, x: &[f32]) -> Result<Buffer, KernelError> {
-        let m = x.len() / self.up.weight.cols();
-        let mut h = self.up.apply(x, m)?;
-        relu2_in_place(&mut h);
-        self.down.apply(&h, m)
+    pub(crate) fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor, KernelError> {
+        let mut h = backend.linear(x, &self.up)?;
+        backend.relu2(&mut h)?;
+        backend.linear(&h, &self.down)
     }
 }

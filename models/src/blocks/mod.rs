@@ -8,23 +8,23 @@ pub(crate) mod mlp;
 pub(crate) mod moe;
 
 use marc_kernels::KernelError;
+use marc_kernels::backend::Backend;
 
 use crate::config::{BlockKind, NemotronHConfig};
 use crate::error::LoadError;
-use crate::scratch::Buffer;
 use crate::weights::WeightLoader;
 
 /// One block's mixer.
-pub(crate) enum Mixer {
-    Mamba(mamba::Mamba),
-    Attention(attention::Attention),
-    Mlp(mlp::Mlp),
-    Moe(moe::Moe),
+pub(crate) enum Mixer<B: Backend> {
+    Mamba(mamba::Mamba<B>),
+    Attention(attention::Attention<B>),
+    Mlp(mlp::Mlp<B>),
+    Moe(moe::Moe<B>),
 }
 
-impl Mixer {
+impl<B: Backend> Mixer<B> {
     /// Loads the mixer of block `layer` (tensors under `layers.{layer}.mixer`).
-    pub(crate) fn load(w: &mut WeightLoader<'_>, config: &NemotronHConfig, layer: usize) -> Result<Self, LoadError> {
+    pub(crate) fn load(w: &mut WeightLoader<'_, B>, config: &NemotronHConfig, layer: usize) -> Result<Self, LoadError> {
         let prefix = format!("layers.{layer}.mixer");
         let hidden = config.hidden_size;
         Ok(match config.blocks[layer] {
@@ -51,13 +51,13 @@ impl Mixer {
         }
     }
 
-    /// Runs the mixer on `x` `[tokens, hidden]` whose sequences are delimited by `cu_seqlens`.
-    pub(crate) fn forward(&self, x: &[f32], cu_seqlens: &[usize]) -> Result<Buffer, KernelError> {
+    /// Runs the mixer on `x` `[tokens, hidden]` of `batch`.
+    pub(crate) fn forward(&self, backend: &B, x: &B::Tensor, batch: &B::Batch) -> Result<B::Tensor, KernelError> {
         match self {
-            Self::Mamba(m) => m.forward(x, cu_seqlens),
-            Self::Attention(a) => a.forward(x, cu_seqlens),
-            Self::Mlp(m) => m.forward(x),
-            Self::Moe(m) => m.forward(x),
+            Self::Mamba(m) => m.forward(backend, x, batch),
+            Self::Attention(a) => a.forward(backend, x, batch),
+            Self::Mlp(m) => m.forward(backend, x),
+            Self::Moe(m) => m.forward(backend, x),
         }
     }
 }

@@ -39,8 +39,8 @@ pub(crate) struct Observer {
     pub(crate) module: Arc<str>,
 }
 
-impl Observer {
-    pub(crate) fn observe(&self, x: &[f32]) {
+impl marc_kernels::backend::InputObserver for Observer {
+    fn observe(&self, x: &[f32]) {
         self.amax.observe(&self.module, x);
     }
 }

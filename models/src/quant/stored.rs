@@ -13,7 +13,7 @@
 //! `input_scale` (ModelOpt) / `input_global_scale` (compressed-tensors, reciprocal) is what W4A4
 //! quantises activations with.
 
-use marc_kernels::PackedMatrix;
+use marc_kernels::backend::{WeightData, WeightSource};
 use safetensors::Dtype;
 
 use crate::checkpoint::{Checkpoint, TensorRef};
@@ -202,32 +202,36 @@ impl<'a> StoredWeight<'a> {
         }
     }
 
-    /// Packs the weight for the GEMM, in its own format. `with_input_scale` keeps the static
-    /// activation scale so the kernel quantises activations (W4A4).
-    pub(crate) fn pack(&self, rows: usize, cols: usize, with_input_scale: bool) -> Result<PackedMatrix, LoadError> {
-        let packed = match self {
-            Self::Float(t) => PackedMatrix::from_bytes(float_dtype(t)?.weight_dtype(), rows, cols, t.bytes),
+    /// The weight's bytes for a backend, `[rows, cols]`. `with_input_scale` keeps the static
+    /// activation scale so the GEMM quantises activations (W4A4).
+    pub(crate) fn source(
+        &self,
+        rows: usize,
+        cols: usize,
+        with_input_scale: bool,
+    ) -> Result<WeightSource<'a>, LoadError> {
+        let data = match self {
+            Self::Float(t) => WeightData::Float {
+                dtype: float_dtype(t)?,
+                bytes: t.bytes,
+            },
             Self::Nvfp4 {
                 packed,
                 block_scales,
                 tensor_scale,
                 input_scale,
-            } => PackedMatrix::from_nvfp4(
-                rows,
-                cols,
-                packed.bytes,
-                block_scales.bytes,
-                *tensor_scale,
-                input_scale.filter(|_| with_input_scale),
-            ),
-            Self::Fp8 { weight, scale } => PackedMatrix::from_fp8_e4m3(rows, cols, weight.bytes, *scale),
+            } => WeightData::Nvfp4 {
+                packed: packed.bytes,
+                block_scales: block_scales.bytes,
+                tensor_scale: *tensor_scale,
+                input_scale: input_scale.filter(|_| with_input_scale),
+            },
+            Self::Fp8 { weight, scale } => WeightData::Fp8 {
+                bytes: weight.bytes,
+                scale: *scale,
+            },
         };
-        let t = self.tensor();
-        packed.map_err(|source| LoadError::Kernel {
-            path: t.path.to_owned(),
-            tensor: t.name.to_owned(),
-            source,
-        })
+        Ok(WeightSource { rows, cols, data })
     }
 }
 

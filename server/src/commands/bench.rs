@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use marc_kernels::MatmulPrecision;
+use marc_kernels::backend::Backend;
+use marc_kernels::{Device, MatmulPrecision};
 use marc_models::synthetic::{SyntheticDType, write_random_checkpoint};
 use marc_models::{BlockTimings, LoadOptions, NemotronH, PackedBatch};
 use serde::Serialize;
@@ -43,7 +44,7 @@ impl Scratch {
     }
 }
 
-pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
+pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision, device: Device) -> anyhow::Result<()> {
     let shapes = args
         .shapes
         .iter()
@@ -86,24 +87,50 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
         }
     };
     let quantization = Quantization::resolve(&dir, args.quant.quant)?;
-    let model = NemotronH::load(
-        &dir,
-        LoadOptions {
-            precision,
-            quant: quantization.mode,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("cannot load {}", dir.display()))?;
+    let options = LoadOptions {
+        precision,
+        quant: quantization.mode,
+        ..Default::default()
+    };
+    let numerics = format!(
+        "precision: {precision:?}; quantization: {}",
+        quantization.describe(precision)
+    );
+    let results = match device {
+        Device::Cpu => {
+            let model = NemotronH::load(&dir, options).with_context(|| format!("cannot load {}", dir.display()))?;
+            let threads = rayon::current_num_threads();
+            measure(&model, &shapes, args, &format!("threads: {threads}; {numerics}"))?
+        }
+        Device::Cuda(_) => {
+            // The workspace is planned for the largest shape measured.
+            let max_tokens = shapes.iter().map(|(s, l)| s * l).max().unwrap_or(1);
+            let model = marc_models::cuda::load(&dir, options, device, max_tokens, &mut |_| {})
+                .with_context(|| format!("cannot load {} on {device}", dir.display()))?;
+            measure(&model, &shapes, args, &format!("device: {device}; {numerics}"))?
+        }
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Times the forward pass of `model` at each shape; prints a line per shape (and the profile)
+/// under a header naming the model and `runs_on`.
+fn measure<B: Backend>(
+    model: &NemotronH<B>,
+    shapes: &[(usize, usize)],
+    args: &BenchArgs,
+    runs_on: &str,
+) -> anyhow::Result<Vec<ShapeResult>> {
     let config = model.config();
-    let threads = rayon::current_num_threads();
     println!(
-        "model: pattern {} hidden {} ({:.0} MB of weights); threads: {threads}; precision: {precision:?}; \
-         quantization: {}",
+        "model: pattern {} hidden {} ({:.0} MB of weights); {runs_on}",
         config.pattern(),
         config.hidden_size,
-        model.weight_bytes() as f64 / 1e6,
-        quantization.describe(precision)
+        model.weight_bytes() as f64 / 1e6
     );
     println!(
         "{:>12} {:>11} {:>11} {:>11} {:>12}",
@@ -112,7 +139,7 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
 
     let layer = config.num_layers();
     let mut results = Vec::new();
-    for (sequences, length) in shapes {
+    for &(sequences, length) in shapes {
         let batch = synthetic_batch(sequences, length, config.vocab_size);
         let mut times = Vec::with_capacity(args.iterations);
         let mut timings = BlockTimings::default();
@@ -153,11 +180,7 @@ pub(crate) fn run(args: &BenchArgs, precision: MatmulPrecision) -> anyhow::Resul
         }
         results.push(result);
     }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    Ok(results)
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {

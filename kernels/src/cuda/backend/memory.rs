@@ -1,0 +1,143 @@
+//! What the CUDA backend holds: weights in their own device allocations (made once, at load) and
+//! activations carved from the workspace arena (never allocated per request).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr};
+
+use crate::backend::Resident;
+use crate::cuda::arena::{ArenaFull, StackArena};
+use crate::ops::matmul::MatmulPrecision;
+
+/// A device allocation made at load, with its address resolved once.
+pub struct DeviceVec<T> {
+    /// Keeps the memory alive; freed when the weight is dropped.
+    _slice: CudaSlice<T>,
+    /// Its device address.
+    pub(super) ptr: u64,
+    /// Elements.
+    pub(super) len: usize,
+}
+
+impl<T: DeviceRepr> DeviceVec<T> {
+    /// Copies `values` to the device.
+    pub(super) fn upload(stream: &Arc<CudaStream>, values: &[T]) -> Result<Self, cudarc::driver::DriverError> {
+        let slice = stream.clone_htod(values)?;
+        // Event tracking is off (one stream), so the guard records nothing.
+        let ptr = slice.device_ptr(stream).0;
+        Ok(Self {
+            _slice: slice,
+            ptr,
+            len: values.len(),
+        })
+    }
+}
+
+impl<T> Resident for DeviceVec<T> {
+    fn size_in_bytes(&self) -> usize {
+        self.len * size_of::<T>()
+    }
+}
+
+/// An f32 parameter on the device.
+pub type CudaVector = DeviceVec<f32>;
+
+/// A Linear layer on the device: bf16 weight `[rows, cols]`, optional f32 bias.
+pub struct CudaLinear {
+    pub(super) weight: DeviceVec<u16>,
+    pub(super) bias: Option<CudaVector>,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) precision: MatmulPrecision,
+}
+
+impl Resident for CudaLinear {
+    fn size_in_bytes(&self) -> usize {
+        self.weight.size_in_bytes() + self.bias.as_ref().map_or(0, Resident::size_in_bytes)
+    }
+}
+
+/// The embedding table on the device, bf16 or f32.
+pub struct CudaEmbedding {
+    pub(super) table: DeviceVec<u8>,
+    pub(super) bf16: bool,
+    pub(super) rows: usize,
+    pub(super) width: usize,
+}
+
+impl Resident for CudaEmbedding {
+    fn size_in_bytes(&self) -> usize {
+        self.table.size_in_bytes()
+    }
+}
+
+/// The routed experts of an MoE block, stacked for the grouped GEMM: up `[experts, inter, width]`,
+/// down `[experts, width, inter]`, bf16.
+pub struct CudaExperts {
+    pub(super) up: CudaSlice<u16>,
+    pub(super) down: CudaSlice<u16>,
+    pub(super) up_ptr: u64,
+    pub(super) down_ptr: u64,
+    pub(super) experts: usize,
+    pub(super) inter: usize,
+    pub(super) width: usize,
+    pub(super) precision: MatmulPrecision,
+}
+
+impl Resident for CudaExperts {
+    fn size_in_bytes(&self) -> usize {
+        (self.up.len() + self.down.len()) * 2
+    }
+}
+
+/// A range of the workspace arena, returned to it when dropped.
+pub(super) struct ArenaBuf {
+    arena: Arc<Mutex<StackArena>>,
+    offset: usize,
+    /// Its device address.
+    pub(super) ptr: u64,
+}
+
+impl ArenaBuf {
+    /// Carves `bytes` from the arena whose device memory starts at `base`.
+    pub(super) fn take(arena: &Arc<Mutex<StackArena>>, base: u64, bytes: usize) -> Result<Self, ArenaFull> {
+        let offset = arena.lock().unwrap_or_else(PoisonError::into_inner).alloc(bytes)?;
+        Ok(Self {
+            arena: Arc::clone(arena),
+            offset,
+            ptr: base + offset as u64,
+        })
+    }
+}
+
+impl Drop for ArenaBuf {
+    fn drop(&mut self) {
+        self.arena
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free(self.offset);
+    }
+}
+
+/// Activations: `len` f32s in the arena.
+pub struct CudaTensor {
+    pub(super) buf: ArenaBuf,
+    pub(super) len: usize,
+}
+
+impl CudaTensor {
+    /// Its device address.
+    pub(super) fn ptr(&self) -> u64 {
+        self.buf.ptr
+    }
+}
+
+/// A packed batch on the device: token ids and `cu_seqlens` as i32, and the sizes launches need.
+pub struct CudaBatch {
+    pub(super) ids: ArenaBuf,
+    pub(super) cu_seqlens: ArenaBuf,
+    pub(super) tokens: usize,
+    pub(super) sequences: usize,
+    /// The longest sequence (attention's grid).
+    pub(super) max_len: usize,
+}

@@ -1,0 +1,201 @@
+//! The routed experts of an MoE block on CUDA: routing (`moe_route_f32`), the permutation by
+//! expert padded to the GEMM tile, the grouped up and down GEMMs, and the weighted un-permute.
+
+use cudarc::driver::PushKernelArg;
+
+use super::Cuda;
+use super::failed;
+use super::launch::{GEMM_TILE, grid, int};
+use super::memory::{ArenaBuf, CudaTensor, CudaVector};
+use crate::cuda::plan::{EXPERT_TILE, padded_expert_rows};
+use crate::error::{KernelError, check_len};
+use crate::ops::matmul::MatmulPrecision;
+use crate::ops::moe_route::RouterConfig;
+
+/// One batch's routing on the device: each (token, slot)'s expert and weight, and the
+/// permutation the grouped GEMM reads.
+pub(super) struct Routing {
+    tokens: usize,
+    experts: usize,
+    top_k: usize,
+    /// `[tokens * top_k]` routing weights.
+    weights: CudaTensor,
+    /// Routing entries per expert, padded to the tile; `-1` pads, up to `rows`.
+    sorted: ArenaBuf,
+    offsets: ArenaBuf,
+    /// Rows the grouped GEMM's grid covers (a bound on `offsets[experts]`, a multiple of the tile).
+    rows: usize,
+    /// `[tokens * top_k]` chosen experts (read by the permutation; kept for the arena's order).
+    _chosen: ArenaBuf,
+}
+
+impl Routing {
+    /// Tokens routed.
+    pub(super) fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Routing entries: `tokens * top_k`.
+    pub(super) fn entries(&self) -> usize {
+        self.tokens * self.top_k
+    }
+}
+
+impl Cuda {
+    /// Routes each token from its router `logits` `[tokens, experts]` (`moe_route_f32`), then
+    /// lays each expert's entries out in token order, padded to the GEMM tile (count, align,
+    /// scatter).
+    pub(super) fn route(
+        &self,
+        logits: &CudaTensor,
+        bias: &CudaVector,
+        router: &RouterConfig,
+        experts: usize,
+    ) -> Result<Routing, KernelError> {
+        const OP: &str = "moe_route_f32";
+        if experts == 0 || !logits.len.is_multiple_of(experts) {
+            return Err(KernelError::InvalidShape {
+                op: OP,
+                reason: format!("{} router logits are not whole rows of {experts} experts", logits.len),
+            });
+        }
+        check_len(OP, "bias", bias.len, experts)?;
+        let (tokens, top_k) = (logits.len / experts, router.top_k);
+        let entries = tokens * top_k;
+        let chosen = self.scratch(OP, entries * 4)?;
+        let weights = self.tensor(OP, entries)?;
+        let ints: [i32; 6] = [
+            int(OP, "tokens", tokens)?,
+            int(OP, "experts", experts)?,
+            int(OP, "n_group", router.n_group)?,
+            int(OP, "topk_group", router.topk_group)?,
+            int(OP, "top_k", top_k)?,
+            i32::from(router.norm_topk_prob),
+        ];
+        let cfg = grid(int(OP, "token blocks", tokens.div_ceil(4))?, 1, 1, 128, 0);
+        self.launch(OP, &self.kernels.moe_route_f32, cfg, |a| {
+            a.arg(&logits.buf.ptr).arg(&bias.ptr);
+            for v in &ints {
+                a.arg(v);
+            }
+            a.arg(&router.routed_scaling_factor)
+                .arg(&chosen.ptr)
+                .arg(&weights.buf.ptr);
+        })?;
+
+        let counts = self.scratch(OP, experts * 4)?;
+        let offsets = self.scratch(OP, (experts + 1) * 4)?;
+        let rows = padded_expert_rows(tokens, top_k, experts);
+        let sorted = self.scratch(OP, rows * 4)?;
+        let (pairs, tile): (i32, i32) = (int(OP, "entries", entries)?, int(OP, "tile", EXPERT_TILE)?);
+        let per_expert = grid(ints[1].unsigned_abs(), 1, 1, 32, 0);
+        self.launch(
+            "moe_count_by_expert",
+            &self.kernels.moe_count_by_expert,
+            per_expert,
+            |a| {
+                a.arg(&chosen.ptr).arg(&pairs).arg(&counts.ptr);
+            },
+        )?;
+        let one = grid(1, 1, 1, 1, 0);
+        self.launch("moe_align_offsets", &self.kernels.moe_align_offsets, one, |a| {
+            a.arg(&counts.ptr).arg(&ints[1]).arg(&tile).arg(&offsets.ptr);
+        })?;
+        // Rows past offsets[experts] stay -1, so the grid can cover the bound without a read-back.
+        // SAFETY: `sorted` holds `rows` i32s.
+        unsafe { cudarc::driver::result::memset_d8_async(sorted.ptr, 0xff, rows * 4, self.stream.cu_stream()) }
+            .map_err(failed(OP))?;
+        self.launch(
+            "moe_scatter_by_expert",
+            &self.kernels.moe_scatter_by_expert,
+            per_expert,
+            |a| {
+                a.arg(&chosen.ptr).arg(&pairs).arg(&offsets.ptr).arg(&sorted.ptr);
+            },
+        )?;
+        Ok(Routing {
+            tokens,
+            experts,
+            top_k,
+            weights,
+            sorted,
+            offsets,
+            rows,
+            _chosen: chosen,
+        })
+    }
+
+    /// Each token's expert outputs (`down`, `[tokens * top_k, width]`, by entry) weighted and
+    /// summed in slot order (`moe_unpermute_f32`).
+    pub(super) fn unpermute(
+        &self,
+        down: &CudaTensor,
+        routing: &Routing,
+        width: usize,
+    ) -> Result<CudaTensor, KernelError> {
+        const OP: &str = "moe_unpermute_f32";
+        check_len(OP, "down", down.len, routing.entries() * width)?;
+        let out = self.tensor(OP, routing.tokens * width)?;
+        let (tokens, top_k, w32): (i32, i32, i32) = (
+            int(OP, "tokens", routing.tokens)?,
+            int(OP, "top_k", routing.top_k)?,
+            int(OP, "width", width)?,
+        );
+        let cfg = grid(
+            int(OP, "column blocks", width.div_ceil(256))?,
+            tokens.unsigned_abs(),
+            1,
+            256,
+            0,
+        );
+        self.launch(OP, &self.kernels.moe_unpermute_f32, cfg, |a| {
+            a.arg(&down.buf.ptr)
+                .arg(&routing.weights.buf.ptr)
+                .arg(&tokens)
+                .arg(&top_k)
+                .arg(&w32)
+                .arg(&out.buf.ptr);
+        })?;
+        Ok(out)
+    }
+
+    /// The routed experts' GEMM for one projection (`w`: its `[experts, n, k]` weights), rows
+    /// gathered from `x` by `a_row = entry / top_k`, written by entry.
+    pub(super) fn grouped_gemm(
+        &self,
+        x: &CudaTensor,
+        routing: &Routing,
+        top_k: usize,
+        (w, (n, k)): (u64, (usize, usize)),
+        precision: MatmulPrecision,
+        out: &CudaTensor,
+    ) -> Result<(), KernelError> {
+        const OP: &str = "grouped_gemm_bf16_f32";
+        let (e, kk, nn, tk): (i32, i32, i32, i32) = (
+            int(OP, "experts", routing.experts)?,
+            int(OP, "k", k)?,
+            int(OP, "n", n)?,
+            int(OP, "top_k", top_k)?,
+        );
+        let cfg = grid(
+            int(OP, "column tiles", n.div_ceil(GEMM_TILE))?,
+            int(OP, "row tiles", routing.rows / EXPERT_TILE)?,
+            1,
+            128,
+            0,
+        );
+        self.staged_gemm(OP, x.ptr(), x.len, out, precision, |a_ptr, _, out_ptr| {
+            self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
+                a.arg(&a_ptr)
+                    .arg(&routing.sorted.ptr)
+                    .arg(&routing.offsets.ptr)
+                    .arg(&e)
+                    .arg(&tk)
+                    .arg(&w)
+                    .arg(&nn)
+                    .arg(&kk)
+                    .arg(&out_ptr);
+            })
+        })
+    }
+}
