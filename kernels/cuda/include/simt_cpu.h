@@ -340,6 +340,7 @@ inline float __uint_as_float(unsigned v) { return ::simt::from_bits<float>(v); }
 // mode (-std=c++20, as build.rs and tsan.rs compile) does not contract a * b + c at all.
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 
 // bf16 as cuda_bf16.h defines it: the high 16 bits of an IEEE f32; conversions round to nearest
 // even (`__float2bfloat16`), NaN stays NaN.

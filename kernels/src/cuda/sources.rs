@@ -19,6 +19,7 @@ macro_rules! embed {
 pub const KERNELS: &[Source] = embed!(
     "attention.cu",
     "causal_conv1d.cu",
+    "elementwise.cu",
     "embedding.cu",
     "gemm_bf16.cu",
     "gemm_fp8.cu",

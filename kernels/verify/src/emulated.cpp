@@ -9,6 +9,7 @@
 
 #include "../../cuda/attention.cu"
 #include "../../cuda/causal_conv1d.cu"
+#include "../../cuda/elementwise.cu"
 #include "../../cuda/embedding.cu"
 #include "../../cuda/gemm_bf16.cu"
 #include "../../cuda/gemm_fp8.cu"
@@ -45,6 +46,7 @@ const Entry KERNELS[] = {
     KERNEL(causal_attention_f32_d64),
     KERNEL(causal_attention_f32_d128),
     KERNEL(causal_conv1d_silu_f32),
+    KERNEL(add_f32),
     KERNEL(embedding_gather_bf16),
     KERNEL(embedding_gather_f32),
     KERNEL(gemm_bf16_f32),
@@ -66,8 +68,11 @@ const Entry KERNELS[] = {
     KERNEL(quant_probe_decode),
     KERNEL(quant_probe_encode),
     KERNEL(relu2_f32),
+    KERNEL(round_bf16_f32),
     KERNEL(rms_norm_f32),
     KERNEL(simt_selftest_block),
+    KERNEL(softplus_dt_f32),
+    KERNEL(split_bf16x3_f32),
     KERNEL(simt_selftest_warp),
     KERNEL(ssd_scan_f32),
     KERNEL(gated_group_rms_norm_f32),

@@ -55,6 +55,11 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("nvfp4_quantize_f32", 40),
     // Elementwise epilogues: an accumulator and a few pointers.
     ("relu2_f32", 32),
+    ("add_f32", 32),
+    ("round_bf16_f32", 32),
+    ("split_bf16x3_f32", 32),
+    // softplus' expf and log1pf are the largest part.
+    ("softplus_dt_f32", 40),
     ("moe_unpermute_f32", 40),
     // The activation (erff is the largest) and a block reduction.
     ("head_activation_normalize_f32", 40),
