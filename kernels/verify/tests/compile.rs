@@ -201,7 +201,7 @@ fn kernels_compile_for_hopper_and_blackwell_without_spills_within_budget() {
     };
     let current = &doc[begin + TABLE_BEGIN.len()..end];
     let wanted = format!("\n{table}");
-    if current != wanted {
+    if !tables_agree(current, &wanted) {
         if std::env::var_os("MARC_UPDATE_GPU_DOCS").is_some() {
             let updated = format!("{}{wanted}{}", &doc[..begin + TABLE_BEGIN.len()], &doc[end..]);
             std::fs::write(&doc_path, updated).expect("docs/gpu.md is writable");
@@ -213,6 +213,34 @@ fn kernels_compile_for_hopper_and_blackwell_without_spills_within_budget() {
             );
         }
     }
+}
+
+/// Whether the committed table says what the compiler reports. Every cell must match, except that
+/// a kernel's register count may differ by [`REGISTER_JITTER`]: ptxas was seen to allocate 55 and
+/// 56 registers to `gemm_fp8_f32` on sm_90a in two compiles of the same source (the budgets and the
+/// spill checks above are exact; only the documentation tolerates it).
+fn tables_agree(committed: &str, reported: &str) -> bool {
+    const REGISTER_JITTER: i64 = 2;
+    let rows = |t: &str| {
+        t.lines()
+            .map(str::to_owned)
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+    };
+    let (committed, reported) = (rows(committed), rows(reported));
+    let registers = |cell: &str| cell.trim().split(' ').next().and_then(|n| n.parse::<i64>().ok());
+    committed.len() == reported.len() && committed.iter().zip(&reported).all(|(a, b)| {
+        let (a, b): (Vec<&str>, Vec<&str>) = (a.split('|').collect(), b.split('|').collect());
+        a.len() == b.len() && a.iter().zip(&b).enumerate().all(|(i, (x, y))| {
+            // Column 3 is "registers (budget)": the budget must match, the count within the jitter.
+            if i == 3 && x != y {
+                let budget = |c: &str| c.split_once('(').map(|(_, b)| b.to_owned());
+                return budget(x) == budget(y)
+                    && matches!((registers(x), registers(y)), (Some(p), Some(q)) if (p - q).abs() <= REGISTER_JITTER);
+            }
+            x == y
+        })
+    })
 }
 
 /// The names of the files under `dir` (relative to kernels/cuda) with one of `extensions`, sorted.
