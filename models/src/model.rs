@@ -196,6 +196,16 @@ impl<B: Backend> NemotronH<B> {
         &self,
         batch: &PackedBatch,
         layers: &[usize],
+        timings: Option<&mut BlockTimings>,
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        self.backend.run_forward(|| self.forward(batch, layers, timings))
+    }
+
+    /// The forward pass of [`NemotronH::hidden_states_timed`], run where the backend wants it.
+    fn forward(
+        &self,
+        batch: &PackedBatch,
+        layers: &[usize],
         mut timings: Option<&mut BlockTimings>,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let deepest = layers.iter().copied().max().unwrap_or(0);

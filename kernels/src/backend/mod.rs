@@ -67,6 +67,15 @@ pub trait Backend: Send + Sync {
     /// Waits until every op issued so far has finished (for timing).
     fn synchronize(&self) -> Result<(), KernelError>;
 
+    /// Runs `forward`, one whole forward pass, where this backend's ops are best issued from. The
+    /// default runs it in place.
+    fn run_forward<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        forward()
+    }
+
     /// The batch's token embeddings `[tokens, hidden]`, widened to f32.
     fn embed(&self, table: &Self::Embedding, batch: &Self::Batch) -> Result<Self::Tensor, KernelError>;
     /// `x · wᵀ + bias` ([`crate::matmul_with_precision`] with the Linear's precision).

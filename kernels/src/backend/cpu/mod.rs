@@ -94,6 +94,16 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    /// On a worker thread of the current rayon pool (`rayon::scope` runs its closure on one,
+    /// handing it over when called from outside the pool). Every op of the pass is a parallel
+    /// region; issued from a worker, a region starts without waking the issuing thread's own
+    /// worker, and the sequential steps between regions keep one worker busy rather than leaving
+    /// all of them to fall asleep. Waking a sleeping thread costs tens of µs on the VMs marc is
+    /// measured on, and a 1 x 32 forward pass runs ~100 regions: this is 8-10% of its time.
+    fn run_forward<R: Send>(&self, forward: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| forward())
+    }
+
     fn embed(&self, table: &EmbeddingTable, batch: &CpuBatch) -> Result<Buffer, KernelError> {
         if let Some(&id) = batch.tokens.iter().find(|&&id| id as usize >= table.rows()) {
             return Err(KernelError::InvalidValue {
