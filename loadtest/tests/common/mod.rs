@@ -110,24 +110,7 @@ pub struct StallingProxy {
 impl StallingProxy {
     pub fn start(runtime: &tokio::runtime::Runtime, upstream: SocketAddr) -> Self {
         let (stall, stalled) = watch::channel(false);
-        let addr = runtime.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        continue;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(forward(client_read, server_write, stalled.clone()));
-                    tokio::spawn(forward(server_read, client_write, stalled.clone()));
-                }
-            });
-            addr
-        });
+        let addr = start_proxy(runtime, upstream, stalled, None);
         Self { addr, stall }
     }
 }
@@ -136,39 +119,56 @@ impl StallingProxy {
 /// server or a load balancer's connection limit does.
 pub struct CuttingProxy {
     pub addr: SocketAddr,
+    /// Never switched on; held so that the proxy's stall switch stays off (not closed).
+    _never_stalls: watch::Sender<bool>,
 }
 
 impl CuttingProxy {
     pub fn start(runtime: &tokio::runtime::Runtime, upstream: SocketAddr, lifetime: Duration) -> Self {
-        let addr = runtime.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                // Never stalls: the switch stays off for as long as the proxy runs.
-                let (_switch, never) = watch::channel(false);
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        continue;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    let (up, down) = (never.clone(), never.clone());
-                    let both = async move {
-                        tokio::join!(
-                            forward(client_read, server_write, up),
-                            forward(server_read, client_write, down)
-                        )
-                    };
-                    // Dropping both directions at the deadline closes both sockets.
-                    tokio::spawn(tokio::time::timeout(lifetime, both));
-                }
-            });
-            addr
-        });
-        Self { addr }
+        let (never_stalls, stalled) = watch::channel(false);
+        let addr = start_proxy(runtime, upstream, stalled, Some(lifetime));
+        Self {
+            addr,
+            _never_stalls: never_stalls,
+        }
     }
+}
+
+/// Listens on an ephemeral port and forwards each connection to `upstream`, both ways, pausing while
+/// `stalled` is on and dropping (so closing) both sockets `lifetime` after the connection opened.
+fn start_proxy(
+    runtime: &tokio::runtime::Runtime,
+    upstream: SocketAddr,
+    stalled: watch::Receiver<bool>,
+    lifetime: Option<Duration>,
+) -> SocketAddr {
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let (up, down) = (stalled.clone(), stalled.clone());
+                let both = async move {
+                    tokio::join!(
+                        forward(client_read, server_write, up),
+                        forward(server_read, client_write, down)
+                    )
+                };
+                match lifetime {
+                    Some(lifetime) => drop(tokio::spawn(tokio::time::timeout(lifetime, both))),
+                    None => drop(tokio::spawn(both)),
+                }
+            }
+        });
+        addr
+    })
 }
 
 async fn forward(
