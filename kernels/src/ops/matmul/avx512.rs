@@ -108,24 +108,21 @@ unsafe fn widen<W: Weight>(src: *const W, len: usize, dst: *mut f32) {
 /// up to 3 rows x 2 panels, up to 6 rows x 1 panel, up to 12 rows x half a panel.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
-    let mut t = *t;
-    let mut left = panels;
-    while left > 0 {
-        let p = nvfp4_panels_at_once(rows, left);
+    for_each_nvfp4_call(rows, panels, t, |t, p| {
         // SAFETY: forwarded from the caller to every kernel; a half-panel kernel reads its
         // half's chunks and scales of panel 0 of its view, and writes its 16 columns.
         unsafe {
             match (rows, p) {
-                (1, 4) => kernel_nvfp4::<1, 8>(&t, 0),
-                (1, 2) => kernel_nvfp4::<1, 4>(&t, 0),
-                (2, 2) => kernel_nvfp4::<2, 4>(&t, 0),
-                (3, 2) => kernel_nvfp4::<3, 4>(&t, 0),
-                (1, _) => kernel_nvfp4::<1, 2>(&t, 0),
-                (2, _) => kernel_nvfp4::<2, 2>(&t, 0),
-                (3, _) => kernel_nvfp4::<3, 2>(&t, 0),
-                (4, _) => kernel_nvfp4::<4, 2>(&t, 0),
-                (5, _) => kernel_nvfp4::<5, 2>(&t, 0),
-                (6, _) => kernel_nvfp4::<6, 2>(&t, 0),
+                (1, 4) => kernel_nvfp4::<1, 8>(t, 0),
+                (1, 2) => kernel_nvfp4::<1, 4>(t, 0),
+                (2, 2) => kernel_nvfp4::<2, 4>(t, 0),
+                (3, 2) => kernel_nvfp4::<3, 4>(t, 0),
+                (1, _) => kernel_nvfp4::<1, 2>(t, 0),
+                (2, _) => kernel_nvfp4::<2, 2>(t, 0),
+                (3, _) => kernel_nvfp4::<3, 2>(t, 0),
+                (4, _) => kernel_nvfp4::<4, 2>(t, 0),
+                (5, _) => kernel_nvfp4::<5, 2>(t, 0),
+                (6, _) => kernel_nvfp4::<6, 2>(t, 0),
                 _ => {
                     for half in 0..2 {
                         let h = t.columns_from_view(half * L);
@@ -142,14 +139,26 @@ unsafe fn tile_nvfp4(rows: usize, panels: usize, t: &Tile<u8>) {
                 }
             }
         }
+    });
+}
+
+/// Walks `panels` NVFP4 panels from `t` in the kernel calls [`nvfp4_panels_at_once`] chooses for
+/// `rows` rows: `call(view, p)` runs the kernel for the `p` panels at `view`. The W4A16 and the
+/// W4A4 VNNI tiles share it.
+pub(super) fn for_each_nvfp4_call(rows: usize, panels: usize, t: &Tile<u8>, mut call: impl FnMut(&Tile<u8>, usize)) {
+    let mut t = *t;
+    let mut left = panels;
+    while left > 0 {
+        let p = nvfp4_panels_at_once(rows, left);
+        call(&t, p);
         left -= p;
         t.advance(p);
     }
 }
 
 /// Panels one NVFP4 kernel call covers for `rows` rows with `left` panels to go (see
-/// [`tile_nvfp4`]); the W4A4 VNNI tiles use the same shapes.
-pub(super) fn nvfp4_panels_at_once(rows: usize, left: usize) -> usize {
+/// [`tile_nvfp4`]; the W4A4 VNNI tiles use the same shapes, through [`for_each_nvfp4_call`]).
+fn nvfp4_panels_at_once(rows: usize, left: usize) -> usize {
     match rows {
         1 if left >= 4 => 4,
         1..=3 if left >= 2 => 2,

@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{Nvfp4Vectors, nvfp4_panels_at_once, store};
+use super::avx512::{Nvfp4Vectors, for_each_nvfp4_call, store};
 use super::cpu::Tile;
 use super::nvfp4::chunk_at;
 use super::packed::NVFP4_RECORD;
@@ -126,29 +126,24 @@ pub(super) fn available() -> bool {
 /// [`available`] returned true; the pointers are valid as described (and on `Tile`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn tile(rows: usize, panels: usize, t: &Tile<u8>, xq: *const RowBlock) {
-    let mut t = *t;
-    let mut left = panels;
-    while left > 0 {
-        let p = nvfp4_panels_at_once(rows, left);
+    for_each_nvfp4_call(rows, panels, t, |t, p| {
         // SAFETY: forwarded from the caller.
         unsafe {
             match (rows, p) {
-                (1, 4) => kernel::<1, 8>(&t, xq),
-                (1, 2) => kernel::<1, 4>(&t, xq),
-                (2, 2) => kernel::<2, 4>(&t, xq),
-                (3, 2) => kernel::<3, 4>(&t, xq),
-                (1, _) => kernel::<1, 2>(&t, xq),
-                (2, _) => kernel::<2, 2>(&t, xq),
-                (3, _) => kernel::<3, 2>(&t, xq),
-                (4, _) => kernel::<4, 2>(&t, xq),
-                (5, _) => kernel::<5, 2>(&t, xq),
-                (6, _) => kernel::<6, 2>(&t, xq),
+                (1, 4) => kernel::<1, 8>(t, xq),
+                (1, 2) => kernel::<1, 4>(t, xq),
+                (2, 2) => kernel::<2, 4>(t, xq),
+                (3, 2) => kernel::<3, 4>(t, xq),
+                (1, _) => kernel::<1, 2>(t, xq),
+                (2, _) => kernel::<2, 2>(t, xq),
+                (3, _) => kernel::<3, 2>(t, xq),
+                (4, _) => kernel::<4, 2>(t, xq),
+                (5, _) => kernel::<5, 2>(t, xq),
+                (6, _) => kernel::<6, 2>(t, xq),
                 _ => unreachable!("W4A4 VNNI tiles have at most {MR} rows, got {rows}"),
             }
         }
-        left -= p;
-        t.advance(p);
-    }
+    });
 }
 
 /// One chunk's 128 weights as `2 we + 12` bytes: (k-steps 0, 2, 4, 6 per lane, k-steps 1, 3,
