@@ -54,8 +54,13 @@ async fn not_serving_and_unavailable_until_the_model_has_loaded() {
     assert_eq!(info.model.unwrap().num_layers, 9);
     assert_eq!(server.health().await.unwrap(), ServingStatus::NotServing as i32);
     // Feed the FIFO something that is not a safetensors file: the load fails and the server stops with an
-    // error naming the file.
-    std::fs::write(&fifo, b"not a checkpoint").unwrap();
+    // error naming the file. The loader may give up (and close its end) before the write completes, which
+    // the writer sees as a broken pipe: that is the failure under test, not a test error.
+    match std::fs::write(&fifo, b"not a checkpoint") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => panic!("cannot write the FIFO: {e}"),
+    }
     let result = bounded("server exit", &mut server.task).await.unwrap();
     let error = format!("{:#}", result.expect_err("the load must fail"));
     assert!(error.contains("model-00001-of-00001.safetensors"), "{error}");
