@@ -7,12 +7,13 @@
 //!
 //! `M=1,8` limits the batch sizes, `GIB` sets the weight bytes per format.
 //!
-//! Prints, per (shape, m, format): µs per call (best of `reps` sweeps over all copies), GB/s of
-//! weight bytes read (`PackedMatrix::size_in_bytes`, scales included), GFLOP/s (2·m·n·k), and
-//! the speed-up over bf16 in the same run. `PRECISION=w4a4` runs NVFP4 with
-//! `MatmulPrecision::Nvfp4Activations`; `CPU_TIME=1` with one thread reports on-CPU time
-//! instead of wall time (for a machine shared with other work). Compare the GB/s with the read bandwidth of
-//! `examples/read_bandwidth.rs`.
+//! Prints, per (shape, m, format): µs per call (best of `reps` rounds, each sweeping every
+//! format's copies in turn, so that on a machine whose speed drifts the formats are timed at the
+//! same moments), GB/s of weight bytes read (`PackedMatrix::size_in_bytes`, scales included),
+//! GFLOP/s (2·m·n·k), and the speed-up over bf16 in the same run. `PRECISION=w4a4` runs NVFP4
+//! with `MatmulPrecision::Nvfp4Activations`; `CPU_TIME=1` with one thread reports on-CPU time
+//! instead of wall time (for a machine shared with other work). Compare the GB/s with the read
+//! bandwidth of `examples/read_bandwidth.rs`.
 
 use std::time::Instant;
 
@@ -64,44 +65,53 @@ fn main() {
         {
             let x: Vec<f32> = values.iter().cycle().skip(17).take(m * k).copied().collect();
             let mut y = vec![0.0f32; m * n];
-            let mut bf16_us = f64::NAN;
-            for dtype in FORMATS {
-                let w = pack(dtype, n, k, &values);
-                let copies = ((gib * f64::from(1u32 << 30)) / w.size_in_bytes() as f64).ceil() as usize;
-                let all: Vec<PackedMatrix> = (0..copies.max(1)).map(|_| w.clone()).collect();
-                let precision = if w4a4 && dtype == WeightDType::NVFP4 {
-                    MatmulPrecision::Nvfp4Activations
-                } else {
-                    MatmulPrecision::Exact
-                };
-                let mut best = f64::INFINITY;
-                let mut cpu = (0u64, 0usize);
-                pool.install(|| {
-                    for _ in 0..reps {
+            let formats: Vec<(WeightDType, Vec<PackedMatrix>, MatmulPrecision)> = FORMATS
+                .into_iter()
+                .map(|dtype| {
+                    let w = pack(dtype, n, k, &values);
+                    let copies = ((gib * f64::from(1u32 << 30)) / w.size_in_bytes() as f64).ceil() as usize;
+                    let precision = if w4a4 && dtype == WeightDType::NVFP4 {
+                        MatmulPrecision::Nvfp4Activations
+                    } else {
+                        MatmulPrecision::Exact
+                    };
+                    (dtype, vec![w; copies.max(1)], precision)
+                })
+                .collect();
+            let mut best = vec![f64::INFINITY; formats.len()];
+            let mut cpu = vec![(0u64, 0usize); formats.len()];
+            pool.install(|| {
+                for _ in 0..reps {
+                    for (f, (_, all, precision)) in formats.iter().enumerate() {
                         let (t, c) = (Instant::now(), cpu_ns());
-                        for w in &all {
-                            matmul_with_precision(&x, m, w, None, &mut y, precision).expect("shapes");
+                        for w in all {
+                            matmul_with_precision(&x, m, w, None, &mut y, *precision).expect("shapes");
                         }
-                        best = best.min(t.elapsed().as_secs_f64() / all.len() as f64);
+                        best[f] = best[f].min(t.elapsed().as_secs_f64() / all.len() as f64);
                         if let (Some(a), Some(b)) = (c, cpu_ns()) {
-                            cpu = (cpu.0 + b - a, cpu.1 + all.len());
+                            cpu[f] = (cpu[f].0 + b - a, cpu[f].1 + all.len());
                         }
                     }
-                });
-                if threads == 1 && cpu.1 > 0 && std::env::var_os("CPU_TIME").is_some() {
-                    // One thread on a busy machine: its mean on-CPU time per call, immune to
-                    // time-sharing (but not to sharing caches and memory bandwidth).
-                    best = cpu.0 as f64 * 1e-9 / cpu.1 as f64;
                 }
-                let us = best * 1e6;
-                if dtype == WeightDType::BF16 {
-                    bf16_us = us;
+            });
+            if threads == 1 && std::env::var_os("CPU_TIME").is_some() {
+                // One thread on a busy machine: its mean on-CPU time per call, immune to
+                // time-sharing (but not to sharing caches and memory bandwidth).
+                for (b, &(ns, calls)) in best.iter_mut().zip(&cpu) {
+                    if calls > 0 {
+                        *b = ns as f64 * 1e-9 / calls as f64;
+                    }
                 }
+            }
+            // bf16 is FORMATS[0], the baseline of the last column.
+            let bf16_us = best[0] * 1e6;
+            for ((dtype, all, _), &secs) in formats.iter().zip(&best) {
+                let us = secs * 1e6;
                 println!(
                     "{name:14} {m:>4} {:>8} {us:>10.1} {:>8.1} {:>9.1} {:>7.2}x",
                     format!("{dtype}").to_lowercase(),
-                    w.size_in_bytes() as f64 / best / 1e9,
-                    2.0 * (m * n * k) as f64 / best / 1e9,
+                    all[0].size_in_bytes() as f64 / secs / 1e9,
+                    2.0 * (m * n * k) as f64 / secs / 1e9,
                     bf16_us / us
                 );
             }

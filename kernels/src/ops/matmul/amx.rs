@@ -54,6 +54,10 @@ const GROUP_MAX_PANELS: usize = 8;
 const GROUP_PANELS_ONE_UNIT: usize = 4;
 /// Tasks per pool thread when x is a single row unit.
 const TASKS_PER_THREAD_ONE_UNIT: usize = 2;
+/// How far ahead of the B tiles in use the kernel prefetches the weight stream. Tile loads are
+/// not followed by the hardware prefetchers the way vector loads are: without it, a GEMV (x a
+/// single row tile) read bf16 weights at about half the rate the f32 kernel reads f32 ones.
+const AMX_PREFETCH_BYTES: usize = 4096;
 /// Tasks per pool thread to aim for.
 const TASKS_PER_THREAD: usize = 4;
 /// Row tiles from which x is packed in parallel.
@@ -222,6 +226,12 @@ unsafe fn kernel<const R: usize, const P: usize>(
         }
         let ([mut a0, mut a1], mut bp) = (a, b);
         for _ in 0..kblocks {
+            // The next blocks' B tiles (a prefetch never faults, even past the panel's end).
+            for line in (0..2 * TILE * 2).step_by(64) {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    bp.cast::<u8>().wrapping_add(line + AMX_PREFETCH_BYTES).cast(),
+                );
+            }
             load!("tmm6", bp);
             load!("tmm7", bp.add(TILE));
             for part in 0..P {
