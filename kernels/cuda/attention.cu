@@ -19,7 +19,7 @@
 // P V onto mma.sync m16n8k16 (gemm_bf16.cu) with the same online softmax.
 //
 // Launch: grid (ceil(max_len / ATTN_BQ), Hq, num_seqs), ATTN_THREADS threads, static shared memory
-// 2 * ATTN_BK * D * 4 bytes. Instantiated for D = 64 and 128.
+// 2 * ATTN_BK * D * 4 bytes. Instantiated for D = 8, 16, 24, 32, 64 and 128 (D a multiple of 4).
 
 #include "marc_cuda.cuh"
 
@@ -106,16 +106,20 @@ __device__ __forceinline__ void causal_attention(const float* __restrict__ q, co
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
-    causal_attention_f32_d64(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                             const int* __restrict__ cu_seqlens, int num_heads, int num_kv_heads, float scale,
-                             float* __restrict__ out) {
-    causal_attention<64>(q, k, v, cu_seqlens, num_heads, num_kv_heads, scale, out);
-}
+// One entry point per head width: D sizes the registers and shared tiles at compile time. 64 and 128
+// are the released models' widths; 8 to 32 are the small test models' (the fixtures), so that the
+// whole model runs on CUDA against the same fixtures as the CPU.
+#define MARC_CAUSAL_ATTENTION(D)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                    \
+        causal_attention_f32_d##D(const float* __restrict__ q, const float* __restrict__ k,                       \
+                                  const float* __restrict__ v, const int* __restrict__ cu_seqlens, int num_heads, \
+                                  int num_kv_heads, float scale, float* __restrict__ out) {                       \
+        causal_attention<D>(q, k, v, cu_seqlens, num_heads, num_kv_heads, scale, out);                            \
+    }
 
-extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
-    causal_attention_f32_d128(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                              const int* __restrict__ cu_seqlens, int num_heads, int num_kv_heads, float scale,
-                              float* __restrict__ out) {
-    causal_attention<128>(q, k, v, cu_seqlens, num_heads, num_kv_heads, scale, out);
-}
+MARC_CAUSAL_ATTENTION(8)
+MARC_CAUSAL_ATTENTION(16)
+MARC_CAUSAL_ATTENTION(24)
+MARC_CAUSAL_ATTENTION(32)
+MARC_CAUSAL_ATTENTION(64)
+MARC_CAUSAL_ATTENTION(128)

@@ -2,7 +2,7 @@
 //! tolerance. Runs only where a CUDA driver is; elsewhere it says why it is skipped, so CI shows it.
 //!
 //! Cases: every committed fixture the CUDA backend can load (it refuses, naming the reason, models
-//! whose weights are not bf16 or whose attention heads are not 64 or 128 wide: those are printed),
+//! whose weights are not bf16: those are printed),
 //! and a random bf16 model of the benchmark pattern with 64-wide attention heads, which it must
 //! run. Batches pack several sequences, so the varlen kernels see sequence boundaries.
 

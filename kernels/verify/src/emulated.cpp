@@ -43,6 +43,10 @@ struct Entry {
 
 // Every kernel of kernels/cuda/, by its extern "C" name.
 const Entry KERNELS[] = {
+    KERNEL(causal_attention_f32_d8),
+    KERNEL(causal_attention_f32_d16),
+    KERNEL(causal_attention_f32_d24),
+    KERNEL(causal_attention_f32_d32),
     KERNEL(causal_attention_f32_d64),
     KERNEL(causal_attention_f32_d128),
     KERNEL(causal_conv1d_silu_f32),

@@ -64,3 +64,12 @@ fn mha_and_mqa() {
 fn head_dim_128() {
     check("GQA 2/1, d128", 2, 1, 128, &[3, 34]);
 }
+
+/// The test models' widths (the fixtures use 8, 16, 24 and 32), across a tile boundary.
+#[test]
+fn small_head_dims() {
+    check("GQA 4/2, d8", 4, 2, 8, &[1, 33]);
+    check("MQA 3/1, d16", 3, 1, 16, &[40, 2]);
+    check("GQA 2/1, d24", 2, 1, 24, &[31, 32]);
+    check("MHA 2/2, d32", 2, 2, 32, &[70]);
+}

@@ -30,6 +30,10 @@ const ARCHS: [&str; 2] = ["sm_90a", "sm_100a"];
 const REGISTER_BUDGETS: &[(&str, u32)] = &[
     // q, o and a tile of scores in registers (3 * D / 4 + 32 floats); 128 threads, so even 128
     // registers leave 4 blocks per SM.
+    ("causal_attention_f32_d8", 128),
+    ("causal_attention_f32_d16", 128),
+    ("causal_attention_f32_d24", 128),
+    ("causal_attention_f32_d32", 128),
     ("causal_attention_f32_d64", 128),
     ("causal_attention_f32_d128", 128),
     // One output per thread, K taps: a handful of registers, 128 threads.

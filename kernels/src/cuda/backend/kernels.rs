@@ -50,6 +50,14 @@ kernel_table! {
     /// ssd_scan.cu
     ssd_scan_f32,
     /// attention.cu
+    causal_attention_f32_d8,
+    /// attention.cu
+    causal_attention_f32_d16,
+    /// attention.cu
+    causal_attention_f32_d24,
+    /// attention.cu
+    causal_attention_f32_d32,
+    /// attention.cu
     causal_attention_f32_d64,
     /// attention.cu
     causal_attention_f32_d128,

@@ -83,6 +83,9 @@ pub struct Cuda {
 /// The largest dynamic shared memory a kernel gets without opting in.
 const DEFAULT_DYNAMIC_SHARED: usize = 48 << 10;
 
+/// The attention head widths `attention.cu` is instantiated for (`causal_attention_f32_d{D}`).
+const ATTENTION_HEAD_DIMS: [usize; 6] = [8, 16, 24, 32, 64, 128];
+
 /// Tokens per chunk of `ssd_scan_f32` (`SSD_CHUNK`).
 const SSD_CHUNK: usize = 32;
 
@@ -201,9 +204,9 @@ fn check_supported(device: Device, model: &ModelShape) -> Result<(), DeviceError
     let refuse = |reason: String| Err(DeviceError::Unsupported { device, reason });
     for (i, block) in model.blocks.iter().enumerate() {
         match block {
-            BlockShape::Attention(a) if a.head_dim != 64 && a.head_dim != 128 => {
+            BlockShape::Attention(a) if !ATTENTION_HEAD_DIMS.contains(&a.head_dim) => {
                 return refuse(format!(
-                    "layer {i}: attention head_dim {} (the kernels exist for 64 and 128)",
+                    "layer {i}: attention head_dim {} (the kernels exist for {ATTENTION_HEAD_DIMS:?})",
                     a.head_dim
                 ));
             }

@@ -6,7 +6,7 @@ use cudarc::driver::PushKernelArg;
 use super::gemm::gemm_weight_bits;
 use super::launch::{GEMM_TILE, NULL, grid, int};
 use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, DeviceVec};
-use super::{Cuda, failed, ssd_shared_bytes};
+use super::{ATTENTION_HEAD_DIMS, Cuda, failed, ssd_shared_bytes};
 use crate::backend::{Backend, LinearSource, WeightData, WeightSource};
 use crate::dtype::FloatType;
 use crate::error::{KernelError, check_len};
@@ -453,12 +453,16 @@ impl Backend for Cuda {
         const OP: &str = "causal_attention_f32";
         let (hq, hkv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
         let f = match d {
+            8 => &self.kernels.causal_attention_f32_d8,
+            16 => &self.kernels.causal_attention_f32_d16,
+            24 => &self.kernels.causal_attention_f32_d24,
+            32 => &self.kernels.causal_attention_f32_d32,
             64 => &self.kernels.causal_attention_f32_d64,
             128 => &self.kernels.causal_attention_f32_d128,
             _ => {
                 return Err(KernelError::Unsupported {
                     op: OP,
-                    reason: format!("head_dim {d} (kernels exist for 64 and 128)"),
+                    reason: format!("head_dim {d} (kernels exist for {ATTENTION_HEAD_DIMS:?})"),
                 });
             }
         };
