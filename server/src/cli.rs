@@ -17,9 +17,9 @@ pub(crate) struct Cli {
     /// matrix multiplies (relative error ~1e-2 in the hidden states; other CPUs run exact anyway).
     #[arg(long, global = true, env = "MARC_PRECISION", default_value = "exact", value_parser = parse_precision)]
     pub(crate) precision: MatmulPrecision,
-    /// Where the model runs: `cpu` (default), or `cuda` / `cuda:N` (`marc bench` only so far; fails
-    /// with the reason when the machine has no CUDA driver, or while the CUDA backend cannot run the
-    /// model; see docs/gpu.md).
+    /// Where the model runs: `cpu` (default), or `cuda` / `cuda:N` for `marc serve`, `marc embed`,
+    /// `marc head init` and `marc bench` (fails with the reason when the machine has no CUDA driver,
+    /// or when the CUDA backend cannot run the model, e.g. NVFP4 weights; see docs/gpu.md).
     #[arg(long, global = true, env = "MARC_DEVICE", default_value = "cpu")]
     pub(crate) device: Device,
     #[command(subcommand)]

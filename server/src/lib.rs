@@ -11,6 +11,7 @@
 mod cli;
 mod commands;
 mod input;
+mod model;
 mod output;
 mod quantization;
 pub mod serve;
@@ -26,15 +27,15 @@ pub fn main() -> ExitCode {
         .and_then(|()| Ok(marc_kernels::device::open(cli.device)?))
         .and_then(|()| match cli.command {
             cli::Command::Bench(args) => commands::bench::run(&args, cli.precision, cli.device),
-            // The engine and the offline commands hold the CPU model type; only `bench` runs on CUDA so far.
-            _ if cli.device != marc_kernels::Device::Cpu => Err(anyhow::anyhow!(
-                "--device {}: only `marc bench` runs on CUDA so far (the server's engine holds the CPU model; see \
-                 docs/gpu.md); run with --device cpu",
+            cli::Command::Embed(args) => commands::embed::run(&args, cli.precision, cli.device),
+            cli::Command::Serve(args) => commands::serve::run(&args, cli.precision, cli.device),
+            cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision, cli.device),
+            // Calibration observes the activations of the CPU forward pass, and the rest of quantising
+            // is file work: no use for a GPU.
+            cli::Command::Quantize(_) if cli.device != marc_kernels::Device::Cpu => Err(anyhow::anyhow!(
+                "--device {}: `marc quantize` runs on the CPU; run it with --device cpu",
                 cli.device
             )),
-            cli::Command::Embed(args) => commands::embed::run(&args, cli.precision),
-            cli::Command::Head(cli::HeadCommand::Init(args)) => commands::head::init(&args, cli.precision),
-            cli::Command::Serve(args) => commands::serve::run(&args, cli.precision),
             cli::Command::Health(args) => commands::health::run(&args),
             cli::Command::Quantize(args) => commands::quantize::run(&args),
         });

@@ -88,13 +88,101 @@ fn bench_runs_on_cuda_where_a_gpu_is() {
     );
 }
 
+/// `marc embed --device cuda` writes the CPU's vectors, within the fixtures' tolerance (relative L2
+/// 1e-5), for items of 1, 17 and 40 tokens batched together. Needs a CUDA driver; elsewhere it says
+/// why it is skipped.
 #[test]
-fn only_bench_runs_on_cuda_so_far() {
+fn embed_on_cuda_matches_the_cpu() {
+    if !marc_kernels::device::cuda_driver_present() {
+        eprintln!("SKIPPED: no CUDA driver on this machine; marc embed --device cuda is checked where one is");
+        return;
+    }
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/tests/fixtures/bench_shape_small/config.json"
+    ))
+    .unwrap()
+    .replace("\"head_dim\": 8,", "\"head_dim\": 64,");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    marc_models::synthetic::write_random_checkpoint(&config, &model, marc_models::synthetic::SyntheticDType::BF16, 5)
+        .unwrap();
+    let input = dir.path().join("items.jsonl");
+    let lines: Vec<String> = [1usize, 17, 40]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let ids: Vec<String> = (0..len)
+                .map(|t| ((i * 7919 + t * 104_729 + 3) % 512).to_string())
+                .collect();
+            format!("{{\"id\": {i}, \"token_ids\": [{}]}}", ids.join(", "))
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let embed = |device: &str| -> Vec<Vec<f64>> {
+        let output = dir.path().join(format!("{device}.jsonl"));
+        let (ok, stderr) = marc(
+            &[
+                "--device",
+                device,
+                "embed",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "--no-head",
+                "--layer",
+                "3",
+            ],
+            &[],
+        );
+        assert!(ok, "--device {device}: {stderr}");
+        std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let (cpu, cuda) = (embed("cpu"), embed("cuda"));
+    assert_eq!(cpu.len(), 3);
+    for (item, (g, w)) in cuda.iter().zip(&cpu).enumerate() {
+        let diff: f64 = g.iter().zip(w).map(|(a, b)| (a - b).powi(2)).sum();
+        let norm: f64 = w.iter().map(|b| b * b).sum();
+        let error = (diff / norm).sqrt();
+        assert!(error <= 1e-5, "item {item}: relative L2 {error:.2e}");
+    }
+}
+
+/// Quantising observes the CPU forward pass: on a GPU machine, `--device cuda` is refused by name.
+#[test]
+fn quantize_is_cpu_only() {
     if !marc_kernels::device::cuda_driver_present() {
         eprintln!("SKIPPED: no CUDA driver on this machine, so --device cuda stops at the driver check");
         return;
     }
-    let (ok, stderr) = marc(&["serve", "--device", "cuda"], &[]);
+    let (ok, stderr) = marc(
+        &[
+            "--device",
+            "cuda",
+            "quantize",
+            "--model",
+            "/nonexistent",
+            "--output",
+            "/nonexistent",
+        ],
+        &[],
+    );
     assert!(!ok);
-    assert!(stderr.contains("only `marc bench` runs on CUDA"), "{stderr}");
+    assert!(stderr.contains("`marc quantize` runs on the CPU"), "{stderr}");
 }

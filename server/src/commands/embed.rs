@@ -15,15 +15,14 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
-use marc_kernels::MatmulPrecision;
+use marc_kernels::{Device, MatmulPrecision};
 use marc_models::heads::HEADS_DIR;
-use marc_models::{
-    CompressionHead, LoadOptions, NemotronH, NemotronHConfig, PackedBatch, Pooling, QuantMode, load_heads,
-};
+use marc_models::{CompressionHead, LoadOptions, NemotronHConfig, PackedBatch, Pooling, QuantMode, load_heads};
 use serde::Serialize;
 
 use crate::cli::{EmbedArgs, default_model_dir};
 use crate::input::{Item, read_items};
+use crate::model::{self, Encoder, Model};
 use crate::output::{self, Field, HeadChoice, OutputRequest, OutputSpec, Served, Source, plan};
 use crate::quantization::Quantization;
 
@@ -49,7 +48,7 @@ fn flag(field: Field) -> &'static str {
     }
 }
 
-pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
+pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision, device: Device) -> anyhow::Result<()> {
     let dir = args.model.clone().unwrap_or_else(default_model_dir);
     let config = NemotronHConfig::from_file(&dir.join("config.json"))?;
     ensure!(args.max_batch_tokens > 0, "--max-batch-tokens must be at least 1");
@@ -101,7 +100,12 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
 
     let quantization = Quantization::resolve(&dir, args.quant.quant)?;
     let items = read_items(&args.input, &dir, config.vocab_size)?;
-    let model = load_model(&dir, layer, precision, quantization.mode)?;
+    // The largest forward pass: a full batch, or an item longer than that on its own.
+    let max_tokens = items
+        .iter()
+        .map(|i| i.tokens.len())
+        .fold(args.max_batch_tokens, usize::max);
+    let model = load_model(&dir, layer, precision, quantization.mode, device, max_tokens)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = bar(
@@ -110,7 +114,15 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
     );
 
     let partial = partial_path(&args.output);
-    let written = write_all(&model, &items, &spec, &heads, args.max_batch_tokens, &partial, &bar);
+    let written = write_all(
+        model.as_ref(),
+        &items,
+        &spec,
+        &heads,
+        args.max_batch_tokens,
+        &partial,
+        &bar,
+    );
     bar.finish_and_clear();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&partial);
@@ -132,24 +144,28 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision) -> anyhow::Resul
     Ok(())
 }
 
+/// Loads the model up to `layer` on `device` for forward passes of at most `max_tokens` tokens,
+/// with a progress bar.
 pub(crate) fn load_model(
     dir: &Path,
     layer: usize,
     precision: MatmulPrecision,
     quant: QuantMode,
-) -> anyhow::Result<NemotronH> {
+    device: Device,
+    max_tokens: usize,
+) -> anyhow::Result<Model> {
     let bar = bar(0, "loading {bar:40} {bytes}/{total_bytes}");
     let options = LoadOptions {
         max_layer: Some(layer),
         precision,
         quant,
     };
-    let model = NemotronH::load_with_progress(dir, options, &mut |p| {
+    let model = model::load(dir, options, device, max_tokens, &mut |p| {
         bar.set_length(p.total);
         bar.set_position(p.done);
     });
     bar.finish_and_clear();
-    model.with_context(|| format!("cannot load the model in {}", dir.display()))
+    model
 }
 
 pub(crate) fn bar(len: u64, template: &str) -> ProgressBar {
@@ -169,7 +185,7 @@ fn partial_path(output: &Path) -> PathBuf {
 /// Runs the items in packed batches of at most `max_batch_tokens` (an item longer than that
 /// runs alone), calling `each` with a batch's items, the packed batch and its states at `layer`.
 pub(crate) fn for_each_batch(
-    model: &NemotronH,
+    model: &dyn Encoder,
     items: &[Item],
     layer: usize,
     max_batch_tokens: usize,
@@ -195,7 +211,7 @@ pub(crate) fn for_each_batch(
 
 /// Embeds every item and writes one line per item, in order.
 fn write_all(
-    model: &NemotronH,
+    model: &dyn Encoder,
     items: &[Item],
     spec: &OutputSpec,
     heads: &[CompressionHead],

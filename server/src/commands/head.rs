@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use marc_kernels::MatmulPrecision;
+use marc_kernels::{Device, MatmulPrecision};
 use marc_models::heads::{self, HeadInfo, pca};
 use marc_models::{NemotronHConfig, Pooling, QuantMode};
 
@@ -13,7 +13,7 @@ use crate::commands::embed::{bar, for_each_batch, load_model};
 use crate::input::read_items;
 use crate::output::{pool_ranges, pooling_name};
 
-pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
+pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision, device: Device) -> anyhow::Result<()> {
     let dir = &args.model;
     let config = NemotronHConfig::from_file(&dir.join("config.json"))?;
     let hidden = config.hidden_size;
@@ -51,7 +51,11 @@ pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision) -> anyhow::R
         );
     }
 
-    let model = load_model(dir, args.layer, precision, QuantMode::default())?;
+    let max_tokens = items
+        .iter()
+        .map(|i| i.tokens.len())
+        .fold(args.max_batch_tokens, usize::max);
+    let model = load_model(dir, args.layer, precision, QuantMode::default(), device, max_tokens)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = bar(
@@ -60,7 +64,7 @@ pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision) -> anyhow::R
     );
     let mut pooled = Vec::with_capacity(items.len() * hidden);
     let embedded = for_each_batch(
-        &model,
+        model.as_ref(),
         &items,
         args.layer,
         args.max_batch_tokens,

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::serve::{CaptureConfig, ServeConfig, run as serve, shutdown};
 use anyhow::Context;
-use marc_kernels::MatmulPrecision;
+use marc_kernels::{Device, MatmulPrecision};
 
 use crate::cli::{ServeArgs, default_model_dir};
 
-pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Result<()> {
+pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision, device: Device) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -21,6 +21,7 @@ pub(crate) fn run(args: &ServeArgs, precision: MatmulPrecision) -> anyhow::Resul
         logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
     let config = ServeConfig {
+        device,
         precision,
         quant: args.quant.quant,
         max_batch_tokens: args.max_batch_tokens,

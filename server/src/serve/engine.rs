@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use marc_models::{CompressionHead, NemotronH, PackedBatch};
+use marc_models::{CompressionHead, PackedBatch};
 use tokio::sync::oneshot;
 
 use super::batching::queue::{Entry, Lane, Queue, Slice};
 use super::error::ServeError;
 use super::metrics as m;
+use crate::model::{Encoder, Model};
 use crate::output::{self, ItemOutput, OutputSpec};
 
 /// A validated request, ready to queue.
@@ -105,7 +106,7 @@ impl Engine {
     pub(crate) fn start(
         settings: BatchSettings,
         heads: Arc<Vec<CompressionHead>>,
-        load: impl FnOnce() -> anyhow::Result<NemotronH> + Send + 'static,
+        load: impl FnOnce() -> anyhow::Result<Model> + Send + 'static,
         ready: oneshot::Sender<anyhow::Result<Duration>>,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
@@ -132,7 +133,7 @@ impl Engine {
             };
             inner.ready.store(true, Ordering::SeqCst);
             let _ = ready.send(Ok(started.elapsed()));
-            serve_queue(&inner, &model, &heads);
+            serve_queue(&inner, model.as_ref(), &heads);
         })?;
         Ok(Self { shared })
     }
@@ -200,7 +201,7 @@ fn queue_gauges(queue: &Queue<Arc<Pending>>) {
 
 /// The engine loop: wait for work, give a batch that starts an idle period up to `max_batch_wait` to fill,
 /// run it.
-fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
+fn serve_queue(shared: &Shared, model: &dyn Encoder, heads: &[CompressionHead]) {
     let settings = shared.settings;
     loop {
         let mut queue = lock(&shared.queue);
@@ -248,7 +249,7 @@ fn serve_queue(shared: &Shared, model: &NemotronH, heads: &[CompressionHead]) {
     }
 }
 
-fn run_batch(model: &NemotronH, heads: &[CompressionHead], batch: Vec<Slice<Arc<Pending>>>, tokens: usize) {
+fn run_batch(model: &dyn Encoder, heads: &[CompressionHead], batch: Vec<Slice<Arc<Pending>>>, tokens: usize) {
     let started = Instant::now();
     for slice in &batch {
         lock(&slice.payload.started).get_or_insert(started);

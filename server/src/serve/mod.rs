@@ -23,11 +23,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
-use marc_kernels::MatmulPrecision;
+use marc_kernels::{Device, MatmulPrecision};
 use marc_models::tokenizer::Tokenizer;
-use marc_models::{
-    CompressionHead, LoadOptions, NemotronH, NemotronHConfig, Pooling, QuantMode, default_head, load_heads,
-};
+use marc_models::{CompressionHead, LoadOptions, NemotronHConfig, Pooling, QuantMode, default_head, load_heads};
 use marc_proto::FILE_DESCRIPTOR_SET;
 use marc_proto::marc::v1::embedder_server::EmbedderServer;
 use tokio::net::TcpListener;
@@ -59,6 +57,8 @@ pub const MAX_STREAM_IN_FLIGHT: usize = 4096;
 pub struct ServeConfig {
     /// The model directory (config, weights, optional tokenizer and heads).
     pub model_dir: PathBuf,
+    /// Where the model runs (`--device`).
+    pub device: Device,
     /// GEMM precision.
     pub precision: MatmulPrecision,
     /// How a quantised checkpoint's NVFP4 layers run (`--quant`); `None`: w4a16, and unquantised
@@ -98,6 +98,7 @@ impl ServeConfig {
     pub fn new(model_dir: PathBuf) -> Self {
         Self {
             model_dir,
+            device: Device::Cpu,
             precision: MatmulPrecision::Exact,
             quant: None,
             max_batch_tokens: 8192,
@@ -232,7 +233,10 @@ pub async fn run(
         max_items_per_request: config.max_items_per_request,
         max_request_bytes: MAX_REQUEST_BYTES,
         max_raw_layer,
-        backend: format!("cpu-{}", marc_kernels::ops::matmul::matmul_isa()),
+        backend: match config.device {
+            Device::Cpu => format!("cpu-{}", marc_kernels::ops::matmul::matmul_isa()),
+            cuda => cuda.to_string(),
+        },
     };
 
     let (capture, capture_writer) = match &config.capture {
@@ -246,6 +250,7 @@ pub async fn run(
     let precision = config.precision;
     let quant = quantization.mode;
     let load_dir = dir.clone();
+    let (device, max_tokens) = (config.device, config.max_batch_tokens);
     let engine = Engine::start(
         BatchSettings {
             max_batch_tokens: config.max_batch_tokens,
@@ -255,15 +260,13 @@ pub async fn run(
         },
         heads,
         move || {
-            NemotronH::load(
-                &load_dir,
-                LoadOptions {
-                    max_layer: Some(load_depth),
-                    precision,
-                    quant,
-                },
-            )
-            .with_context(|| format!("cannot load the model in {}", load_dir.display()))
+            let options = LoadOptions {
+                max_layer: Some(load_depth),
+                precision,
+                quant,
+            };
+            // --max-item-tokens <= --max-batch-tokens (checked above): no forward pass is longer.
+            crate::model::load(&load_dir, options, device, max_tokens, &mut |_| {})
         },
         ready_tx,
     )?;
