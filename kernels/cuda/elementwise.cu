@@ -8,6 +8,9 @@
 //   path's split (kernels/src/ops/matmul/amx.rs). Truncation, not rounding, so that hi never
 //   overflows to infinity near the f32 maximum. Exact down to |x| ~ 2^-110; below, bits under
 //   bf16's smallest subnormal (2^-133) are dropped, as on the CPU.
+// * bf16_part_f32: one of those three parts (0: hi, 1: mid, 2: lo) as f32, for the GEMMs that read
+//   f32 activations and round them to bf16 when staging (FP8, NVFP4 W4A16): a part rounds to
+//   itself, so three launches on the parts give the exact product, one part buffer at a time.
 // * round_bf16_f32: x rounded to bf16, nearest even, NaN kept quiet (--precision bf16).
 // * add_f32: acc += x (the residual adds; CPU twin ops::activation::add_in_place).
 // * softplus_dt_f32: Mamba's step sizes, dt = max(softplus(dt + bias[head]), dt_min) with
@@ -36,6 +39,19 @@ __device__ __forceinline__ unsigned short bf16_rounded_bits(float x) {
     return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// The three bf16 parts of v: hi = v truncated, mid = the remainder truncated, lo = what is left.
+struct Bf16x3 {
+    unsigned short part[3];
+};
+
+__device__ __forceinline__ Bf16x3 bf16x3_split(float v) {
+    const unsigned short h = bf16_truncated_bits(v);
+    const float rest = __fsub_rn(v, bf16_bits_to_float(h));  // exact: v's low 16 bits
+    const unsigned short m = bf16_truncated_bits(rest);
+    const float last = __fsub_rn(rest, bf16_bits_to_float(m));  // exact, <= 8 bits
+    return Bf16x3{{h, m, bf16_truncated_bits(last)}};
+}
+
 }  // namespace marc
 
 extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
@@ -43,14 +59,20 @@ extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
                      unsigned short* __restrict__ mid, unsigned short* __restrict__ lo) {
     for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size_t(n);
          i += size_t(gridDim.x) * blockDim.x) {
-        const float v = x[i];
-        const unsigned short h = marc::bf16_truncated_bits(v);
-        const float rest = __fsub_rn(v, marc::bf16_bits_to_float(h));  // exact: x's low 16 bits
-        const unsigned short m = marc::bf16_truncated_bits(rest);
-        const float last = __fsub_rn(rest, marc::bf16_bits_to_float(m));  // exact, <= 8 bits
-        hi[i] = h;
-        mid[i] = m;
-        lo[i] = marc::bf16_truncated_bits(last);
+        const marc::Bf16x3 s = marc::bf16x3_split(x[i]);
+        hi[i] = s.part[0];
+        mid[i] = s.part[1];
+        lo[i] = s.part[2];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+    bf16_part_f32(const float* __restrict__ x, int n, int part, float* __restrict__ out) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size_t(n);
+         i += size_t(gridDim.x) * blockDim.x) {
+        const marc::Bf16x3 s = marc::bf16x3_split(x[i]);
+        // Selected, not indexed: a runtime index into the parts would put them in local memory.
+        out[i] = marc::bf16_bits_to_float(part == 0 ? s.part[0] : part == 1 ? s.part[1] : s.part[2]);
     }
 }
 

@@ -77,6 +77,7 @@ const Entry KERNELS[] = {
     KERNEL(simt_selftest_block),
     KERNEL(softplus_dt_f32),
     KERNEL(split_bf16x3_f32),
+    KERNEL(bf16_part_f32),
     KERNEL(simt_selftest_warp),
     KERNEL(ssd_scan_f32),
     KERNEL(gated_group_rms_norm_f32),

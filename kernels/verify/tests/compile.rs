@@ -62,6 +62,7 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("add_f32", 32),
     ("round_bf16_f32", 32),
     ("split_bf16x3_f32", 32),
+    ("bf16_part_f32", 32),
     // softplus' expf and log1pf are the largest part.
     ("softplus_dt_f32", 40),
     ("moe_unpermute_f32", 40),

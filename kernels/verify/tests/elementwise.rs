@@ -74,6 +74,35 @@ fn split_parts_are_the_truncations_and_sum_to_x_exactly() {
     }
 }
 
+/// `bf16_part_f32` gives `split_bf16x3_f32`'s parts one at a time, as f32: bitwise the same values.
+#[test]
+fn one_part_at_a_time_is_the_split_as_f32() {
+    let n = 1000;
+    let x = awkward(n, 7);
+    let (mut hi, mut mid, mut lo) = (vec![0u16; n], vec![0u16; n], vec![0u16; n]);
+    let mut args = Args::new();
+    args.input(&x)
+        .int(n as i32)
+        .output(&mut hi)
+        .output(&mut mid)
+        .output(&mut lo);
+    launch("split_bf16x3_f32", [4, 1, 1], [256, 1, 1], 0, &mut args);
+    for (part, want) in [hi, mid, lo].iter().enumerate() {
+        let mut got = vec![f32::NAN; n];
+        let mut args = Args::new();
+        args.input(&x).int(n as i32).int(part as i32).output(&mut got);
+        launch("bf16_part_f32", [2, 1, 1], [256, 1, 1], 0, &mut args);
+        for i in 0..n {
+            assert_eq!(
+                got[i].to_bits(),
+                bf16_to_f32(want[i]).to_bits(),
+                "part {part}, x = {:e}",
+                x[i]
+            );
+        }
+    }
+}
+
 #[test]
 fn rounding_to_bf16_is_nearest_even() {
     let n = 1000;

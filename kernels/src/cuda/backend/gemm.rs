@@ -1,5 +1,5 @@
-//! GEMMs on the bf16 kernels: the weight format they take, and activations staged to bf16 (three
-//! exact parts, or one rounded) around each call.
+//! The weight formats the CUDA GEMMs take (bf16, FP8 E4M3, NVFP4), and for the bf16 kernels the
+//! activations staged to bf16 (three exact parts, or one rounded) around each call.
 
 use cudarc::driver::PushKernelArg;
 
@@ -10,30 +10,90 @@ use crate::backend::{WeightData, WeightSource};
 use crate::dtype::FloatType;
 use crate::error::{KernelError, check_len};
 use crate::ops::matmul::MatmulPrecision;
+use crate::quant::nvfp4::NVFP4_BLOCK;
 
-/// A GEMM weight as `gemm_bf16_f32` reads it: bf16 bits, row-major. Other stored formats have no
-/// CUDA GEMM yet and are refused, naming the format.
-pub(super) fn gemm_weight_bits(weight: &WeightSource<'_>) -> Result<Vec<u16>, KernelError> {
+/// A Linear weight as the CUDA GEMMs read it, checked and still on the host.
+#[derive(Debug, PartialEq)]
+pub(super) enum HostWeight<'a> {
+    /// bf16 bits, row-major: `gemm_bf16_f32`, activations staged to bf16.
+    Bf16(Vec<u16>),
+    /// E4M3 codes, row-major, and the tensor scale: `gemm_fp8_f32`.
+    Fp8 {
+        /// `rows * cols` codes.
+        codes: &'a [u8],
+        /// Multiplies every product.
+        scale: f32,
+    },
+    /// NVFP4 as stored: `gemm_nvfp4_w4a16_f32`, or `gemm_nvfp4_w4a4_f32` on activations quantised
+    /// with `input_scale` when the layer runs W4A4.
+    Nvfp4 {
+        /// `[rows, cols / 2]` nibbles, low first.
+        packed: &'a [u8],
+        /// `[rows, cols / 16]` E4M3 block scales.
+        block_scales: &'a [u8],
+        /// ModelOpt's `weight_scale_2`.
+        tensor_scale: f32,
+        /// The static activation scale, when the layer runs W4A4.
+        input_scale: Option<f32>,
+    },
+}
+
+/// `weight` in the form a CUDA GEMM reads it, its sizes checked. A layer runs W4A4, as on the CPU,
+/// when its precision asks for NVFP4 activations and the checkpoint holds an input scale; float
+/// weights other than bf16 have no CUDA GEMM and are refused, naming the format.
+pub(super) fn host_weight<'a>(
+    weight: &WeightSource<'a>,
+    precision: MatmulPrecision,
+) -> Result<HostWeight<'a>, KernelError> {
     const OP: &str = "cuda linear";
-    let WeightData::Float {
-        dtype: FloatType::BF16,
-        bytes,
-    } = weight.data
-    else {
-        return Err(KernelError::Unsupported {
+    let (rows, cols) = (weight.rows, weight.cols);
+    match weight.data {
+        WeightData::Float {
+            dtype: FloatType::BF16,
+            bytes,
+        } => {
+            check_len(OP, "weight bytes", bytes.len(), rows * cols * 2)?;
+            Ok(HostWeight::Bf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ))
+        }
+        WeightData::Float { dtype, .. } => Err(KernelError::Unsupported {
             op: OP,
             reason: format!(
-                "a {} weight has no CUDA GEMM yet (gemm_bf16_f32 takes BF16 weights); run this model with \
-                 --device cpu",
-                weight.data.dtype()
+                "a {} weight has no CUDA GEMM (the GEMMs take BF16, FP8 E4M3 and NVFP4 weights); run this \
+                 model with --device cpu",
+                dtype.weight_dtype()
             ),
-        });
-    };
-    check_len(OP, "weight bytes", bytes.len(), weight.rows * weight.cols * 2)?;
-    Ok(bytes
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect())
+        }),
+        WeightData::Fp8 { bytes, scale } => {
+            check_len(OP, "FP8 weight bytes", bytes.len(), rows * cols)?;
+            Ok(HostWeight::Fp8 { codes: bytes, scale })
+        }
+        WeightData::Nvfp4 {
+            packed,
+            block_scales,
+            tensor_scale,
+            input_scale,
+        } => {
+            if !cols.is_multiple_of(NVFP4_BLOCK) {
+                return Err(KernelError::InvalidShape {
+                    op: OP,
+                    reason: format!("an NVFP4 weight of {cols} columns (a multiple of {NVFP4_BLOCK} is needed)"),
+                });
+            }
+            check_len(OP, "NVFP4 nibble bytes", packed.len(), rows * cols / 2)?;
+            check_len(OP, "NVFP4 block scales", block_scales.len(), rows * cols / NVFP4_BLOCK)?;
+            Ok(HostWeight::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+                input_scale: input_scale.filter(|_| precision == MatmulPrecision::Nvfp4Activations),
+            })
+        }
+    }
 }
 
 impl Cuda {
@@ -58,7 +118,8 @@ impl Cuda {
                 })?;
                 gemm(staged.ptr, true, out.ptr())
             }
-            MatmulPrecision::Exact => {
+            // Float weights have no NVFP4-activation GEMM; as on the CPU, they run exact in a W4A4 model.
+            MatmulPrecision::Exact | MatmulPrecision::Nvfp4Activations => {
                 let parts = self.scratch(op, x_len * 2 * 3)?;
                 let part = |i: u64| parts.ptr + i * x_len as u64 * 2;
                 let (hi, mid, lo) = (part(0), part(1), part(2));
@@ -73,11 +134,40 @@ impl Cuda {
                 self.add_raw(out.ptr(), partials.ptr(), out.len)?;
                 self.add_raw(out.ptr(), second, out.len)
             }
-            MatmulPrecision::Nvfp4Activations => Err(KernelError::Unsupported {
-                op,
-                reason: "NVFP4 activations (W4A4) have no CUDA GEMM yet".into(),
-            }),
         }
+    }
+
+    /// Runs `gemm(a, with_bias, out)` — a GEMM reading f32 rows from `a` and rounding them to bf16
+    /// as it stages them (FP8, NVFP4 W4A16) — on `x` into `out` per `precision`: on x itself
+    /// (bf16 activations), or, exact, on each of its three bf16 parts as f32 (each rounds to
+    /// itself), summing the three products in the order `staged_gemm` does.
+    pub(super) fn f32_staged_gemm(
+        &self,
+        op: &'static str,
+        x_ptr: u64,
+        x_len: usize,
+        out: &CudaTensor,
+        precision: MatmulPrecision,
+        gemm: impl Fn(u64, bool, u64) -> Result<(), KernelError>,
+    ) -> Result<(), KernelError> {
+        if precision == MatmulPrecision::Bf16Activations {
+            return gemm(x_ptr, true, out.ptr());
+        }
+        let n: i32 = int(op, "x", x_len)?;
+        let part = self.scratch(op, x_len * 4)?;
+        let partial = self.tensor(op, out.len)?;
+        for i in 0..3i32 {
+            self.launch(op, &self.kernels.bf16_part_f32, self.elementwise(x_len)?, |a| {
+                a.arg(&x_ptr).arg(&n).arg(&i).arg(&part.ptr);
+            })?;
+            if i == 0 {
+                gemm(part.ptr, true, out.ptr())?;
+            } else {
+                gemm(part.ptr, false, partial.ptr())?;
+                self.add_raw(out.ptr(), partial.ptr(), out.len)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -85,53 +175,97 @@ impl Cuda {
 mod tests {
     use super::*;
 
+    fn source(rows: usize, cols: usize, data: WeightData<'_>) -> WeightSource<'_> {
+        WeightSource { rows, cols, data }
+    }
+
     #[test]
-    fn gemm_weights_must_be_bf16_and_others_are_refused_by_format() {
+    fn bf16_fp8_and_nvfp4_weights_are_taken_as_stored() {
         let bytes = [0x80, 0x3f, 0x00, 0xc0];
-        let bf16 = WeightSource {
-            rows: 1,
-            cols: 2,
-            data: WeightData::Float {
-                dtype: FloatType::BF16,
-                bytes: &bytes,
-            },
+        let bf16 = WeightData::Float {
+            dtype: FloatType::BF16,
+            bytes: &bytes,
         };
-        assert_eq!(gemm_weight_bits(&bf16).unwrap(), vec![0x3f80, 0xc000]);
-        let short = WeightSource { cols: 3, ..bf16 };
+        assert_eq!(
+            host_weight(&source(1, 2, bf16), MatmulPrecision::Exact).unwrap(),
+            HostWeight::Bf16(vec![0x3f80, 0xc000])
+        );
+        let fp8 = WeightData::Fp8 {
+            bytes: &bytes,
+            scale: 0.5,
+        };
+        assert_eq!(
+            host_weight(&source(2, 2, fp8), MatmulPrecision::Exact).unwrap(),
+            HostWeight::Fp8 {
+                codes: &bytes,
+                scale: 0.5
+            }
+        );
+        let (packed, scales) = ([0x21u8; 16], [0x38u8; 2]);
+        let nvfp4 = WeightData::Nvfp4 {
+            packed: &packed,
+            block_scales: &scales,
+            tensor_scale: 0.25,
+            input_scale: Some(0.125),
+        };
+        // W4A4 only when the precision asks for it; the input scale is dropped otherwise.
+        for (precision, input_scale) in [
+            (MatmulPrecision::Nvfp4Activations, Some(0.125)),
+            (MatmulPrecision::Exact, None),
+        ] {
+            assert_eq!(
+                host_weight(&source(2, 16, nvfp4), precision).unwrap(),
+                HostWeight::Nvfp4 {
+                    packed: &packed,
+                    block_scales: &scales,
+                    tensor_scale: 0.25,
+                    input_scale,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_and_formats_without_a_gemm_are_refused() {
+        let bytes = [0u8; 4];
+        let short = WeightData::Float {
+            dtype: FloatType::BF16,
+            bytes: &bytes,
+        };
         assert!(matches!(
-            gemm_weight_bits(&short),
+            host_weight(&source(1, 3, short), MatmulPrecision::Exact),
             Err(KernelError::LengthMismatch { .. })
         ));
-        let scales = [0x38u8];
-        for (data, name) in [
-            (
-                WeightData::Float {
-                    dtype: FloatType::F32,
-                    bytes: &bytes,
-                },
-                "F32",
-            ),
-            (
-                WeightData::Fp8 {
-                    bytes: &bytes,
-                    scale: 1.0,
-                },
-                "F8_E4M3",
-            ),
-            (
-                WeightData::Nvfp4 {
-                    packed: &bytes,
-                    block_scales: &scales,
-                    tensor_scale: 1.0,
-                    input_scale: None,
-                },
-                "NVFP4",
-            ),
-        ] {
-            let err = gemm_weight_bits(&WeightSource { data, ..bf16 })
+        let fp8 = WeightData::Fp8 {
+            bytes: &bytes,
+            scale: 1.0,
+        };
+        assert!(matches!(
+            host_weight(&source(1, 3, fp8), MatmulPrecision::Exact),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+        let (packed, scales) = ([0u8; 16], [0x38u8; 2]);
+        let nvfp4 = |block_scales| WeightData::Nvfp4 {
+            packed: &packed,
+            block_scales,
+            tensor_scale: 1.0,
+            input_scale: None,
+        };
+        assert!(matches!(
+            host_weight(&source(2, 16, nvfp4(&scales[..1])), MatmulPrecision::Exact),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+        let err = host_weight(&source(4, 8, nvfp4(&scales)), MatmulPrecision::Exact).unwrap_err();
+        assert!(err.to_string().contains("a multiple of 16"), "{err}");
+        for dtype in [FloatType::F32, FloatType::F16] {
+            let float = WeightData::Float { dtype, bytes: &bytes };
+            let err = host_weight(&source(1, 1, float), MatmulPrecision::Exact)
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains(&format!("a {name} weight has no CUDA GEMM")), "{err}");
+            assert!(
+                err.contains(&format!("a {} weight has no CUDA GEMM", dtype.weight_dtype())),
+                "{err}"
+            );
         }
     }
 }

@@ -73,12 +73,21 @@ kernel_table! {
     gemm_bf16_f32,
     /// gemm_bf16.cu
     grouped_gemm_bf16_f32,
-    /// Not written yet (docs/gpu.md, "What the host side needs"): each f32 split exactly into
-    /// three bf16 parts, for exact GEMMs.
+    /// gemm_fp8.cu
+    gemm_fp8_f32,
+    /// gemm_nvfp4.cu
+    gemm_nvfp4_w4a16_f32,
+    /// gemm_nvfp4.cu
+    gemm_nvfp4_w4a4_f32,
+    /// gemm_nvfp4.cu
+    nvfp4_quantize_f32,
+    /// elementwise.cu: each f32 split exactly into three bf16 parts, for exact GEMMs.
     split_bf16x3_f32,
-    /// Not written yet: f32 rounded to bf16 (nearest even), for `--precision bf16`.
+    /// elementwise.cu: one bf16 part of each f32, as f32 (exact FP8 / NVFP4 W4A16 GEMMs).
+    bf16_part_f32,
+    /// elementwise.cu: f32 rounded to bf16 (nearest even), for `--precision bf16`.
     round_bf16_f32,
-    /// Not written yet: `acc += x`.
+    /// elementwise.cu: `acc += x`.
     add_f32,
     /// moe_experts.cu
     relu2_f32,

@@ -42,9 +42,38 @@ impl<T> Resident for DeviceVec<T> {
 /// An f32 parameter on the device.
 pub type CudaVector = DeviceVec<f32>;
 
-/// A Linear layer on the device: bf16 weight `[rows, cols]`, optional f32 bias.
+/// A Linear layer's weight on the device, in the format the checkpoint stores it (see
+/// `gemm::HostWeight`).
+pub(super) enum CudaWeight {
+    /// bf16 bits, row-major.
+    Bf16(DeviceVec<u16>),
+    /// E4M3 codes, row-major, and the tensor scale.
+    Fp8 { codes: DeviceVec<u8>, scale: f32 },
+    /// NVFP4 nibbles and E4M3 block scales as stored, the tensor scale, and the input scale of a
+    /// layer that runs W4A4.
+    Nvfp4 {
+        packed: DeviceVec<u8>,
+        block_scales: DeviceVec<u8>,
+        tensor_scale: f32,
+        input_scale: Option<f32>,
+    },
+}
+
+impl Resident for CudaWeight {
+    fn size_in_bytes(&self) -> usize {
+        match self {
+            CudaWeight::Bf16(bits) => bits.size_in_bytes(),
+            CudaWeight::Fp8 { codes, .. } => codes.size_in_bytes(),
+            CudaWeight::Nvfp4 {
+                packed, block_scales, ..
+            } => packed.size_in_bytes() + block_scales.size_in_bytes(),
+        }
+    }
+}
+
+/// A Linear layer on the device: its weight `[rows, cols]`, optional f32 bias.
 pub struct CudaLinear {
-    pub(super) weight: DeviceVec<u16>,
+    pub(super) weight: CudaWeight,
     pub(super) bias: Option<CudaVector>,
     pub(super) rows: usize,
     pub(super) cols: usize,

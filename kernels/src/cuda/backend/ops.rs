@@ -3,15 +3,19 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::gemm::gemm_weight_bits;
+use super::gemm::{HostWeight, host_weight};
 use super::launch::{GEMM_TILE, NULL, grid, int};
-use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, DeviceVec};
+use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceVec};
 use super::{ATTENTION_HEAD_DIMS, Cuda, failed, ssd_shared_bytes};
 use crate::backend::{Backend, LinearSource, WeightData, WeightSource};
 use crate::dtype::FloatType;
 use crate::error::{KernelError, check_len};
 use crate::ops::moe_route::RouterConfig;
 use crate::ops::{AttentionShape, SsdShape};
+use crate::quant::nvfp4::NVFP4_BLOCK;
+
+/// Threads per block of `nvfp4_quantize_f32` (`QUANTIZE_THREADS` in gemm_nvfp4.cu), one per 16-block.
+const NVFP4_QUANTIZE_THREADS: u32 = 256;
 
 impl Backend for Cuda {
     type Tensor = CudaTensor;
@@ -34,11 +38,28 @@ impl Backend for Cuda {
                 reason: "calibration observes a Linear's inputs on the CPU backend only".into(),
             });
         }
-        let bits = gemm_weight_bits(&linear.weight)?;
+        let host = host_weight(&linear.weight, linear.precision)?;
         if let Some(bias) = &linear.bias {
             check_len(OP, "bias", bias.len(), rows)?;
         }
-        let weight = DeviceVec::upload(&self.stream, &bits).map_err(failed(OP))?;
+        let weight = match host {
+            HostWeight::Bf16(bits) => CudaWeight::Bf16(DeviceVec::upload(&self.stream, &bits).map_err(failed(OP))?),
+            HostWeight::Fp8 { codes, scale } => CudaWeight::Fp8 {
+                codes: DeviceVec::upload(&self.stream, codes).map_err(failed(OP))?,
+                scale,
+            },
+            HostWeight::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+                input_scale,
+            } => CudaWeight::Nvfp4 {
+                packed: DeviceVec::upload(&self.stream, packed).map_err(failed(OP))?,
+                block_scales: DeviceVec::upload(&self.stream, block_scales).map_err(failed(OP))?,
+                tensor_scale,
+                input_scale,
+            },
+        };
         let bias = linear
             .bias
             .map(|b| DeviceVec::upload(&self.stream, &b))
@@ -99,29 +120,38 @@ impl Backend for Cuda {
                 });
             }
         }
-        let stack = |part: fn(&(CudaLinear, CudaLinear)) -> &CudaLinear| {
+        // The grouped GEMMs of FP8 and NVFP4 experts exist (gemm_nvfp4.cu) but are not wired here yet.
+        let bf16 = |l: &CudaLinear| match &l.weight {
+            CudaWeight::Bf16(bits) => Ok(bits.ptr),
+            _ => Err(KernelError::Unsupported {
+                op: OP,
+                reason: "routed experts stored in FP8 or NVFP4 have no grouped GEMM wired on CUDA yet (bf16 \
+                         experts do); run this model with --device cpu"
+                    .into(),
+            }),
+        };
+        let mut sources = Vec::with_capacity(experts.len());
+        for (up, down) in &experts {
+            sources.push((bf16(up)?, bf16(down)?));
+        }
+        let stack = |part: fn(&(u64, u64)) -> u64| {
             let per_expert = inter * width;
             // SAFETY: u16 has no invalid bit patterns and every element is copied below.
             let mut stacked = unsafe { self.stream.alloc::<u16>(per_expert * experts.len()) }?;
-            for (e, pair) in experts.iter().enumerate() {
+            for (e, pair) in sources.iter().enumerate() {
                 let src = part(pair);
                 let mut dst = stacked.slice_mut(e * per_expert..(e + 1) * per_expert);
                 // SAFETY: both ranges hold `per_expert` u16s; the source lives until the copy
                 // has run (the stream is synchronised before `experts` is dropped).
                 unsafe {
                     let (dst_ptr, _guard) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut dst, &self.stream);
-                    cudarc::driver::result::memcpy_dtod_async(
-                        dst_ptr,
-                        src.weight.ptr,
-                        per_expert * 2,
-                        self.stream.cu_stream(),
-                    )?;
+                    cudarc::driver::result::memcpy_dtod_async(dst_ptr, src, per_expert * 2, self.stream.cu_stream())?;
                 }
             }
             Ok::<_, cudarc::driver::DriverError>(stacked)
         };
-        let up = stack(|(up, _)| up).map_err(failed(OP))?;
-        let down = stack(|(_, down)| down).map_err(failed(OP))?;
+        let up = stack(|&(up, _)| up).map_err(failed(OP))?;
+        let down = stack(|&(_, down)| down).map_err(failed(OP))?;
         self.stream.synchronize().map_err(failed(OP))?;
         let (up_ptr, down_ptr) = (
             cudarc::driver::DevicePtr::device_ptr(&up, &self.stream).0,
@@ -218,7 +248,7 @@ impl Backend for Cuda {
     }
 
     fn linear(&self, x: &CudaTensor, linear: &CudaLinear) -> Result<CudaTensor, KernelError> {
-        const OP: &str = "gemm_bf16_f32";
+        const OP: &str = "cuda linear";
         if !x.len.is_multiple_of(linear.cols) {
             return Err(KernelError::LengthMismatch {
                 op: OP,
@@ -230,6 +260,7 @@ impl Backend for Cuda {
         let m = x.len / linear.cols;
         let out = self.tensor(OP, m * linear.rows)?;
         let (mm, n, k): (i32, i32, i32) = (int(OP, "m", m)?, int(OP, "n", linear.rows)?, int(OP, "k", linear.cols)?);
+        // Every GEMM kernel tiles the output 64 x 64 with 128 threads (gemm_tile.cuh).
         let cfg = grid(
             int(OP, "column tiles", linear.rows.div_ceil(GEMM_TILE))?,
             int(OP, "row tiles", m.div_ceil(GEMM_TILE))?,
@@ -238,25 +269,99 @@ impl Backend for Cuda {
             0,
         );
         let bias = linear.bias.as_ref().map_or(NULL, |b| b.ptr);
-        self.staged_gemm(
-            OP,
-            x.ptr(),
-            x.len,
-            &out,
-            linear.precision,
-            |a_ptr, with_bias, out_ptr| {
-                let bias = if with_bias { bias } else { NULL };
-                self.launch(OP, &self.kernels.gemm_bf16_f32, cfg, |a| {
-                    a.arg(&a_ptr)
-                        .arg(&linear.weight.ptr)
+        let (x_ptr, y_ptr) = (x.ptr(), out.ptr());
+        match &linear.weight {
+            CudaWeight::Bf16(bits) => {
+                self.staged_gemm(OP, x_ptr, x.len, &out, linear.precision, |a_ptr, with_bias, out_ptr| {
+                    let bias = if with_bias { bias } else { NULL };
+                    self.launch(OP, &self.kernels.gemm_bf16_f32, cfg, |a| {
+                        a.arg(&a_ptr)
+                            .arg(&bits.ptr)
+                            .arg(&bias)
+                            .arg(&mm)
+                            .arg(&n)
+                            .arg(&k)
+                            .arg(&out_ptr);
+                    })
+                })?;
+            }
+            CudaWeight::Fp8 { codes, scale } => {
+                self.f32_staged_gemm(OP, x_ptr, x.len, &out, linear.precision, |a_ptr, with_bias, out_ptr| {
+                    let bias = if with_bias { bias } else { NULL };
+                    self.launch(OP, &self.kernels.gemm_fp8_f32, cfg, |a| {
+                        a.arg(&a_ptr)
+                            .arg(&codes.ptr)
+                            .arg(scale)
+                            .arg(&bias)
+                            .arg(&mm)
+                            .arg(&n)
+                            .arg(&k)
+                            .arg(&out_ptr);
+                    })
+                })?;
+            }
+            CudaWeight::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+                input_scale: None,
+            } => {
+                self.f32_staged_gemm(OP, x_ptr, x.len, &out, linear.precision, |a_ptr, with_bias, out_ptr| {
+                    let bias = if with_bias { bias } else { NULL };
+                    self.launch(OP, &self.kernels.gemm_nvfp4_w4a16_f32, cfg, |a| {
+                        a.arg(&a_ptr)
+                            .arg(&packed.ptr)
+                            .arg(&block_scales.ptr)
+                            .arg(tensor_scale)
+                            .arg(&bias)
+                            .arg(&mm)
+                            .arg(&n)
+                            .arg(&k)
+                            .arg(&out_ptr);
+                    })
+                })?;
+            }
+            CudaWeight::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+                input_scale: Some(input_scale),
+            } => {
+                // W4A4: x quantised to NVFP4 with the layer's static scale (one thread per 16-block,
+                // the CPU quantiser's bits), then the block-scaled product.
+                let blocks = x.len / NVFP4_BLOCK;
+                let x_packed = self.scratch(OP, x.len / 2)?;
+                let x_scales = self.scratch(OP, blocks)?;
+                let quantise = grid(
+                    int(OP, "quantiser blocks", blocks.div_ceil(NVFP4_QUANTIZE_THREADS as usize))?,
+                    1,
+                    1,
+                    NVFP4_QUANTIZE_THREADS,
+                    0,
+                );
+                self.launch(OP, &self.kernels.nvfp4_quantize_f32, quantise, |a| {
+                    a.arg(&x_ptr)
+                        .arg(&mm)
+                        .arg(&k)
+                        .arg(input_scale)
+                        .arg(&x_packed.ptr)
+                        .arg(&x_scales.ptr);
+                })?;
+                self.launch(OP, &self.kernels.gemm_nvfp4_w4a4_f32, cfg, |a| {
+                    a.arg(&x_packed.ptr)
+                        .arg(&x_scales.ptr)
+                        .arg(input_scale)
+                        .arg(&packed.ptr)
+                        .arg(&block_scales.ptr)
+                        .arg(tensor_scale)
                         .arg(&bias)
                         .arg(&mm)
                         .arg(&n)
                         .arg(&k)
-                        .arg(&out_ptr);
-                })
-            },
-        )?;
+                        .arg(&y_ptr);
+                })?;
+            }
+        }
         Ok(out)
     }
 
