@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn marc(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_marc"))
         .args(args)
@@ -51,17 +53,11 @@ fn bench_runs_on_cuda_where_a_gpu_is() {
         eprintln!("SKIPPED: no CUDA driver on this machine; marc bench --device cuda is checked where one is");
         return;
     }
-    // The benchmark pattern, small, with attention heads the CUDA kernels handle (64 wide).
-    let fixture = concat!(
+    // The benchmark pattern, small.
+    let config_path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../models/tests/fixtures/bench_shape_small/config.json"
     );
-    let config = std::fs::read_to_string(fixture)
-        .unwrap()
-        .replace("\"head_dim\": 8,", "\"head_dim\": 64,");
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_marc"))
         .args([
             "--device",
@@ -73,7 +69,7 @@ fn bench_runs_on_cuda_where_a_gpu_is() {
             "3",
             "--config",
         ])
-        .arg(&config_path)
+        .arg(config_path)
         .env_remove("MARC_DEVICE")
         .output()
         .unwrap();
@@ -97,17 +93,10 @@ fn embed_on_cuda_matches_the_cpu() {
         eprintln!("SKIPPED: no CUDA driver on this machine; marc embed --device cuda is checked where one is");
         return;
     }
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/tests/fixtures/bench_shape_small/config.json"
-    ))
-    .unwrap()
-    .replace("\"head_dim\": 8,", "\"head_dim\": 64,");
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    marc_models::synthetic::write_random_checkpoint(&config, &model, marc_models::synthetic::SyntheticDType::BF16, 5)
-        .unwrap();
+    common::write_bf16_bench_shape_model(&model, 5);
     let input = dir.path().join("items.jsonl");
     let lines: Vec<String> = [1usize, 17, 40]
         .iter()

@@ -3,11 +3,10 @@
 //! driver is; elsewhere it says why it is skipped, so CI shows it.
 
 use marc_kernels::Device;
-use marc_models::synthetic::{SyntheticDType, write_random_checkpoint};
 use marc_proto::marc::v1::{EmbedRequest, InfoRequest, Pooling};
 
 mod common;
-use common::{Server, bounded, embed, ids, request, seq};
+use common::{Server, bounded, embed, ids, request, seq, write_bf16_bench_shape_model};
 
 /// The fixtures' contract (models/tests/reference.rs).
 const TOLERANCE: f64 = 1e-5;
@@ -27,15 +26,8 @@ async fn serving_on_cuda_answers_as_the_cpu_does() {
         eprintln!("SKIPPED: no CUDA driver on this machine; marc serve --device cuda is checked where one is");
         return;
     }
-    // The benchmark pattern, small, with attention heads the CUDA kernels handle (64 wide).
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/tests/fixtures/bench_shape_small/config.json"
-    ))
-    .unwrap()
-    .replace("\"head_dim\": 8,", "\"head_dim\": 64,");
     let model = tempfile::tempdir().unwrap();
-    write_random_checkpoint(&config, model.path(), SyntheticDType::BF16, 11).unwrap();
+    write_bf16_bench_shape_model(model.path(), 11);
 
     let cpu = Server::spawn(model.path().to_owned(), |c| c.max_batch_tokens = 256).await;
     let cuda = Server::spawn(model.path().to_owned(), |c| {

@@ -37,19 +37,26 @@ fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
-#[test]
-fn split_parts_are_the_truncations_and_sum_to_x_exactly() {
-    let n = 1000;
-    let x = awkward(n, 5);
+/// `split_bf16x3_f32` on `x`: its (hi, mid, lo) bf16 bits.
+fn split_emulated(x: &[f32]) -> [Vec<u16>; 3] {
+    let n = x.len();
     let (mut hi, mut mid, mut lo) = (vec![0u16; n], vec![0u16; n], vec![0u16; n]);
     let mut args = Args::new();
-    args.input(&x)
+    args.input(x)
         .int(n as i32)
         .output(&mut hi)
         .output(&mut mid)
         .output(&mut lo);
     // Fewer threads than elements: the grid-stride loop covers the rest.
     launch("split_bf16x3_f32", [2, 1, 1], [256, 1, 1], 0, &mut args);
+    [hi, mid, lo]
+}
+
+#[test]
+fn split_parts_are_the_truncations_and_sum_to_x_exactly() {
+    let n = 1000;
+    let x = awkward(n, 5);
+    let [hi, mid, lo] = split_emulated(&x);
     for i in 0..n {
         let v = x[i];
         let (h, m, l) = (bf16_to_f32(hi[i]), bf16_to_f32(mid[i]), bf16_to_f32(lo[i]));
@@ -79,15 +86,7 @@ fn split_parts_are_the_truncations_and_sum_to_x_exactly() {
 fn one_part_at_a_time_is_the_split_as_f32() {
     let n = 1000;
     let x = awkward(n, 7);
-    let (mut hi, mut mid, mut lo) = (vec![0u16; n], vec![0u16; n], vec![0u16; n]);
-    let mut args = Args::new();
-    args.input(&x)
-        .int(n as i32)
-        .output(&mut hi)
-        .output(&mut mid)
-        .output(&mut lo);
-    launch("split_bf16x3_f32", [4, 1, 1], [256, 1, 1], 0, &mut args);
-    for (part, want) in [hi, mid, lo].iter().enumerate() {
+    for (part, want) in split_emulated(&x).iter().enumerate() {
         let mut got = vec![f32::NAN; n];
         let mut args = Args::new();
         args.input(&x).int(n as i32).int(part as i32).output(&mut got);

@@ -33,6 +33,18 @@ pub fn demo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo")
 }
 
+/// The small model of the benchmark pattern (models/tests/fixtures/bench_shape_small's config) with
+/// random bf16 weights written to `dir`: a model the CUDA backend runs (it takes bf16 weights).
+pub fn write_bf16_bench_shape_model(dir: &Path, seed: u64) {
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/tests/fixtures/bench_shape_small/config.json"
+    ))
+    .unwrap();
+    marc_models::synthetic::write_random_checkpoint(&config, dir, marc_models::synthetic::SyntheticDType::BF16, seed)
+        .unwrap();
+}
+
 pub struct Server {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,

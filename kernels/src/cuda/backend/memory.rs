@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, PushKernelArg};
 
 use crate::backend::Resident;
 use crate::cuda::arena::{ArenaFull, StackArena};
@@ -57,6 +57,29 @@ pub(super) enum CudaWeight {
         tensor_scale: f32,
         input_scale: Option<f32>,
     },
+}
+
+impl CudaWeight {
+    /// Pushes the weight's arguments of its GEMM kernel (`gemm_bf16_f32`: the bits; `gemm_fp8_f32`:
+    /// codes and scale; the NVFP4 GEMMs: nibbles, block scales and tensor scale).
+    pub(super) fn push_gemm_args<'a>(&'a self, a: &mut LaunchArgs<'a>) {
+        match self {
+            CudaWeight::Bf16(bits) => {
+                a.arg(&bits.ptr);
+            }
+            CudaWeight::Fp8 { codes, scale } => {
+                a.arg(&codes.ptr).arg(scale);
+            }
+            CudaWeight::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+                ..
+            } => {
+                a.arg(&packed.ptr).arg(&block_scales.ptr).arg(tensor_scale);
+            }
+        }
+    }
 }
 
 impl Resident for CudaWeight {

@@ -271,61 +271,31 @@ impl Backend for Cuda {
         let bias = linear.bias.as_ref().map_or(NULL, |b| b.ptr);
         let (x_ptr, y_ptr) = (x.ptr(), out.ptr());
         match &linear.weight {
-            CudaWeight::Bf16(bits) => {
-                self.staged_gemm(OP, x_ptr, x.len, &out, linear.precision, |a_ptr, with_bias, out_ptr| {
+            CudaWeight::Bf16(_) | CudaWeight::Fp8 { .. } | CudaWeight::Nvfp4 { input_scale: None, .. } => {
+                let weight = &linear.weight;
+                let kernel = match weight {
+                    CudaWeight::Bf16(_) => &self.kernels.gemm_bf16_f32,
+                    CudaWeight::Fp8 { .. } => &self.kernels.gemm_fp8_f32,
+                    CudaWeight::Nvfp4 { .. } => &self.kernels.gemm_nvfp4_w4a16_f32,
+                };
+                // Every one of these kernels takes (a, the weight's arguments, bias, m, n, k, y).
+                let gemm = |a_ptr: u64, with_bias: bool, out_ptr: u64| {
                     let bias = if with_bias { bias } else { NULL };
-                    self.launch(OP, &self.kernels.gemm_bf16_f32, cfg, |a| {
-                        a.arg(&a_ptr)
-                            .arg(&bits.ptr)
-                            .arg(&bias)
-                            .arg(&mm)
-                            .arg(&n)
-                            .arg(&k)
-                            .arg(&out_ptr);
+                    self.launch(OP, kernel, cfg, |a| {
+                        a.arg(&a_ptr);
+                        weight.push_gemm_args(a);
+                        a.arg(&bias).arg(&mm).arg(&n).arg(&k).arg(&out_ptr);
                     })
-                })?;
-            }
-            CudaWeight::Fp8 { codes, scale } => {
-                self.f32_staged_gemm(OP, x_ptr, x.len, &out, linear.precision, |a_ptr, with_bias, out_ptr| {
-                    let bias = if with_bias { bias } else { NULL };
-                    self.launch(OP, &self.kernels.gemm_fp8_f32, cfg, |a| {
-                        a.arg(&a_ptr)
-                            .arg(&codes.ptr)
-                            .arg(scale)
-                            .arg(&bias)
-                            .arg(&mm)
-                            .arg(&n)
-                            .arg(&k)
-                            .arg(&out_ptr);
-                    })
-                })?;
+                };
+                if matches!(weight, CudaWeight::Bf16(_)) {
+                    self.staged_gemm(OP, x_ptr, x.len, &out, linear.precision, gemm)?;
+                } else {
+                    self.f32_staged_gemm(OP, x_ptr, x.len, &out, linear.precision, gemm)?;
+                }
             }
             CudaWeight::Nvfp4 {
-                packed,
-                block_scales,
-                tensor_scale,
-                input_scale: None,
-            } => {
-                self.f32_staged_gemm(OP, x_ptr, x.len, &out, linear.precision, |a_ptr, with_bias, out_ptr| {
-                    let bias = if with_bias { bias } else { NULL };
-                    self.launch(OP, &self.kernels.gemm_nvfp4_w4a16_f32, cfg, |a| {
-                        a.arg(&a_ptr)
-                            .arg(&packed.ptr)
-                            .arg(&block_scales.ptr)
-                            .arg(tensor_scale)
-                            .arg(&bias)
-                            .arg(&mm)
-                            .arg(&n)
-                            .arg(&k)
-                            .arg(&out_ptr);
-                    })
-                })?;
-            }
-            CudaWeight::Nvfp4 {
-                packed,
-                block_scales,
-                tensor_scale,
                 input_scale: Some(input_scale),
+                ..
             } => {
                 // W4A4: x quantised to NVFP4 with the layer's static scale (one thread per 16-block,
                 // the CPU quantiser's bits), then the block-scaled product.
@@ -348,17 +318,9 @@ impl Backend for Cuda {
                         .arg(&x_scales.ptr);
                 })?;
                 self.launch(OP, &self.kernels.gemm_nvfp4_w4a4_f32, cfg, |a| {
-                    a.arg(&x_packed.ptr)
-                        .arg(&x_scales.ptr)
-                        .arg(input_scale)
-                        .arg(&packed.ptr)
-                        .arg(&block_scales.ptr)
-                        .arg(tensor_scale)
-                        .arg(&bias)
-                        .arg(&mm)
-                        .arg(&n)
-                        .arg(&k)
-                        .arg(&y_ptr);
+                    a.arg(&x_packed.ptr).arg(&x_scales.ptr).arg(input_scale);
+                    linear.weight.push_gemm_args(a);
+                    a.arg(&bias).arg(&mm).arg(&n).arg(&k).arg(&y_ptr);
                 })?;
             }
         }
