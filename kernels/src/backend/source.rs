@@ -8,7 +8,7 @@ use crate::error::KernelError;
 use crate::ops::matmul::{MatmulPrecision, PackedMatrix};
 
 /// The bytes of a weight matrix in one of the stored formats (little-endian, row-major).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WeightData<'a> {
     /// F32, BF16 or F16 elements.
     Float {

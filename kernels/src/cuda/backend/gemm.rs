@@ -12,54 +12,22 @@ use crate::error::{KernelError, check_len};
 use crate::ops::matmul::MatmulPrecision;
 use crate::quant::nvfp4::NVFP4_BLOCK;
 
-/// A Linear weight as the CUDA GEMMs read it, checked and still on the host.
-#[derive(Debug, PartialEq)]
-pub(super) enum HostWeight<'a> {
-    /// bf16 bits, row-major: `gemm_bf16_f32`, activations staged to bf16.
-    Bf16(Vec<u16>),
-    /// E4M3 codes, row-major, and the tensor scale: `gemm_fp8_f32`.
-    Fp8 {
-        /// `rows * cols` codes.
-        codes: &'a [u8],
-        /// Multiplies every product.
-        scale: f32,
-    },
-    /// NVFP4 as stored: `gemm_nvfp4_w4a16_f32`, or `gemm_nvfp4_w4a4_f32` on activations quantised
-    /// with `input_scale` when the layer runs W4A4.
-    Nvfp4 {
-        /// `[rows, cols / 2]` nibbles, low first.
-        packed: &'a [u8],
-        /// `[rows, cols / 16]` E4M3 block scales.
-        block_scales: &'a [u8],
-        /// ModelOpt's `weight_scale_2`.
-        tensor_scale: f32,
-        /// The static activation scale, when the layer runs W4A4.
-        input_scale: Option<f32>,
-    },
-}
-
-/// `weight` in the form a CUDA GEMM reads it, its sizes checked. A layer runs W4A4, as on the CPU,
-/// when its precision asks for NVFP4 activations and the checkpoint holds an input scale; float
+/// `weight`'s data as the CUDA GEMMs read it (each takes its format as stored: bf16 rows for
+/// `gemm_bf16_f32`, E4M3 rows for `gemm_fp8_f32`, NVFP4 nibbles and block scales for the NVFP4
+/// GEMMs), its sizes checked. A layer runs W4A4, as on the CPU, when its precision asks for NVFP4
+/// activations and the checkpoint holds an input scale: the input scale is kept only then. Float
 /// weights other than bf16 have no CUDA GEMM and are refused, naming the format.
-pub(super) fn host_weight<'a>(
+pub(super) fn gemm_weight<'a>(
     weight: &WeightSource<'a>,
     precision: MatmulPrecision,
-) -> Result<HostWeight<'a>, KernelError> {
+) -> Result<WeightData<'a>, KernelError> {
     const OP: &str = "cuda linear";
     let (rows, cols) = (weight.rows, weight.cols);
     match weight.data {
         WeightData::Float {
             dtype: FloatType::BF16,
             bytes,
-        } => {
-            check_len(OP, "weight bytes", bytes.len(), rows * cols * 2)?;
-            Ok(HostWeight::Bf16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            ))
-        }
+        } => check_len(OP, "weight bytes", bytes.len(), rows * cols * 2).map(|()| weight.data),
         WeightData::Float { dtype, .. } => Err(KernelError::Unsupported {
             op: OP,
             reason: format!(
@@ -68,9 +36,8 @@ pub(super) fn host_weight<'a>(
                 dtype.weight_dtype()
             ),
         }),
-        WeightData::Fp8 { bytes, scale } => {
-            check_len(OP, "FP8 weight bytes", bytes.len(), rows * cols)?;
-            Ok(HostWeight::Fp8 { codes: bytes, scale })
+        WeightData::Fp8 { bytes, .. } => {
+            check_len(OP, "FP8 weight bytes", bytes.len(), rows * cols).map(|()| weight.data)
         }
         WeightData::Nvfp4 {
             packed,
@@ -86,7 +53,7 @@ pub(super) fn host_weight<'a>(
             }
             check_len(OP, "NVFP4 nibble bytes", packed.len(), rows * cols / 2)?;
             check_len(OP, "NVFP4 block scales", block_scales.len(), rows * cols / NVFP4_BLOCK)?;
-            Ok(HostWeight::Nvfp4 {
+            Ok(WeightData::Nvfp4 {
                 packed,
                 block_scales,
                 tensor_scale,
@@ -186,21 +153,12 @@ mod tests {
             dtype: FloatType::BF16,
             bytes: &bytes,
         };
-        assert_eq!(
-            host_weight(&source(1, 2, bf16), MatmulPrecision::Exact).unwrap(),
-            HostWeight::Bf16(vec![0x3f80, 0xc000])
-        );
+        assert_eq!(gemm_weight(&source(1, 2, bf16), MatmulPrecision::Exact).unwrap(), bf16);
         let fp8 = WeightData::Fp8 {
             bytes: &bytes,
             scale: 0.5,
         };
-        assert_eq!(
-            host_weight(&source(2, 2, fp8), MatmulPrecision::Exact).unwrap(),
-            HostWeight::Fp8 {
-                codes: &bytes,
-                scale: 0.5
-            }
-        );
+        assert_eq!(gemm_weight(&source(2, 2, fp8), MatmulPrecision::Exact).unwrap(), fp8);
         let (packed, scales) = ([0x21u8; 16], [0x38u8; 2]);
         let nvfp4 = WeightData::Nvfp4 {
             packed: &packed,
@@ -214,8 +172,8 @@ mod tests {
             (MatmulPrecision::Exact, None),
         ] {
             assert_eq!(
-                host_weight(&source(2, 16, nvfp4), precision).unwrap(),
-                HostWeight::Nvfp4 {
+                gemm_weight(&source(2, 16, nvfp4), precision).unwrap(),
+                WeightData::Nvfp4 {
                     packed: &packed,
                     block_scales: &scales,
                     tensor_scale: 0.25,
@@ -233,7 +191,7 @@ mod tests {
             bytes: &bytes,
         };
         assert!(matches!(
-            host_weight(&source(1, 3, short), MatmulPrecision::Exact),
+            gemm_weight(&source(1, 3, short), MatmulPrecision::Exact),
             Err(KernelError::LengthMismatch { .. })
         ));
         let fp8 = WeightData::Fp8 {
@@ -241,7 +199,7 @@ mod tests {
             scale: 1.0,
         };
         assert!(matches!(
-            host_weight(&source(1, 3, fp8), MatmulPrecision::Exact),
+            gemm_weight(&source(1, 3, fp8), MatmulPrecision::Exact),
             Err(KernelError::LengthMismatch { .. })
         ));
         let (packed, scales) = ([0u8; 16], [0x38u8; 2]);
@@ -252,14 +210,14 @@ mod tests {
             input_scale: None,
         };
         assert!(matches!(
-            host_weight(&source(2, 16, nvfp4(&scales[..1])), MatmulPrecision::Exact),
+            gemm_weight(&source(2, 16, nvfp4(&scales[..1])), MatmulPrecision::Exact),
             Err(KernelError::LengthMismatch { .. })
         ));
-        let err = host_weight(&source(4, 8, nvfp4(&scales)), MatmulPrecision::Exact).unwrap_err();
+        let err = gemm_weight(&source(4, 8, nvfp4(&scales)), MatmulPrecision::Exact).unwrap_err();
         assert!(err.to_string().contains("a multiple of 16"), "{err}");
         for dtype in [FloatType::F32, FloatType::F16] {
             let float = WeightData::Float { dtype, bytes: &bytes };
-            let err = host_weight(&source(1, 1, float), MatmulPrecision::Exact)
+            let err = gemm_weight(&source(1, 1, float), MatmulPrecision::Exact)
                 .unwrap_err()
                 .to_string();
             assert!(

@@ -42,11 +42,11 @@ impl<T> Resident for DeviceVec<T> {
 /// An f32 parameter on the device.
 pub type CudaVector = DeviceVec<f32>;
 
-/// A Linear layer's weight on the device, in the format the checkpoint stores it (see
-/// `gemm::HostWeight`).
+/// A Linear layer's weight on the device, in the format the checkpoint stores it (checked by
+/// `gemm::gemm_weight`).
 pub(super) enum CudaWeight {
-    /// bf16 bits, row-major.
-    Bf16(DeviceVec<u16>),
+    /// bf16 values, row-major, as little-endian bytes.
+    Bf16(DeviceVec<u8>),
     /// E4M3 codes, row-major, and the tensor scale.
     Fp8 { codes: DeviceVec<u8>, scale: f32 },
     /// NVFP4 nibbles and E4M3 block scales as stored, the tensor scale, and the input scale of a

@@ -3,7 +3,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::gemm::{HostWeight, host_weight};
+use super::gemm::gemm_weight;
 use super::launch::{GEMM_TILE, NULL, grid, int};
 use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceVec};
 use super::{ATTENTION_HEAD_DIMS, Cuda, failed, ssd_shared_bytes};
@@ -38,24 +38,25 @@ impl Backend for Cuda {
                 reason: "calibration observes a Linear's inputs on the CPU backend only".into(),
             });
         }
-        let host = host_weight(&linear.weight, linear.precision)?;
+        let data = gemm_weight(&linear.weight, linear.precision)?;
         if let Some(bias) = &linear.bias {
             check_len(OP, "bias", bias.len(), rows)?;
         }
-        let weight = match host {
-            HostWeight::Bf16(bits) => CudaWeight::Bf16(DeviceVec::upload(&self.stream, &bits).map_err(failed(OP))?),
-            HostWeight::Fp8 { codes, scale } => CudaWeight::Fp8 {
-                codes: DeviceVec::upload(&self.stream, codes).map_err(failed(OP))?,
+        let upload = |bytes: &[u8]| DeviceVec::upload(&self.stream, bytes).map_err(failed(OP));
+        let weight = match data {
+            WeightData::Float { bytes, .. } => CudaWeight::Bf16(upload(bytes)?),
+            WeightData::Fp8 { bytes, scale } => CudaWeight::Fp8 {
+                codes: upload(bytes)?,
                 scale,
             },
-            HostWeight::Nvfp4 {
+            WeightData::Nvfp4 {
                 packed,
                 block_scales,
                 tensor_scale,
                 input_scale,
             } => CudaWeight::Nvfp4 {
-                packed: DeviceVec::upload(&self.stream, packed).map_err(failed(OP))?,
-                block_scales: DeviceVec::upload(&self.stream, block_scales).map_err(failed(OP))?,
+                packed: upload(packed)?,
+                block_scales: upload(block_scales)?,
                 tensor_scale,
                 input_scale,
             },
