@@ -63,30 +63,43 @@ pub(super) fn gemm_weight<'a>(
     }
 }
 
+/// What a GEMM kernel reads as its activations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Activations {
+    /// bf16 rows (`gemm_bf16_f32`): x is staged to bf16 before the call.
+    Bf16,
+    /// f32 rows, rounded to bf16 (nearest even) as the kernel stages them (`gemm_fp8_f32`,
+    /// `gemm_nvfp4_w4a16_f32`).
+    F32,
+}
+
 impl Cuda {
-    /// Runs `gemm(a, with_bias, out)` — a GEMM reading bf16 rows from `a` — on `x` (`rows x cols`
-    /// f32 at `x_ptr`) into `out` (`out_len` floats) per `precision`: on x rounded to bf16, or,
-    /// exact, on each of its three bf16 parts, summing the three products.
+    /// Runs `gemm(a, with_bias, out)` — a GEMM reading `reads` rows from `a` — on `x` (f32 at
+    /// `x_ptr`, `x_len` values) into `out` per `precision`: on x rounded to bf16 (one call), or,
+    /// exact, on each of its three bf16 parts (`hi + mid + lo == x`; each part times a bf16-exact
+    /// weight is exact in f32), summing `hi·W (+ bias)`, then `+ mid·W`, then `+ lo·W`. A kernel
+    /// that reads f32 gets the parts as f32, which its bf16 staging leaves unchanged.
     pub(super) fn staged_gemm(
         &self,
         op: &'static str,
-        x_ptr: u64,
-        x_len: usize,
+        (x_ptr, x_len): (u64, usize),
         out: &CudaTensor,
         precision: MatmulPrecision,
+        reads: Activations,
         gemm: impl Fn(u64, bool, u64) -> Result<(), KernelError>,
     ) -> Result<(), KernelError> {
         let n: i32 = int(op, "x", x_len)?;
-        match precision {
-            MatmulPrecision::Bf16Activations => {
+        match (precision, reads) {
+            (MatmulPrecision::Bf16Activations, Activations::F32) => gemm(x_ptr, true, out.ptr()),
+            (MatmulPrecision::Bf16Activations, Activations::Bf16) => {
                 let staged = self.scratch(op, x_len * 2)?;
                 self.launch(op, &self.kernels.round_bf16_f32, self.elementwise(x_len)?, |a| {
                     a.arg(&x_ptr).arg(&n).arg(&staged.ptr);
                 })?;
                 gemm(staged.ptr, true, out.ptr())
             }
-            // Float weights have no NVFP4-activation GEMM; as on the CPU, they run exact in a W4A4 model.
-            MatmulPrecision::Exact | MatmulPrecision::Nvfp4Activations => {
+            // No float weight has an NVFP4-activation GEMM: as on the CPU, they run exact in a W4A4 model.
+            (MatmulPrecision::Exact | MatmulPrecision::Nvfp4Activations, Activations::Bf16) => {
                 let parts = self.scratch(op, x_len * 2 * 3)?;
                 let part = |i: u64| parts.ptr + i * x_len as u64 * 2;
                 let (hi, mid, lo) = (part(0), part(1), part(2));
@@ -101,40 +114,24 @@ impl Cuda {
                 self.add_raw(out.ptr(), partials.ptr(), out.len)?;
                 self.add_raw(out.ptr(), second, out.len)
             }
-        }
-    }
-
-    /// Runs `gemm(a, with_bias, out)` — a GEMM reading f32 rows from `a` and rounding them to bf16
-    /// as it stages them (FP8, NVFP4 W4A16) — on `x` into `out` per `precision`: on x itself
-    /// (bf16 activations), or, exact, on each of its three bf16 parts as f32 (each rounds to
-    /// itself), summing the three products in the order `staged_gemm` does.
-    pub(super) fn f32_staged_gemm(
-        &self,
-        op: &'static str,
-        x_ptr: u64,
-        x_len: usize,
-        out: &CudaTensor,
-        precision: MatmulPrecision,
-        gemm: impl Fn(u64, bool, u64) -> Result<(), KernelError>,
-    ) -> Result<(), KernelError> {
-        if precision == MatmulPrecision::Bf16Activations {
-            return gemm(x_ptr, true, out.ptr());
-        }
-        let n: i32 = int(op, "x", x_len)?;
-        let part = self.scratch(op, x_len * 4)?;
-        let partial = self.tensor(op, out.len)?;
-        for i in 0..3i32 {
-            self.launch(op, &self.kernels.bf16_part_f32, self.elementwise(x_len)?, |a| {
-                a.arg(&x_ptr).arg(&n).arg(&i).arg(&part.ptr);
-            })?;
-            if i == 0 {
-                gemm(part.ptr, true, out.ptr())?;
-            } else {
-                gemm(part.ptr, false, partial.ptr())?;
-                self.add_raw(out.ptr(), partial.ptr(), out.len)?;
+            // One f32 part at a time: a quarter of the staging memory of three.
+            (MatmulPrecision::Exact | MatmulPrecision::Nvfp4Activations, Activations::F32) => {
+                let part = self.scratch(op, x_len * 4)?;
+                let partial = self.tensor(op, out.len)?;
+                for i in 0..3i32 {
+                    self.launch(op, &self.kernels.bf16_part_f32, self.elementwise(x_len)?, |a| {
+                        a.arg(&x_ptr).arg(&n).arg(&i).arg(&part.ptr);
+                    })?;
+                    if i == 0 {
+                        gemm(part.ptr, true, out.ptr())?;
+                    } else {
+                        gemm(part.ptr, false, partial.ptr())?;
+                        self.add_raw(out.ptr(), partial.ptr(), out.len)?;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@ use cudarc::driver::PushKernelArg;
 
 use super::Cuda;
 use super::failed;
+use super::gemm::Activations;
 use super::launch::{GEMM_TILE, grid, int};
 use super::memory::{ArenaBuf, CudaTensor, CudaVector};
 use crate::cuda::plan::{EXPERT_TILE, padded_expert_rows};
@@ -184,18 +185,25 @@ impl Cuda {
             128,
             0,
         );
-        self.staged_gemm(OP, x.ptr(), x.len, out, precision, |a_ptr, _, out_ptr| {
-            self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
-                a.arg(&a_ptr)
-                    .arg(&routing.sorted.ptr)
-                    .arg(&routing.offsets.ptr)
-                    .arg(&e)
-                    .arg(&tk)
-                    .arg(&w)
-                    .arg(&nn)
-                    .arg(&kk)
-                    .arg(&out_ptr);
-            })
-        })
+        self.staged_gemm(
+            OP,
+            (x.ptr(), x.len),
+            out,
+            precision,
+            Activations::Bf16,
+            |a_ptr, _, out_ptr| {
+                self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
+                    a.arg(&a_ptr)
+                        .arg(&routing.sorted.ptr)
+                        .arg(&routing.offsets.ptr)
+                        .arg(&e)
+                        .arg(&tk)
+                        .arg(&w)
+                        .arg(&nn)
+                        .arg(&kk)
+                        .arg(&out_ptr);
+                })
+            },
+        )
     }
 }

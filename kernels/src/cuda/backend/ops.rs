@@ -3,7 +3,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::gemm::gemm_weight;
+use super::gemm::{Activations, gemm_weight};
 use super::launch::{GEMM_TILE, NULL, grid, int};
 use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceVec};
 use super::{ATTENTION_HEAD_DIMS, Cuda, failed, ssd_shared_bytes};
@@ -288,11 +288,11 @@ impl Backend for Cuda {
                         a.arg(&bias).arg(&mm).arg(&n).arg(&k).arg(&out_ptr);
                     })
                 };
-                if matches!(weight, CudaWeight::Bf16(_)) {
-                    self.staged_gemm(OP, x_ptr, x.len, &out, linear.precision, gemm)?;
-                } else {
-                    self.f32_staged_gemm(OP, x_ptr, x.len, &out, linear.precision, gemm)?;
-                }
+                let reads = match weight {
+                    CudaWeight::Bf16(_) => Activations::Bf16,
+                    _ => Activations::F32,
+                };
+                self.staged_gemm(OP, (x_ptr, x.len), &out, linear.precision, reads, gemm)?;
             }
             CudaWeight::Nvfp4 {
                 input_scale: Some(input_scale),
