@@ -19,7 +19,7 @@ pub(crate) struct Cli {
     pub(crate) precision: MatmulPrecision,
     /// Where the model runs: `cpu` (default), or `cuda` / `cuda:N` for `marc serve`, `marc embed`,
     /// `marc head init` and `marc bench` (fails with the reason when the machine has no CUDA driver,
-    /// or when the CUDA backend cannot run the model, e.g. NVFP4 routed experts; see docs/gpu.md).
+    /// or when the CUDA backend cannot run the model, e.g. f32 weights or FP8 routed experts; see docs/gpu.md).
     #[arg(long, global = true, env = "MARC_DEVICE", default_value = "cpu")]
     pub(crate) device: Device,
     #[command(subcommand)]

@@ -81,6 +81,10 @@ kernel_table! {
     gemm_nvfp4_w4a4_f32,
     /// gemm_nvfp4.cu
     nvfp4_quantize_f32,
+    /// gemm_nvfp4.cu
+    grouped_gemm_nvfp4_w4a16_f32,
+    /// gemm_nvfp4.cu
+    grouped_gemm_nvfp4_w4a4_f32,
     /// elementwise.cu: each f32 split exactly into three bf16 parts, for exact GEMMs.
     split_bf16x3_f32,
     /// elementwise.cu: one bf16 part of each f32, as f32 (exact FP8 / NVFP4 W4A16 GEMMs).

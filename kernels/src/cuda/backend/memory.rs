@@ -123,13 +123,58 @@ impl Resident for CudaEmbedding {
     }
 }
 
-/// The routed experts of an MoE block, stacked for the grouped GEMM: up `[experts, inter, width]`,
-/// down `[experts, width, inter]`, bf16.
+/// Bytes in one device allocation made at load (experts stacked for a grouped GEMM).
+pub(super) struct DeviceBytes {
+    /// Keeps the memory alive.
+    pub(super) _slice: CudaSlice<u8>,
+    /// Its device address.
+    pub(super) ptr: u64,
+    /// Bytes.
+    pub(super) len: usize,
+}
+
+/// One projection of every routed expert of an MoE block, stacked `[experts, n, k]` for the
+/// grouped GEMM, in the format the checkpoint stores the experts in.
+// Two per MoE block, made once at load and never moved on a hot path: the size gap costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum StackedExperts {
+    /// bf16 values (`grouped_gemm_bf16_f32`).
+    Bf16(DeviceBytes),
+    /// NVFP4 (`grouped_gemm_nvfp4_w4a16_f32`, or `_w4a4_f32` when every expert has an input
+    /// scale): nibbles `[E, n, k / 2]`, block scales `[E, n, k / 16]`, one tensor scale (and input
+    /// scale) per expert.
+    Nvfp4 {
+        packed: DeviceBytes,
+        block_scales: DeviceBytes,
+        tensor_scales: CudaVector,
+        input_scales: Option<CudaVector>,
+    },
+}
+
+impl Resident for StackedExperts {
+    fn size_in_bytes(&self) -> usize {
+        match self {
+            StackedExperts::Bf16(bytes) => bytes.len,
+            StackedExperts::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scales,
+                input_scales,
+            } => {
+                packed.len
+                    + block_scales.len
+                    + tensor_scales.size_in_bytes()
+                    + input_scales.as_ref().map_or(0, Resident::size_in_bytes)
+            }
+        }
+    }
+}
+
+/// The routed experts of an MoE block, stacked for the grouped GEMMs: up `[experts, inter, width]`,
+/// down `[experts, width, inter]`.
 pub struct CudaExperts {
-    pub(super) up: CudaSlice<u16>,
-    pub(super) down: CudaSlice<u16>,
-    pub(super) up_ptr: u64,
-    pub(super) down_ptr: u64,
+    pub(super) up: StackedExperts,
+    pub(super) down: StackedExperts,
     pub(super) experts: usize,
     pub(super) inter: usize,
     pub(super) width: usize,
@@ -138,7 +183,7 @@ pub struct CudaExperts {
 
 impl Resident for CudaExperts {
     fn size_in_bytes(&self) -> usize {
-        (self.up.len() + self.down.len()) * 2
+        self.up.size_in_bytes() + self.down.size_in_bytes()
     }
 }
 

@@ -1,13 +1,13 @@
 //! The routed experts of an MoE block on CUDA: routing (`moe_route_f32`), the permutation by
 //! expert padded to the GEMM tile, the grouped up and down GEMMs, and the weighted un-permute.
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{DevicePtr, PushKernelArg};
 
 use super::Cuda;
 use super::failed;
 use super::gemm::Activations;
 use super::launch::{GEMM_TILE, grid, int};
-use super::memory::{ArenaBuf, CudaTensor, CudaVector};
+use super::memory::{ArenaBuf, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceBytes, DeviceVec, StackedExperts};
 use crate::cuda::plan::{EXPERT_TILE, padded_expert_rows};
 use crate::error::{KernelError, check_len};
 use crate::ops::matmul::MatmulPrecision;
@@ -160,18 +160,19 @@ impl Cuda {
         Ok(out)
     }
 
-    /// The routed experts' GEMM for one projection (`w`: its `[experts, n, k]` weights), rows
-    /// gathered from `x` by `a_row = entry / top_k`, written by entry.
+    /// The routed experts' GEMM for one projection (`weights`, `[experts, n, k]`), rows gathered
+    /// from `x` by `a_row = entry / top_k`, written by entry. bf16 and NVFP4 W4A16 experts run
+    /// exact through `staged_gemm`; W4A4 experts quantise their rows with their own input scales.
     pub(super) fn grouped_gemm(
         &self,
         x: &CudaTensor,
         routing: &Routing,
         top_k: usize,
-        (w, (n, k)): (u64, (usize, usize)),
+        (weights, (n, k)): (&StackedExperts, (usize, usize)),
         precision: MatmulPrecision,
         out: &CudaTensor,
     ) -> Result<(), KernelError> {
-        const OP: &str = "grouped_gemm_bf16_f32";
+        const OP: &str = "grouped expert GEMM";
         let (e, kk, nn, tk): (i32, i32, i32, i32) = (
             int(OP, "experts", routing.experts)?,
             int(OP, "k", k)?,
@@ -185,25 +186,147 @@ impl Cuda {
             128,
             0,
         );
-        self.staged_gemm(
-            OP,
-            (x.ptr(), x.len),
-            out,
-            precision,
-            Activations::Bf16,
-            |a_ptr, _, out_ptr| {
-                self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
-                    a.arg(&a_ptr)
-                        .arg(&routing.sorted.ptr)
-                        .arg(&routing.offsets.ptr)
-                        .arg(&e)
-                        .arg(&tk)
-                        .arg(&w)
-                        .arg(&nn)
-                        .arg(&kk)
-                        .arg(&out_ptr);
+        // The activation is applied after the sum of the exact parts (`relu2_f32`), never fused.
+        let no_relu2 = 0i32;
+        let (sorted, offsets) = (routing.sorted.ptr, routing.offsets.ptr);
+        match weights {
+            StackedExperts::Bf16(w) => self.staged_gemm(
+                OP,
+                (x.ptr(), x.len),
+                out,
+                precision,
+                Activations::Bf16,
+                |a_ptr, _, out_ptr| {
+                    self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
+                        a.arg(&a_ptr).arg(&sorted).arg(&offsets).arg(&e).arg(&tk);
+                        a.arg(&w.ptr).arg(&nn).arg(&kk).arg(&out_ptr);
+                    })
+                },
+            ),
+            StackedExperts::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scales,
+                input_scales: None,
+            } => self.staged_gemm(
+                OP,
+                (x.ptr(), x.len),
+                out,
+                precision,
+                Activations::F32,
+                |a_ptr, _, out_ptr| {
+                    self.launch(OP, &self.kernels.grouped_gemm_nvfp4_w4a16_f32, cfg, |a| {
+                        a.arg(&a_ptr).arg(&sorted).arg(&offsets).arg(&e).arg(&tk);
+                        a.arg(&packed.ptr).arg(&block_scales.ptr).arg(&tensor_scales.ptr);
+                        a.arg(&nn).arg(&kk).arg(&no_relu2).arg(&out_ptr);
+                    })
+                },
+            ),
+            StackedExperts::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scales,
+                input_scales: Some(input_scales),
+            } => {
+                let (x_ptr, out_ptr) = (x.ptr(), out.ptr());
+                self.launch(OP, &self.kernels.grouped_gemm_nvfp4_w4a4_f32, cfg, |a| {
+                    a.arg(&x_ptr).arg(&sorted).arg(&offsets).arg(&e).arg(&tk);
+                    a.arg(&packed.ptr)
+                        .arg(&block_scales.ptr)
+                        .arg(&tensor_scales.ptr)
+                        .arg(&input_scales.ptr);
+                    a.arg(&nn).arg(&kk).arg(&no_relu2).arg(&out_ptr);
                 })
-            },
-        )
+            }
+        }
+    }
+
+    /// One projection of every routed expert (same shape and precision, checked by the caller)
+    /// stacked as the grouped GEMMs read it. Experts must share a format: bf16, or NVFP4 all with
+    /// or all without an input scale; FP8 experts have no grouped GEMM and are refused by name.
+    pub(super) fn stack_experts<'l>(
+        &self,
+        linears: impl Iterator<Item = &'l CudaLinear>,
+    ) -> Result<StackedExperts, KernelError> {
+        const OP: &str = "group_experts";
+        let linears: Vec<&CudaLinear> = linears.collect();
+        let mixed = || KernelError::InvalidShape {
+            op: OP,
+            reason: "the routed experts of a block are stored in different formats".into(),
+        };
+        match linears.first().map(|l| &l.weight) {
+            None => Err(KernelError::InvalidShape {
+                op: OP,
+                reason: "no experts".into(),
+            }),
+            Some(CudaWeight::Fp8 { .. }) => Err(KernelError::Unsupported {
+                op: OP,
+                reason: "routed experts stored in FP8 have no grouped GEMM on CUDA (bf16 and NVFP4 experts \
+                         do); run this model with --device cpu"
+                    .into(),
+            }),
+            Some(CudaWeight::Bf16(_)) => {
+                let mut parts = Vec::with_capacity(linears.len());
+                for linear in &linears {
+                    let CudaWeight::Bf16(bytes) = &linear.weight else {
+                        return Err(mixed());
+                    };
+                    parts.push((bytes.ptr, bytes.len));
+                }
+                Ok(StackedExperts::Bf16(self.concat(OP, &parts)?))
+            }
+            Some(CudaWeight::Nvfp4 { input_scale, .. }) => {
+                let w4a4 = input_scale.is_some();
+                let (mut packed, mut block_scales) = (Vec::new(), Vec::new());
+                let (mut tensor_scales, mut input_scales) = (Vec::new(), Vec::new());
+                for linear in &linears {
+                    let CudaWeight::Nvfp4 {
+                        packed: p,
+                        block_scales: b,
+                        tensor_scale,
+                        input_scale,
+                    } = &linear.weight
+                    else {
+                        return Err(mixed());
+                    };
+                    if input_scale.is_some() != w4a4 {
+                        return Err(mixed());
+                    }
+                    packed.push((p.ptr, p.len));
+                    block_scales.push((b.ptr, b.len));
+                    tensor_scales.push(*tensor_scale);
+                    input_scales.extend(*input_scale);
+                }
+                let upload = |v: &[f32]| DeviceVec::upload(&self.stream, v).map_err(failed(OP));
+                Ok(StackedExperts::Nvfp4 {
+                    packed: self.concat(OP, &packed)?,
+                    block_scales: self.concat(OP, &block_scales)?,
+                    tensor_scales: upload(&tensor_scales)?,
+                    input_scales: if w4a4 { Some(upload(&input_scales)?) } else { None },
+                })
+            }
+        }
+    }
+
+    /// The device ranges `parts` (address, bytes) copied one after another into a new allocation.
+    /// The copies are queued on the stream: the sources must live until it is synchronised.
+    fn concat(&self, op: &'static str, parts: &[(u64, usize)]) -> Result<DeviceBytes, KernelError> {
+        let len = parts.iter().map(|&(_, bytes)| bytes).sum();
+        // SAFETY: u8 has no invalid bit patterns, and every byte is written below.
+        let slice = unsafe { self.stream.alloc::<u8>(len) }.map_err(failed(op))?;
+        let ptr = DevicePtr::device_ptr(&slice, &self.stream).0;
+        let mut at = 0u64;
+        for &(src, bytes) in parts {
+            // SAFETY: the destination range lies inside `slice` (the sizes sum to its length) and
+            // the source is a live weight allocation of `bytes` bytes.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(ptr + at, src, bytes, self.stream.cu_stream()) }
+                .map_err(failed(op))?;
+            at += bytes as u64;
+        }
+        Ok(DeviceBytes {
+            _slice: slice,
+            ptr,
+            len,
+        })
     }
 }

@@ -121,49 +121,17 @@ impl Backend for Cuda {
                 });
             }
         }
-        // The grouped GEMMs of FP8 and NVFP4 experts exist (gemm_nvfp4.cu) but are not wired here yet.
-        let bf16 = |l: &CudaLinear| match &l.weight {
-            CudaWeight::Bf16(bits) => Ok(bits.ptr),
-            _ => Err(KernelError::Unsupported {
-                op: OP,
-                reason: "routed experts stored in FP8 or NVFP4 have no grouped GEMM wired on CUDA yet (bf16 \
-                         experts do); run this model with --device cpu"
-                    .into(),
-            }),
-        };
-        let mut sources = Vec::with_capacity(experts.len());
-        for (up, down) in &experts {
-            sources.push((bf16(up)?, bf16(down)?));
-        }
-        let stack = |part: fn(&(u64, u64)) -> u64| {
-            let per_expert = inter * width;
-            // SAFETY: u16 has no invalid bit patterns and every element is copied below.
-            let mut stacked = unsafe { self.stream.alloc::<u16>(per_expert * experts.len()) }?;
-            for (e, pair) in sources.iter().enumerate() {
-                let src = part(pair);
-                let mut dst = stacked.slice_mut(e * per_expert..(e + 1) * per_expert);
-                // SAFETY: both ranges hold `per_expert` u16s; the source lives until the copy
-                // has run (the stream is synchronised before `experts` is dropped).
-                unsafe {
-                    let (dst_ptr, _guard) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut dst, &self.stream);
-                    cudarc::driver::result::memcpy_dtod_async(dst_ptr, src, per_expert * 2, self.stream.cu_stream())?;
-                }
-            }
-            Ok::<_, cudarc::driver::DriverError>(stacked)
-        };
-        let up = stack(|&(up, _)| up).map_err(failed(OP))?;
-        let down = stack(|&(_, down)| down).map_err(failed(OP))?;
+        let stacked = self
+            .stack_experts(experts.iter().map(|(up, _)| up))
+            .and_then(|up| Ok((up, self.stack_experts(experts.iter().map(|(_, down)| down))?)));
+        // The copies read the experts' own allocations, freed when `experts` is dropped: they must
+        // have run first, whether or not stacking succeeded.
         self.stream.synchronize().map_err(failed(OP))?;
-        let (up_ptr, down_ptr) = (
-            cudarc::driver::DevicePtr::device_ptr(&up, &self.stream).0,
-            cudarc::driver::DevicePtr::device_ptr(&down, &self.stream).0,
-        );
+        let (up, down) = stacked?;
         Ok(CudaExperts {
             experts: experts.len(),
             up,
             down,
-            up_ptr,
-            down_ptr,
             inter,
             width,
             precision,
@@ -580,11 +548,11 @@ impl Backend for Cuda {
         check_len("routed_experts", "x", x.len, routing.tokens() * width)?;
         // up (rows gathered by token), relu², down (rows by entry), then the weighted sum.
         let mut up = self.tensor("routed_experts", entries * inter)?;
-        let projection = (experts.up_ptr, (inter, width));
+        let projection = (&experts.up, (inter, width));
         self.grouped_gemm(x, &routing, router.top_k, projection, experts.precision, &up)?;
         self.relu2(&mut up)?;
         let down = self.tensor("routed_experts", entries * width)?;
-        let projection = (experts.down_ptr, (width, inter));
+        let projection = (&experts.down, (width, inter));
         self.grouped_gemm(&up, &routing, 1, projection, experts.precision, &down)?;
         self.unpermute(&down, &routing, width)
     }
