@@ -100,11 +100,7 @@ pub(crate) fn run(args: &EmbedArgs, precision: MatmulPrecision, device: Device) 
 
     let quantization = Quantization::resolve(&dir, args.quant.quant)?;
     let items = read_items(&args.input, &dir, config.vocab_size)?;
-    // The largest forward pass: a full batch, or an item longer than that on its own.
-    let max_tokens = items
-        .iter()
-        .map(|i| i.tokens.len())
-        .fold(args.max_batch_tokens, usize::max);
+    let max_tokens = largest_batch_tokens(&items, args.max_batch_tokens);
     let model = load_model(&dir, layer, precision, quantization.mode, device, max_tokens)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
@@ -180,6 +176,12 @@ fn partial_path(output: &Path) -> PathBuf {
     let mut name = output.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     output.with_file_name(name)
+}
+
+/// The most tokens [`for_each_batch`] puts in one forward pass: a full batch, or an item longer
+/// than that on its own.
+pub(crate) fn largest_batch_tokens(items: &[Item], max_batch_tokens: usize) -> usize {
+    items.iter().map(|i| i.tokens.len()).fold(max_batch_tokens, usize::max)
 }
 
 /// Runs the items in packed batches of at most `max_batch_tokens` (an item longer than that

@@ -9,7 +9,7 @@ use marc_models::heads::{self, HeadInfo, pca};
 use marc_models::{NemotronHConfig, Pooling, QuantMode};
 
 use crate::cli::HeadInitArgs;
-use crate::commands::embed::{bar, for_each_batch, load_model};
+use crate::commands::embed::{bar, for_each_batch, largest_batch_tokens, load_model};
 use crate::input::read_items;
 use crate::output::{pool_ranges, pooling_name};
 
@@ -51,10 +51,7 @@ pub(crate) fn init(args: &HeadInitArgs, precision: MatmulPrecision, device: Devi
         );
     }
 
-    let max_tokens = items
-        .iter()
-        .map(|i| i.tokens.len())
-        .fold(args.max_batch_tokens, usize::max);
+    let max_tokens = largest_batch_tokens(&items, args.max_batch_tokens);
     let model = load_model(dir, args.layer, precision, QuantMode::default(), device, max_tokens)?;
     let started = Instant::now();
     let total_tokens: usize = items.iter().map(|i| i.tokens.len()).sum();
