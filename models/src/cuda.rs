@@ -5,17 +5,24 @@ use std::path::Path;
 
 use marc_kernels::Device;
 use marc_kernels::cuda::backend::{Cuda, CudaSetup};
-use marc_kernels::cuda::plan::{BlockShape, ModelShape};
+use marc_kernels::cuda::plan::{BlockShape, LinearStorage, ModelShape};
 use marc_kernels::ops::{AttentionShape, SsdShape};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{BlockKind, NemotronHConfig, config_path};
 use crate::error::LoadError;
 use crate::model::{LoadOptions, LoadProgress, NemotronH};
+use crate::quant::{CheckpointQuantization, QuantFormat};
 
 /// The sizes of `config`'s first `depth` blocks (all of them and `norm_f` when `depth` is the
-/// model's depth), with an embedding table of `embedding_value_bytes` per value.
-pub fn model_shape(config: &NemotronHConfig, depth: usize, embedding_value_bytes: usize) -> ModelShape {
+/// model's depth), with an embedding table of `embedding_value_bytes` per value and Linear weights
+/// stored as `linear_storage`.
+pub fn model_shape(
+    config: &NemotronHConfig,
+    depth: usize,
+    embedding_value_bytes: usize,
+    linear_storage: LinearStorage,
+) -> ModelShape {
     let m = &config.mamba;
     let blocks = config.blocks[..depth]
         .iter()
@@ -49,6 +56,7 @@ pub fn model_shape(config: &NemotronHConfig, depth: usize, embedding_value_bytes
         hidden: config.hidden_size,
         vocab: config.vocab_size,
         embedding_value_bytes,
+        linear_storage,
         blocks,
         norm_f: depth == config.num_layers(),
     }
@@ -75,9 +83,20 @@ pub fn load(
         safetensors::Dtype::F32 => 4,
         _ => 2,
     };
-    let shape = model_shape(&config, depth, value_bytes);
+    let shape = model_shape(&config, depth, value_bytes, linear_storage(dir)?);
     let backend = Cuda::open(device, &CudaSetup::from_env(), &shape, max_tokens)?;
     NemotronH::load_on(backend, dir, options, progress)
+}
+
+/// How the checkpoint in `dir` stores its Linear weights, as its quantisation config declares. A
+/// ModelOpt `MIXED_PRECISION` checkpoint counts as FP8, the widest of its quantised formats: its
+/// unquantised layers (few, by ModelOpt's defaults) are counted short.
+fn linear_storage(dir: &Path) -> Result<LinearStorage, LoadError> {
+    Ok(match CheckpointQuantization::detect(dir)?.map(|q| q.format) {
+        None => LinearStorage::Bf16,
+        Some(QuantFormat::ModelOptFp8 | QuantFormat::ModelOptMixed) => LinearStorage::Fp8,
+        Some(QuantFormat::ModelOptNvfp4 | QuantFormat::CompressedTensorsNvfp4) => LinearStorage::Nvfp4,
+    })
 }
 
 #[cfg(test)]
@@ -91,6 +110,24 @@ mod tests {
         NemotronHConfig::from_file(&path).unwrap()
     }
 
+    /// An NVFP4 checkpoint of the benchmark config is planned at its stored size: `marc quantize`
+    /// writes 135.6 MB of tensors for it (BENCHMARKS.md; the bf16 embedding table is 65.5 MB of
+    /// that), against 314 MB in bf16. The plan counts the small bf16 router gates as NVFP4 and
+    /// the norms as f32, so it may differ by a few MB, not by the 3.5x of counting Linears as bf16.
+    #[test]
+    fn an_nvfp4_model_is_planned_at_its_stored_size() {
+        let config = bench_config();
+        let layers = config.num_layers();
+        let nvfp4 = MemoryPlan::new(&model_shape(&config, layers, 2, LinearStorage::Nvfp4), 2048);
+        let mb = nvfp4.weight_bytes() as f64 / 1e6;
+        assert!(
+            (130.0..140.0).contains(&mb),
+            "{mb:.1} MB of NVFP4 weights, the checkpoint holds 135.6"
+        );
+        assert_eq!(LinearStorage::Nvfp4.bytes(1024 * 1024), 1024 * 512 + 1024 * 64);
+        assert_eq!(LinearStorage::Fp8.bytes(1000), 1000);
+    }
+
     /// docs/gpu.md's memory table: the benchmark config is 314 MB of bf16 weights; in_proj's
     /// output is 4,640 floats per token; serving fewer blocks scales the weights down, the
     /// embedding table always stays.
@@ -98,11 +135,11 @@ mod tests {
     fn the_benchmark_configs_plan_matches_the_memory_table() {
         let config = bench_config();
         let layers = config.num_layers();
-        let full = MemoryPlan::new(&model_shape(&config, layers, 2), 2048);
+        let full = MemoryPlan::new(&model_shape(&config, layers, 2, LinearStorage::Bf16), 2048);
         let mb = full.weight_bytes() as f64 / 1e6;
         assert!((mb - 314.0).abs() < 1.0, "{mb:.1} MB of weights, the table says 314");
 
-        let first_mamba = MemoryPlan::new(&model_shape(&config, 1, 2), 1);
+        let first_mamba = MemoryPlan::new(&model_shape(&config, 1, 2, LinearStorage::Bf16), 1);
         let in_proj: usize = first_mamba
             .largest_block
             .regions
@@ -112,7 +149,7 @@ mod tests {
             .sum();
         assert_eq!(in_proj, 4640 * 4);
 
-        let half = MemoryPlan::new(&model_shape(&config, layers / 2, 2), 2048);
+        let half = MemoryPlan::new(&model_shape(&config, layers / 2, 2, LinearStorage::Bf16), 2048);
         let embeddings = (config.vocab_size * config.hidden_size * 2) as f64 / 1e6;
         let half_mb = half.weight_bytes() as f64 / 1e6;
         assert!(half_mb < mb && half_mb > embeddings, "{half_mb:.1} MB at half depth");

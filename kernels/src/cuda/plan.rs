@@ -76,10 +76,34 @@ pub struct ModelShape {
     pub vocab: usize,
     /// Bytes per value of the embedding table (2 for bf16, 4 for f32).
     pub embedding_value_bytes: usize,
+    /// How the Linear weights (experts included) are stored on the device.
+    pub linear_storage: LinearStorage,
     /// The served blocks, in order.
     pub blocks: Vec<BlockShape>,
     /// Whether `norm_f` is served (every block loaded).
     pub norm_f: bool,
+}
+
+/// How a model's Linear weights are stored on the device: as the checkpoint stores them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearStorage {
+    /// bf16: 2 bytes per value.
+    Bf16,
+    /// FP8 E4M3: 1 byte per value.
+    Fp8,
+    /// NVFP4: half a byte per value and one E4M3 block scale per 16 values.
+    Nvfp4,
+}
+
+impl LinearStorage {
+    /// Bytes of `values` weights.
+    pub const fn bytes(self, values: usize) -> usize {
+        match self {
+            Self::Bf16 => values * BF16,
+            Self::Fp8 => values,
+            Self::Nvfp4 => values / 2 + values / 16,
+        }
+    }
 }
 
 /// A named byte range of a device allocation.
@@ -146,7 +170,13 @@ impl MemoryPlan {
         weights.push("embeddings", model.vocab * h * model.embedding_value_bytes);
         for (i, block) in model.blocks.iter().enumerate() {
             weights.push(format!("layers.{i}.norm"), h * F32);
-            block_weights(&mut weights, &format!("layers.{i}.mixer"), block, h);
+            block_weights(
+                &mut weights,
+                &format!("layers.{i}.mixer"),
+                block,
+                h,
+                model.linear_storage,
+            );
         }
         if model.norm_f {
             weights.push("norm_f", h * F32);
@@ -192,15 +222,18 @@ impl MemoryPlan {
     }
 }
 
-/// A GEMM weight (bf16) and its optional bias (f32).
-fn linear(w: &mut Layout, name: &str, rows: usize, cols: usize, bias: bool) {
-    w.push(name, rows * cols * BF16);
+/// A GEMM weight (as `storage` keeps it) and its optional bias (f32).
+fn linear(w: &mut Layout, name: &str, (rows, cols): (usize, usize), bias: bool, storage: LinearStorage) {
+    w.push(name, storage.bytes(rows * cols));
     if bias {
         w.push(format!("{name}.bias"), rows * F32);
     }
 }
 
-fn block_weights(w: &mut Layout, p: &str, block: &BlockShape, h: usize) {
+fn block_weights(w: &mut Layout, p: &str, block: &BlockShape, h: usize, storage: LinearStorage) {
+    let linear = |w: &mut Layout, name: &str, rows: usize, cols: usize, bias: bool| {
+        linear(w, name, (rows, cols), bias, storage);
+    };
     match block {
         BlockShape::Mamba {
             ssd,
@@ -246,11 +279,11 @@ fn block_weights(w: &mut Layout, p: &str, block: &BlockShape, h: usize) {
             w.push(format!("{p}.gate.e_score_correction_bias"), experts * F32);
             w.push(
                 format!("{p}.experts.up_proj"),
-                experts * expert_intermediate * width * BF16,
+                storage.bytes(experts * expert_intermediate * width),
             );
             w.push(
                 format!("{p}.experts.down_proj"),
-                experts * width * expert_intermediate * BF16,
+                storage.bytes(experts * width * expert_intermediate),
             );
             linear(
                 w,
@@ -366,6 +399,7 @@ mod tests {
             hidden: 64,
             vocab: 100,
             embedding_value_bytes: 2,
+            linear_storage: LinearStorage::Bf16,
             blocks: vec![
                 BlockShape::Mamba {
                     ssd: SsdShape::new(8, 16, 2, 16, 32),
