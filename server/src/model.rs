@@ -18,14 +18,16 @@ pub(crate) trait Encoder {
     /// The width of a hidden state.
     fn hidden_size(&self) -> usize;
     /// The hidden states at one layer.
-    fn hidden_state(&self, batch: &PackedBatch, layer: usize) -> Result<Vec<f32>, ForwardError> {
-        Ok(self.hidden_states(batch, &[layer])?.swap_remove(0))
-    }
+    fn hidden_state(&self, batch: &PackedBatch, layer: usize) -> Result<Vec<f32>, ForwardError>;
 }
 
 impl<B: Backend> Encoder for NemotronH<B> {
     fn hidden_states(&self, batch: &PackedBatch, layers: &[usize]) -> Result<Vec<Vec<f32>>, ForwardError> {
         NemotronH::hidden_states(self, batch, layers)
+    }
+
+    fn hidden_state(&self, batch: &PackedBatch, layer: usize) -> Result<Vec<f32>, ForwardError> {
+        NemotronH::hidden_state(self, batch, layer)
     }
 
     fn max_layer(&self) -> usize {
