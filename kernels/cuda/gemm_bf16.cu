@@ -44,16 +44,14 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     grouped_gemm_bf16_f32(const unsigned short* __restrict__ a, const int* __restrict__ sorted,
                           const int* __restrict__ offsets, int num_experts, int top_k,
                           const unsigned short* __restrict__ w, int n, int k, float* __restrict__ out) {
-    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
-    const int expert = gemm::tile_expert(offsets, num_experts, row0);
-    const unsigned short* w_e = w + size_t(expert) * n * k;
+    const gemm::GroupedTile tile = gemm::grouped_tile(offsets, num_experts);
+    const unsigned short* w_e = w + size_t(tile.expert) * n * k;
     float acc[2][4][4];
-    gemm::mma_tile(gemm::operand<gemm::Bf16Rows>(gemm::GatheredRows<unsigned short>{a, sorted, row0, top_k, k}),
-                   gemm::operand<gemm::Bf16Rows>(gemm::DenseRows<unsigned short>{w_e, col0, n, k}), k, acc);
-    gemm::for_each_output(acc, [&](int r, int col, float v) {
-        const int entry = sorted[row0 + r], column = col0 + col;
-        if (entry >= 0 && column < n) out[size_t(entry) * n + column] = v;
-    });
+    gemm::mma_tile(
+        gemm::operand<gemm::Bf16Rows>(gemm::GatheredRows<unsigned short>{a, sorted, tile.row0, top_k, k}),
+        gemm::operand<gemm::Bf16Rows>(gemm::DenseRows<unsigned short>{w_e, tile.col0, n, k}), k, acc);
+    // Times 1.0, exact: the values as summed.
+    gemm::store_by_entry(acc, tile, sorted, n, 1.0f, 0, out);
 }
 
 // One mma.m16n8k16 on fragments loaded from row-major A [16, 16] and B^T [8, 16] (bf16 bits) by

@@ -1,5 +1,6 @@
-// FP8 per-tensor GEMM: y[M, N] = x[M, K] W[N, K]^T * weight_scale (+ bias), W E4M3 bytes as
-// ModelOpt's FP8 per-tensor layers store them (weight F8_E4M3 [N, K], weight_scale F32). CPU twin:
+// FP8 per-tensor GEMMs: gemm_fp8_f32, y[M, N] = x[M, K] W[N, K]^T * weight_scale (+ bias), W E4M3
+// bytes as ModelOpt's FP8 per-tensor layers store them (weight F8_E4M3 [N, K], weight_scale F32),
+// and grouped_gemm_fp8_f32, the MoE experts' version (at the end). CPU twin:
 // marc_kernels::matmul on PackedMatrix::from_fp8_e4m3.
 //
 // Why bf16 activations and weights decoded to bf16, not sm_89+'s FP8 mma with quantised
@@ -29,4 +30,23 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     gemm::mma_tile(gemm::operand<gemm::F32Rows>(gemm::DenseRows<float>{x, row0, m, k}),
                    gemm::operand<gemm::Fp8Rows>(gemm::DenseRows<unsigned char>{w, col0, n, k}), k, acc);
     gemm::store_scaled(acc, row0, col0, m, n, weight_scale, bias, y);
+}
+
+// The MoE experts' grouped GEMM with FP8 experts, as gemm_nvfp4.cu's grouped NVFP4 GEMMs on E4M3
+// weights: for every routing entry i = t * top_k + slot that picked expert e,
+// out[i] = act(a[t] W_e^T * weight_scales[e]), act = relu2 when `relu2` is non-zero (the up
+// projection), else none. Rows gathered by token and scattered by entry through moe_routing.cu's
+// padded permutation (`sorted`, `offsets`). a: f32 [tokens, K], rounded to bf16 when staged;
+// w: E4M3 [E, N, K]; weight_scales [E]; out [tokens * top_k, N].
+// Launch: grid (ceil(N / 64), offsets[E] / 64), 128 threads.
+extern "C" __global__ void __launch_bounds__(gemm::THREADS)
+    grouped_gemm_fp8_f32(const float* __restrict__ a, const int* __restrict__ sorted, const int* __restrict__ offsets,
+                         int num_experts, int top_k, const unsigned char* __restrict__ w,
+                         const float* __restrict__ weight_scales, int n, int k, int relu2, float* __restrict__ out) {
+    const gemm::GroupedTile tile = gemm::grouped_tile(offsets, num_experts);
+    const unsigned char* w_e = w + size_t(tile.expert) * n * k;
+    float acc[2][4][4];
+    gemm::mma_tile(gemm::operand<gemm::F32Rows>(gemm::GatheredRows<float>{a, sorted, tile.row0, top_k, k}),
+                   gemm::operand<gemm::Fp8Rows>(gemm::DenseRows<unsigned char>{w_e, tile.col0, n, k}), k, acc);
+    gemm::store_by_entry(acc, tile, sorted, n, weight_scales[tile.expert], relu2, out);
 }

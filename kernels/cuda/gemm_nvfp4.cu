@@ -120,28 +120,17 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
 
 namespace {
 
-// The NVFP4 weights of the tile's expert, and where its outputs go.
+// A grouped tile (gemm_tile.cuh) and its expert's NVFP4 weights.
 struct ExpertTile {
-    int row0, col0, expert;
+    gemm::GroupedTile at;
     Nvfp4Matrix w;
 };
 
 __device__ __forceinline__ ExpertTile expert_tile(const int* offsets, int num_experts, const unsigned char* w_packed,
                                                   const unsigned char* w_scales, int n, int k) {
-    const int row0 = blockIdx.y * gemm::BM, col0 = blockIdx.x * gemm::BN;
-    const int e = gemm::tile_expert(offsets, num_experts, row0);
-    return {row0, col0, e, {w_packed + size_t(e) * n * (k / 2), w_scales + size_t(e) * n * (k / 16), n, k}};
-}
-
-// out[entry][column] = act(acc * scale) for the tile's real rows (padding skipped).
-__device__ __forceinline__ void store_by_entry(const float acc[2][4][4], const ExpertTile& tile, const int* sorted,
-                                               int n, float scale, int relu2, float* out) {
-    gemm::for_each_output(acc, [&](int r, int col, float v) {
-        const int entry = sorted[tile.row0 + r], column = tile.col0 + col;
-        if (entry < 0 || column >= n) return;
-        const float y = v * scale;
-        out[size_t(entry) * n + column] = relu2 ? marc::relu2(y) : y;
-    });
+    const gemm::GroupedTile at = gemm::grouped_tile(offsets, num_experts);
+    const size_t e = at.expert;
+    return {at, {w_packed + e * n * (k / 2), w_scales + e * n * (k / 16), n, k}};
 }
 
 }  // namespace
@@ -154,10 +143,10 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
                                  float* __restrict__ out) {
     const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
     float acc[2][4][4];
-    const gemm::GatheredRows<float> tokens{a, sorted, tile.row0, top_k, k};
+    const gemm::GatheredRows<float> tokens{a, sorted, tile.at.row0, top_k, k};
     gemm::mma_tile(gemm::operand<gemm::F32Rows>(tokens),
-                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
-    store_by_entry(acc, tile, sorted, n, tensor_scales[tile.expert], relu2, out);
+                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.at.col0 + col); }), k, acc);
+    gemm::store_by_entry(acc, tile.at, sorted, n, tensor_scales[tile.at.expert], relu2, out);
 }
 
 extern "C" __global__ void __launch_bounds__(gemm::THREADS)
@@ -167,10 +156,10 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
                                 const float* __restrict__ tensor_scales, const float* __restrict__ input_scales, int n,
                                 int k, int relu2, float* __restrict__ out) {
     const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
-    const float input_scale = input_scales[tile.expert];
+    const float input_scale = input_scales[tile.at.expert];
     float acc[2][4][4];
-    const gemm::GatheredRows<float> tokens{a, sorted, tile.row0, top_k, k};
+    const gemm::GatheredRows<float> tokens{a, sorted, tile.at.row0, top_k, k};
     gemm::mma_tile(gemm::operand<gemm::QuantisingRows>(tokens, input_scale),
-                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.col0 + col); }), k, acc);
-    store_by_entry(acc, tile, sorted, n, input_scale * tensor_scales[tile.expert], relu2, out);
+                   gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.at.col0 + col); }), k, acc);
+    gemm::store_by_entry(acc, tile.at, sorted, n, input_scale * tensor_scales[tile.at.expert], relu2, out);
 }

@@ -79,21 +79,23 @@ pub fn load(
     let embeddings = Checkpoint::open(dir)?
         .require("embeddings.weight", "the embedding table")?
         .dtype;
-    let value_bytes = match embeddings {
-        safetensors::Dtype::F32 => 4,
-        _ => 2,
+    let float_storage = match embeddings {
+        safetensors::Dtype::F32 => LinearStorage::F32,
+        _ => LinearStorage::Bf16,
     };
-    let shape = model_shape(&config, depth, value_bytes, linear_storage(dir)?);
+    let value_bytes = float_storage.bytes(1);
+    let shape = model_shape(&config, depth, value_bytes, linear_storage(dir, float_storage)?);
     let backend = Cuda::open(device, &CudaSetup::from_env(), &shape, max_tokens)?;
     NemotronH::load_on(backend, dir, options, progress)
 }
 
-/// How the checkpoint in `dir` stores its Linear weights, as its quantisation config declares. A
-/// ModelOpt `MIXED_PRECISION` checkpoint counts as FP8, the widest of its quantised formats: its
-/// unquantised layers (few, by ModelOpt's defaults) are counted short.
-fn linear_storage(dir: &Path) -> Result<LinearStorage, LoadError> {
+/// How the checkpoint in `dir` stores its Linear weights, as its quantisation config declares; an
+/// unquantised one as `float` (the embedding table's width: an unquantised export stores every
+/// tensor in its one dtype). A ModelOpt `MIXED_PRECISION` checkpoint counts as FP8, the widest of
+/// its quantised formats: its unquantised layers (few, by ModelOpt's defaults) are counted short.
+fn linear_storage(dir: &Path, float: LinearStorage) -> Result<LinearStorage, LoadError> {
     Ok(match CheckpointQuantization::detect(dir)?.map(|q| q.format) {
-        None => LinearStorage::Bf16,
+        None => float,
         Some(QuantFormat::ModelOptFp8 | QuantFormat::ModelOptMixed) => LinearStorage::Fp8,
         Some(QuantFormat::ModelOptNvfp4 | QuantFormat::CompressedTensorsNvfp4) => LinearStorage::Nvfp4,
     })

@@ -1,10 +1,10 @@
 //! The full model on CUDA against the CPU backend (the oracle), every layer, at the fixture
 //! tolerance. Runs only where a CUDA driver is; elsewhere it says why it is skipped, so CI shows it.
 //!
-//! Cases: every committed fixture the CUDA backend can load (it refuses, naming the reason, models
-//! whose weights are not bf16: those are printed),
-//! and a random bf16 model of the benchmark pattern with 64-wide attention heads, which it must
-//! run. Batches pack several sequences, so the varlen kernels see sequence boundaries.
+//! Cases: every committed fixture (f32, bf16, and the NVFP4 / FP8 ones under `nvfp4/`, W4A16), the
+//! demo model, and a random bf16 model of the benchmark pattern with 64-wide attention heads; the
+//! backend must load and run them all. Batches pack several sequences, so the varlen kernels see
+//! sequence boundaries.
 
 use std::path::{Path, PathBuf};
 
@@ -19,14 +19,21 @@ mod common;
 /// The fixtures' contract (tests/reference.rs).
 const TOLERANCE: f64 = 1e-5;
 
-fn fixture_cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+/// The model folders (those with a config.json) directly in `dir`, sorted.
+fn models_in(dir: &Path) -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.join("config.json").is_file())
         .collect();
     cases.sort();
+    cases
+}
+
+fn fixture_cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cases = models_in(&root);
+    cases.extend(models_in(&root.join("nvfp4")));
     cases.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo"));
     cases
 }
@@ -86,16 +93,9 @@ fn the_model_on_cuda_matches_the_cpu_at_every_layer() {
 
     for case in fixture_cases() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
-        match load_cuda(&case) {
-            Ok(cuda) => {
-                let cpu = NemotronH::load(&case, LoadOptions::default()).unwrap();
-                let worst = compare(&name, &cpu, &cuda);
-                eprintln!("{name}: worst relative L2 {worst:.2e}");
-            }
-            // Refusals name what the backend lacks (a weight format, a head size); they are
-            // expected for these fixtures and reported, never silently skipped.
-            Err(e @ (LoadError::Device(_) | LoadError::Kernel { .. })) => eprintln!("{name}: not on CUDA: {e}"),
-            Err(e) => panic!("{name}: {e}"),
-        }
+        let cuda = load_cuda(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let cpu = NemotronH::load(&case, LoadOptions::default()).unwrap();
+        let worst = compare(&name, &cpu, &cuda);
+        eprintln!("{name}: worst relative L2 {worst:.2e}");
     }
 }

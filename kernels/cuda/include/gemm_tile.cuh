@@ -302,12 +302,31 @@ __device__ __forceinline__ void store_scaled(const float acc[2][4][4], int row0,
     });
 }
 
-// The expert of a grouped GEMM's row tile starting at row0: the last e with offsets[e] <= row0
-// (moe_routing.cu pads every expert's segment to the 64-row tile, so a tile has one expert).
-__device__ __forceinline__ int tile_expert(const int* offsets, int num_experts, int row0) {
+// Where a grouped expert GEMM's block works: its 64 rows of moe_routing.cu's padded permutation
+// (from row0), its 64 output columns (from col0), and the expert those rows belong to: the last e
+// with offsets[e] <= row0 (every expert's segment is padded to the 64-row tile, so a tile has one
+// expert). Grid (ceil(N / 64), offsets[E] / 64).
+struct GroupedTile {
+    int row0, col0, expert;
+};
+__device__ __forceinline__ GroupedTile grouped_tile(const int* offsets, int num_experts) {
+    const int row0 = blockIdx.y * BM;
     int expert = 0;
     while (expert + 1 < num_experts && offsets[expert + 1] <= row0) ++expert;
-    return expert;
+    return {row0, int(blockIdx.x) * BN, expert};
+}
+
+// The grouped GEMMs' epilogue: out[entry][column] = act(acc * scale) for the tile's real rows
+// (padding, entry -1, skipped), act = relu2 (the experts' activation, fused for the up
+// projection) when `relu2` is non-zero, else none. out is [tokens * top_k, n], by routing entry.
+__device__ __forceinline__ void store_by_entry(const float acc[2][4][4], const GroupedTile& tile, const int* sorted,
+                                               int n, float scale, int relu2, float* out) {
+    for_each_output(acc, [&](int r, int col, float v) {
+        const int entry = sorted[tile.row0 + r], column = tile.col0 + col;
+        if (entry < 0 || column >= n) return;
+        const float y = v * scale;
+        out[size_t(entry) * n + column] = relu2 ? marc::relu2(y) : y;
+    });
 }
 
 }  // namespace gemm

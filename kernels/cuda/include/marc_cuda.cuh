@@ -20,10 +20,13 @@
 
 // Fully unroll the next loop (fixed trip count): keeps per-thread arrays indexed by the loop in
 // registers instead of local memory. A no-op in the CPU build.
+// MARC_UNROLL_4: unroll by 4, for a long loop whose full unrolling makes ptxas spill.
 #if defined(__CUDACC__)
 #define MARC_UNROLL _Pragma("unroll")
+#define MARC_UNROLL_4 _Pragma("unroll 4")
 #else
 #define MARC_UNROLL
+#define MARC_UNROLL_4
 #endif
 
 namespace marc {

@@ -87,7 +87,9 @@ pub struct ModelShape {
 /// How a model's Linear weights are stored on the device: as the checkpoint stores them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearStorage {
-    /// bf16: 2 bytes per value.
+    /// f32: 4 bytes per value.
+    F32,
+    /// bf16 or f16: 2 bytes per value.
     Bf16,
     /// FP8 E4M3: 1 byte per value.
     Fp8,
@@ -99,6 +101,7 @@ impl LinearStorage {
     /// Bytes of `values` weights.
     pub const fn bytes(self, values: usize) -> usize {
         match self {
+            Self::F32 => values * 4,
             Self::Bf16 => values * BF16,
             Self::Fp8 => values,
             Self::Nvfp4 => values / 2 + values / 16,

@@ -22,6 +22,7 @@ pub const KERNELS: &[Source] = embed!(
     "elementwise.cu",
     "embedding.cu",
     "gemm_bf16.cu",
+    "gemm_float.cu",
     "gemm_fp8.cu",
     "gemm_nvfp4.cu",
     "moe_experts.cu",

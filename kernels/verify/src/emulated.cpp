@@ -12,6 +12,7 @@
 #include "../../cuda/elementwise.cu"
 #include "../../cuda/embedding.cu"
 #include "../../cuda/gemm_bf16.cu"
+#include "../../cuda/gemm_float.cu"
 #include "../../cuda/gemm_fp8.cu"
 #include "../../cuda/gemm_nvfp4.cu"
 #include "../../cuda/moe_experts.cu"
@@ -54,10 +55,15 @@ const Entry KERNELS[] = {
     KERNEL(embedding_gather_bf16),
     KERNEL(embedding_gather_f32),
     KERNEL(gemm_bf16_f32),
+    KERNEL(gemm_f16_f32),
+    KERNEL(gemm_f32_f32),
     KERNEL(gemm_fp8_f32),
     KERNEL(gemm_nvfp4_w4a16_f32),
     KERNEL(gemm_nvfp4_w4a4_f32),
     KERNEL(grouped_gemm_bf16_f32),
+    KERNEL(grouped_gemm_f16_f32),
+    KERNEL(grouped_gemm_f32_f32),
+    KERNEL(grouped_gemm_fp8_f32),
     KERNEL(grouped_gemm_nvfp4_w4a4_f32),
     KERNEL(grouped_gemm_nvfp4_w4a16_f32),
     KERNEL(head_activation_normalize_f32),

@@ -46,6 +46,12 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("gemm_bf16_f32", 96),
     ("grouped_gemm_bf16_f32", 96),
     ("gemm_fp8_f32", 96),
+    ("grouped_gemm_fp8_f32", 96),
+    // 32 f32 accumulators and 12 operands per k-step, by FMA; 128 threads.
+    ("gemm_f32_f32", 96),
+    ("gemm_f16_f32", 96),
+    ("grouped_gemm_f32_f32", 96),
+    ("grouped_gemm_f16_f32", 96),
     // The same tile, plus the NVFP4 decode of each fragment register (nibble, block scale,
     // two products) for one operand (W4A16) or both (W4A4; the grouped one also quantises a
     // block per thread while staging); 128 registers at 128 threads still

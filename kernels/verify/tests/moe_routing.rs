@@ -164,34 +164,25 @@ fn permutation_groups_tokens_by_expert_padded_to_the_tile() {
 
 #[test]
 fn grouped_gemm_multiplies_each_entry_by_its_experts_weight() {
-    // 5 experts, 9 tokens, top-2: some experts get no token, segments of 64 padded rows; N and K
-    // ragged against the 64 x 32 tile.
-    let (num_experts, tokens, top_k, n, k) = (5usize, 9usize, 2usize, 24usize, 40usize);
+    // The shared routing: some experts get no token, segments of 64 padded rows; N and K ragged
+    // against the 64 x 32 tile.
+    let routed = Routed::new();
+    let (n, k) = (24usize, 40usize);
     let mut rng = rng(9);
-    let experts: Vec<i32> = (0..tokens * top_k).map(|i| [3, 0, 3, 1][i % 4]).collect();
-    let (offsets, sorted) = permutation_reference(&experts, num_experts, 64);
-    let (a, a64) = bf16_values(&mut rng, tokens * k);
-    let (w, w64) = bf16_values(&mut rng, num_experts * n * k);
-    let mut out = vec![f32::NAN; tokens * top_k * n];
+    let (a, a64) = bf16_values(&mut rng, routed.tokens * k);
+    let (w, w64) = bf16_values(&mut rng, routed.num_experts * n * k);
+    let mut out = vec![f32::NAN; routed.tokens * routed.top_k * n];
     let mut args = Args::new();
     args.input(&a)
-        .input(&sorted)
-        .input(&offsets)
-        .int(num_experts as i32)
-        .int(top_k as i32)
+        .input(&routed.sorted)
+        .input(&routed.offsets)
+        .int(routed.num_experts as i32)
+        .int(routed.top_k as i32)
         .input(&w)
         .int(n as i32)
         .int(k as i32)
         .output(&mut out);
-    launch_grouped_gemm("grouped_gemm_bf16_f32", n, &offsets, &mut args);
-    let want: Vec<f32> = experts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &e)| {
-            let t = i / top_k;
-            let w_e = &w64[e as usize * n * k..][..n * k];
-            bf16_product(&a64[t * k..][..k], w_e, None, 1, n, k)
-        })
-        .collect();
+    launch_grouped_gemm("grouped_gemm_bf16_f32", n, &routed.offsets, &mut args);
+    let want = routed.per_entry(|e, t| bf16_product(&a64[t * k..][..k], &w64[e * n * k..][..n * k], None, 1, n, k));
     assert_close("grouped GEMM", &out, &want, F32_REL_L2);
 }

@@ -1,7 +1,7 @@
-//! The weight formats the CUDA GEMMs take (bf16, FP8 E4M3, NVFP4), and for the bf16 kernels the
-//! activations staged to bf16 (three exact parts, or one rounded) around each call.
+//! The weight formats the CUDA GEMMs take (f32, bf16, f16, FP8 E4M3, NVFP4), and for the bf16
+//! kernels the activations staged to bf16 (three exact parts, or one rounded) around each call.
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaFunction, PushKernelArg};
 
 use super::Cuda;
 use super::launch::int;
@@ -13,10 +13,10 @@ use crate::ops::matmul::MatmulPrecision;
 use crate::quant::nvfp4::NVFP4_BLOCK;
 
 /// `weight`'s data as the CUDA GEMMs read it (each takes its format as stored: bf16 rows for
-/// `gemm_bf16_f32`, E4M3 rows for `gemm_fp8_f32`, NVFP4 nibbles and block scales for the NVFP4
-/// GEMMs), its sizes checked. A layer runs W4A4, as on the CPU, when its precision asks for NVFP4
-/// activations and the checkpoint holds an input scale: the input scale is kept only then. Float
-/// weights other than bf16 have no CUDA GEMM and are refused, naming the format.
+/// `gemm_bf16_f32`, f32 and f16 rows for `gemm_f32_f32` / `gemm_f16_f32`, E4M3 rows for
+/// `gemm_fp8_f32`, NVFP4 nibbles and block scales for the NVFP4 GEMMs), its sizes checked. A
+/// layer runs W4A4, as on the CPU, when its precision asks for NVFP4 activations and the
+/// checkpoint holds an input scale: the input scale is kept only then.
 pub(super) fn gemm_weight<'a>(
     weight: &WeightSource<'a>,
     precision: MatmulPrecision,
@@ -24,18 +24,9 @@ pub(super) fn gemm_weight<'a>(
     const OP: &str = "cuda linear";
     let (rows, cols) = (weight.rows, weight.cols);
     match weight.data {
-        WeightData::Float {
-            dtype: FloatType::BF16,
-            bytes,
-        } => check_len(OP, "weight bytes", bytes.len(), rows * cols * 2).map(|()| weight.data),
-        WeightData::Float { dtype, .. } => Err(KernelError::Unsupported {
-            op: OP,
-            reason: format!(
-                "a {} weight has no CUDA GEMM (the GEMMs take BF16, FP8 E4M3 and NVFP4 weights); run this \
-                 model with --device cpu",
-                dtype.weight_dtype()
-            ),
-        }),
+        WeightData::Float { dtype, bytes } => {
+            check_len(OP, "weight bytes", bytes.len(), rows * cols * dtype.size_in_bytes()).map(|()| weight.data)
+        }
         WeightData::Fp8 { bytes, .. } => {
             check_len(OP, "FP8 weight bytes", bytes.len(), rows * cols).map(|()| weight.data)
         }
@@ -71,9 +62,26 @@ pub(super) enum Activations {
     /// f32 rows, rounded to bf16 (nearest even) as the kernel stages them (`gemm_fp8_f32`,
     /// `gemm_nvfp4_w4a16_f32`).
     F32,
+    /// f32 rows multiplied in f32 (`gemm_f32_f32`, `gemm_f16_f32`): one call at every precision,
+    /// as the CPU runs float weights other than bf16 exactly whatever the precision.
+    F32Exact,
 }
 
 impl Cuda {
+    /// The GEMM for `dtype` weights (the routed experts' grouped one when `grouped`) and what it
+    /// reads: bf16 on the tensor cores, f32 and f16 in f32 on the CUDA cores (gemm_float.cu).
+    pub(super) fn float_gemm(&self, dtype: FloatType, grouped: bool) -> (&CudaFunction, Activations) {
+        let k = &self.kernels;
+        match (dtype, grouped) {
+            (FloatType::BF16, false) => (&k.gemm_bf16_f32, Activations::Bf16),
+            (FloatType::BF16, true) => (&k.grouped_gemm_bf16_f32, Activations::Bf16),
+            (FloatType::F16, false) => (&k.gemm_f16_f32, Activations::F32Exact),
+            (FloatType::F16, true) => (&k.grouped_gemm_f16_f32, Activations::F32Exact),
+            (FloatType::F32, false) => (&k.gemm_f32_f32, Activations::F32Exact),
+            (FloatType::F32, true) => (&k.grouped_gemm_f32_f32, Activations::F32Exact),
+        }
+    }
+
     /// Runs `gemm(a, with_bias, out)` — a GEMM reading `reads` rows from `a` — on `x` (f32 at
     /// `x_ptr`, `x_len` values) into `out` per `precision`: on x rounded to bf16 (one call), or,
     /// exact, on each of its three bf16 parts (`hi + mid + lo == x`; each part times a bf16-exact
@@ -90,6 +98,7 @@ impl Cuda {
     ) -> Result<(), KernelError> {
         let n: i32 = int(op, "x", x_len)?;
         match (precision, reads) {
+            (_, Activations::F32Exact) => gemm(x_ptr, true, out.ptr()),
             (MatmulPrecision::Bf16Activations, Activations::F32) => gemm(x_ptr, true, out.ptr()),
             (MatmulPrecision::Bf16Activations, Activations::Bf16) => {
                 let staged = self.scratch(op, x_len * 2)?;
@@ -144,13 +153,15 @@ mod tests {
     }
 
     #[test]
-    fn bf16_fp8_and_nvfp4_weights_are_taken_as_stored() {
+    fn float_fp8_and_nvfp4_weights_are_taken_as_stored() {
         let bytes = [0x80, 0x3f, 0x00, 0xc0];
-        let bf16 = WeightData::Float {
-            dtype: FloatType::BF16,
-            bytes: &bytes,
-        };
-        assert_eq!(gemm_weight(&source(1, 2, bf16), MatmulPrecision::Exact).unwrap(), bf16);
+        for (dtype, cols) in [(FloatType::BF16, 2), (FloatType::F16, 2), (FloatType::F32, 1)] {
+            let float = WeightData::Float { dtype, bytes: &bytes };
+            assert_eq!(
+                gemm_weight(&source(1, cols, float), MatmulPrecision::Exact).unwrap(),
+                float
+            );
+        }
         let fp8 = WeightData::Fp8 {
             bytes: &bytes,
             scale: 0.5,
@@ -181,16 +192,16 @@ mod tests {
     }
 
     #[test]
-    fn wrong_sizes_and_formats_without_a_gemm_are_refused() {
+    fn wrong_sizes_are_refused() {
         let bytes = [0u8; 4];
-        let short = WeightData::Float {
-            dtype: FloatType::BF16,
-            bytes: &bytes,
-        };
-        assert!(matches!(
-            gemm_weight(&source(1, 3, short), MatmulPrecision::Exact),
-            Err(KernelError::LengthMismatch { .. })
-        ));
+        // 4 bytes: 2 bf16 or f16 values, 1 f32.
+        for (dtype, cols) in [(FloatType::BF16, 3), (FloatType::F16, 3), (FloatType::F32, 2)] {
+            let short = WeightData::Float { dtype, bytes: &bytes };
+            assert!(matches!(
+                gemm_weight(&source(1, cols, short), MatmulPrecision::Exact),
+                Err(KernelError::LengthMismatch { .. })
+            ));
+        }
         let fp8 = WeightData::Fp8 {
             bytes: &bytes,
             scale: 1.0,
@@ -212,15 +223,5 @@ mod tests {
         ));
         let err = gemm_weight(&source(4, 8, nvfp4(&scales)), MatmulPrecision::Exact).unwrap_err();
         assert!(err.to_string().contains("a multiple of 16"), "{err}");
-        for dtype in [FloatType::F32, FloatType::F16] {
-            let float = WeightData::Float { dtype, bytes: &bytes };
-            let err = gemm_weight(&source(1, 1, float), MatmulPrecision::Exact)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(&format!("a {} weight has no CUDA GEMM", dtype.weight_dtype())),
-                "{err}"
-            );
-        }
     }
 }

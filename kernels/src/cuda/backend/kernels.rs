@@ -73,8 +73,18 @@ kernel_table! {
     gemm_bf16_f32,
     /// gemm_bf16.cu
     grouped_gemm_bf16_f32,
+    /// gemm_float.cu
+    gemm_f32_f32,
+    /// gemm_float.cu
+    gemm_f16_f32,
+    /// gemm_float.cu
+    grouped_gemm_f32_f32,
+    /// gemm_float.cu
+    grouped_gemm_f16_f32,
     /// gemm_fp8.cu
     gemm_fp8_f32,
+    /// gemm_fp8.cu
+    grouped_gemm_fp8_f32,
     /// gemm_nvfp4.cu
     gemm_nvfp4_w4a16_f32,
     /// gemm_nvfp4.cu
@@ -97,6 +107,6 @@ kernel_table! {
     relu2_f32,
     /// moe_experts.cu
     moe_unpermute_f32,
-    /// Not written yet: Mamba's `dt = max(softplus(dt + bias), dt_min)`.
+    /// elementwise.cu: Mamba's `dt = max(softplus(dt + bias), dt_min)`.
     softplus_dt_f32,
 }

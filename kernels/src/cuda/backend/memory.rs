@@ -7,6 +7,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, P
 
 use crate::backend::Resident;
 use crate::cuda::arena::{ArenaFull, StackArena};
+use crate::dtype::FloatType;
 use crate::ops::matmul::MatmulPrecision;
 
 /// A device allocation made at load, with its address resolved once.
@@ -22,14 +23,18 @@ pub struct DeviceVec<T> {
 impl<T: DeviceRepr> DeviceVec<T> {
     /// Copies `values` to the device.
     pub(super) fn upload(stream: &Arc<CudaStream>, values: &[T]) -> Result<Self, cudarc::driver::DriverError> {
-        let slice = stream.clone_htod(values)?;
+        Ok(Self::from_slice(stream, stream.clone_htod(values)?))
+    }
+
+    /// Holds `slice`, an allocation made on `stream`.
+    pub(super) fn from_slice(stream: &Arc<CudaStream>, slice: CudaSlice<T>) -> Self {
         // Event tracking is off (one stream), so the guard records nothing.
         let ptr = slice.device_ptr(stream).0;
-        Ok(Self {
+        Self {
+            len: slice.len(),
             _slice: slice,
             ptr,
-            len: values.len(),
-        })
+        }
     }
 }
 
@@ -45,8 +50,8 @@ pub type CudaVector = DeviceVec<f32>;
 /// A Linear layer's weight on the device, in the format the checkpoint stores it (checked by
 /// `gemm::gemm_weight`).
 pub(super) enum CudaWeight {
-    /// bf16 values, row-major, as little-endian bytes.
-    Bf16(DeviceVec<u8>),
+    /// Float values (bf16, f16 or f32), row-major, as little-endian bytes.
+    Float { dtype: FloatType, values: DeviceVec<u8> },
     /// E4M3 codes, row-major, and the tensor scale.
     Fp8 { codes: DeviceVec<u8>, scale: f32 },
     /// NVFP4 nibbles and E4M3 block scales as stored, the tensor scale, and the input scale of a
@@ -60,12 +65,12 @@ pub(super) enum CudaWeight {
 }
 
 impl CudaWeight {
-    /// Pushes the weight's arguments of its GEMM kernel (`gemm_bf16_f32`: the bits; `gemm_fp8_f32`:
-    /// codes and scale; the NVFP4 GEMMs: nibbles, block scales and tensor scale).
+    /// Pushes the weight's arguments of its GEMM kernel (the float GEMMs: the values;
+    /// `gemm_fp8_f32`: codes and scale; the NVFP4 GEMMs: nibbles, block scales and tensor scale).
     pub(super) fn push_gemm_args<'a>(&'a self, a: &mut LaunchArgs<'a>) {
         match self {
-            CudaWeight::Bf16(bits) => {
-                a.arg(&bits.ptr);
+            CudaWeight::Float { values, .. } => {
+                a.arg(&values.ptr);
             }
             CudaWeight::Fp8 { codes, scale } => {
                 a.arg(&codes.ptr).arg(scale);
@@ -85,7 +90,7 @@ impl CudaWeight {
 impl Resident for CudaWeight {
     fn size_in_bytes(&self) -> usize {
         match self {
-            CudaWeight::Bf16(bits) => bits.size_in_bytes(),
+            CudaWeight::Float { values, .. } => values.size_in_bytes(),
             CudaWeight::Fp8 { codes, .. } => codes.size_in_bytes(),
             CudaWeight::Nvfp4 {
                 packed, block_scales, ..
@@ -123,29 +128,21 @@ impl Resident for CudaEmbedding {
     }
 }
 
-/// Bytes in one device allocation made at load (experts stacked for a grouped GEMM).
-pub(super) struct DeviceBytes {
-    /// Keeps the memory alive.
-    pub(super) _slice: CudaSlice<u8>,
-    /// Its device address.
-    pub(super) ptr: u64,
-    /// Bytes.
-    pub(super) len: usize,
-}
-
 /// One projection of every routed expert of an MoE block, stacked `[experts, n, k]` for the
 /// grouped GEMM, in the format the checkpoint stores the experts in.
 // Two per MoE block, made once at load and never moved on a hot path: the size gap costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum StackedExperts {
-    /// bf16 values (`grouped_gemm_bf16_f32`).
-    Bf16(DeviceBytes),
+    /// Float values (`grouped_gemm_bf16_f32`, `_f16_f32`, `_f32_f32`).
+    Float { dtype: FloatType, values: DeviceVec<u8> },
+    /// E4M3 codes (`grouped_gemm_fp8_f32`) and one weight scale per expert.
+    Fp8 { codes: DeviceVec<u8>, scales: CudaVector },
     /// NVFP4 (`grouped_gemm_nvfp4_w4a16_f32`, or `_w4a4_f32` when every expert has an input
     /// scale): nibbles `[E, n, k / 2]`, block scales `[E, n, k / 16]`, one tensor scale (and input
     /// scale) per expert.
     Nvfp4 {
-        packed: DeviceBytes,
-        block_scales: DeviceBytes,
+        packed: DeviceVec<u8>,
+        block_scales: DeviceVec<u8>,
         tensor_scales: CudaVector,
         input_scales: Option<CudaVector>,
     },
@@ -154,15 +151,16 @@ pub(super) enum StackedExperts {
 impl Resident for StackedExperts {
     fn size_in_bytes(&self) -> usize {
         match self {
-            StackedExperts::Bf16(bytes) => bytes.len,
+            StackedExperts::Float { values, .. } => values.size_in_bytes(),
+            StackedExperts::Fp8 { codes, scales } => codes.size_in_bytes() + scales.size_in_bytes(),
             StackedExperts::Nvfp4 {
                 packed,
                 block_scales,
                 tensor_scales,
                 input_scales,
             } => {
-                packed.len
-                    + block_scales.len
+                packed.size_in_bytes()
+                    + block_scales.size_in_bytes()
                     + tensor_scales.size_in_bytes()
                     + input_scales.as_ref().map_or(0, Resident::size_in_bytes)
             }

@@ -9,9 +9,8 @@
 //! the tensor cores, are summed in f32; `--precision bf16` rounds it to one bf16 part instead.
 //! FP8 and NVFP4 Linear weights run on their own GEMMs as stored (`gemm_fp8_f32`,
 //! `gemm_nvfp4_w4a16_f32`, and for W4A4 `nvfp4_quantize_f32` + `gemm_nvfp4_w4a4_f32`), which take
-//! f32 activations directly; routed NVFP4 experts on the grouped NVFP4 GEMMs likewise. Refused at
-//! load, naming the reason: f32 and f16 weights, and routed experts stored in FP8 (no grouped FP8
-//! GEMM).
+//! f32 activations directly; routed FP8 and NVFP4 experts on their grouped GEMMs likewise. f32 and
+//! f16 weights are refused at load, naming the format.
 
 mod gemm;
 mod kernels;

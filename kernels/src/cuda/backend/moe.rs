@@ -1,13 +1,13 @@
 //! The routed experts of an MoE block on CUDA: routing (`moe_route_f32`), the permutation by
 //! expert padded to the GEMM tile, the grouped up and down GEMMs, and the weighted un-permute.
 
-use cudarc::driver::{DevicePtr, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 use super::Cuda;
 use super::failed;
 use super::gemm::Activations;
 use super::launch::{GEMM_TILE, grid, int};
-use super::memory::{ArenaBuf, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceBytes, DeviceVec, StackedExperts};
+use super::memory::{ArenaBuf, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceVec, StackedExperts};
 use crate::cuda::plan::{EXPERT_TILE, padded_expert_rows};
 use crate::error::{KernelError, check_len};
 use crate::ops::matmul::MatmulPrecision;
@@ -161,8 +161,9 @@ impl Cuda {
     }
 
     /// The routed experts' GEMM for one projection (`weights`, `[experts, n, k]`), rows gathered
-    /// from `x` by `a_row = entry / top_k`, written by entry. bf16 and NVFP4 W4A16 experts run
-    /// exact through `staged_gemm`; W4A4 experts quantise their rows with their own input scales.
+    /// from `x` by `a_row = entry / top_k`, written by entry. Float, FP8 and NVFP4 W4A16 experts
+    /// run exact through `staged_gemm`; W4A4 experts quantise their rows with their own input
+    /// scales.
     pub(super) fn grouped_gemm(
         &self,
         x: &CudaTensor,
@@ -190,16 +191,26 @@ impl Cuda {
         let no_relu2 = 0i32;
         let (sorted, offsets) = (routing.sorted.ptr, routing.offsets.ptr);
         match weights {
-            StackedExperts::Bf16(w) => self.staged_gemm(
+            StackedExperts::Float { dtype, values } => {
+                let (kernel, reads) = self.float_gemm(*dtype, true);
+                self.staged_gemm(OP, (x.ptr(), x.len), out, precision, reads, |a_ptr, _, out_ptr| {
+                    self.launch(OP, kernel, cfg, |a| {
+                        a.arg(&a_ptr).arg(&sorted).arg(&offsets).arg(&e).arg(&tk);
+                        a.arg(&values.ptr).arg(&nn).arg(&kk).arg(&out_ptr);
+                    })
+                })
+            }
+            StackedExperts::Fp8 { codes, scales } => self.staged_gemm(
                 OP,
                 (x.ptr(), x.len),
                 out,
                 precision,
-                Activations::Bf16,
+                Activations::F32,
                 |a_ptr, _, out_ptr| {
-                    self.launch(OP, &self.kernels.grouped_gemm_bf16_f32, cfg, |a| {
+                    self.launch(OP, &self.kernels.grouped_gemm_fp8_f32, cfg, |a| {
                         a.arg(&a_ptr).arg(&sorted).arg(&offsets).arg(&e).arg(&tk);
-                        a.arg(&w.ptr).arg(&nn).arg(&kk).arg(&out_ptr);
+                        a.arg(&codes.ptr).arg(&scales.ptr);
+                        a.arg(&nn).arg(&kk).arg(&no_relu2).arg(&out_ptr);
                     })
                 },
             ),
@@ -242,8 +253,8 @@ impl Cuda {
     }
 
     /// One projection of every routed expert (same shape and precision, checked by the caller)
-    /// stacked as the grouped GEMMs read it. Experts must share a format: bf16, or NVFP4 all with
-    /// or all without an input scale; FP8 experts have no grouped GEMM and are refused by name.
+    /// stacked as the grouped GEMMs read it. Experts must share a format: one float type, FP8, or
+    /// NVFP4 all with or all without an input scale.
     pub(super) fn stack_experts<'l>(
         &self,
         linears: impl Iterator<Item = &'l CudaLinear>,
@@ -259,21 +270,32 @@ impl Cuda {
                 op: OP,
                 reason: "no experts".into(),
             }),
-            Some(CudaWeight::Fp8 { .. }) => Err(KernelError::Unsupported {
-                op: OP,
-                reason: "routed experts stored in FP8 have no grouped GEMM on CUDA (bf16 and NVFP4 experts \
-                         do); run this model with --device cpu"
-                    .into(),
-            }),
-            Some(CudaWeight::Bf16(_)) => {
-                let mut parts = Vec::with_capacity(linears.len());
+            Some(CudaWeight::Fp8 { .. }) => {
+                let (mut codes, mut scales) = (Vec::with_capacity(linears.len()), Vec::with_capacity(linears.len()));
                 for linear in &linears {
-                    let CudaWeight::Bf16(bytes) = &linear.weight else {
+                    let CudaWeight::Fp8 { codes: c, scale } = &linear.weight else {
                         return Err(mixed());
                     };
-                    parts.push((bytes.ptr, bytes.len));
+                    codes.push((c.ptr, c.len));
+                    scales.push(*scale);
                 }
-                Ok(StackedExperts::Bf16(self.concat(OP, &parts)?))
+                Ok(StackedExperts::Fp8 {
+                    codes: self.concat(OP, &codes)?,
+                    scales: DeviceVec::upload(&self.stream, &scales).map_err(failed(OP))?,
+                })
+            }
+            Some(&CudaWeight::Float { dtype, .. }) => {
+                let mut parts = Vec::with_capacity(linears.len());
+                for linear in &linears {
+                    match &linear.weight {
+                        CudaWeight::Float { dtype: d, values } if *d == dtype => parts.push((values.ptr, values.len)),
+                        _ => return Err(mixed()),
+                    }
+                }
+                Ok(StackedExperts::Float {
+                    dtype,
+                    values: self.concat(OP, &parts)?,
+                })
             }
             Some(CudaWeight::Nvfp4 { input_scale, .. }) => {
                 let w4a4 = input_scale.is_some();
@@ -310,23 +332,19 @@ impl Cuda {
 
     /// The device ranges `parts` (address, bytes) copied one after another into a new allocation.
     /// The copies are queued on the stream: the sources must live until it is synchronised.
-    fn concat(&self, op: &'static str, parts: &[(u64, usize)]) -> Result<DeviceBytes, KernelError> {
+    fn concat(&self, op: &'static str, parts: &[(u64, usize)]) -> Result<DeviceVec<u8>, KernelError> {
         let len = parts.iter().map(|&(_, bytes)| bytes).sum();
         // SAFETY: u8 has no invalid bit patterns, and every byte is written below.
         let slice = unsafe { self.stream.alloc::<u8>(len) }.map_err(failed(op))?;
-        let ptr = DevicePtr::device_ptr(&slice, &self.stream).0;
+        let stacked = DeviceVec::from_slice(&self.stream, slice);
         let mut at = 0u64;
         for &(src, bytes) in parts {
-            // SAFETY: the destination range lies inside `slice` (the sizes sum to its length) and
-            // the source is a live weight allocation of `bytes` bytes.
-            unsafe { cudarc::driver::result::memcpy_dtod_async(ptr + at, src, bytes, self.stream.cu_stream()) }
+            // SAFETY: the destination range lies inside `stacked` (the sizes sum to its length)
+            // and the source is a live weight allocation of `bytes` bytes.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(stacked.ptr + at, src, bytes, self.stream.cu_stream()) }
                 .map_err(failed(op))?;
             at += bytes as u64;
         }
-        Ok(DeviceBytes {
-            _slice: slice,
-            ptr,
-            len,
-        })
+        Ok(stacked)
     }
 }

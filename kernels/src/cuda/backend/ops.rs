@@ -44,7 +44,10 @@ impl Backend for Cuda {
         }
         let upload = |bytes: &[u8]| DeviceVec::upload(&self.stream, bytes).map_err(failed(OP));
         let weight = match data {
-            WeightData::Float { bytes, .. } => CudaWeight::Bf16(upload(bytes)?),
+            WeightData::Float { dtype, bytes } => CudaWeight::Float {
+                dtype,
+                values: upload(bytes)?,
+            },
             WeightData::Fp8 { bytes, scale } => CudaWeight::Fp8 {
                 codes: upload(bytes)?,
                 scale,
@@ -240,12 +243,12 @@ impl Backend for Cuda {
         let bias = linear.bias.as_ref().map_or(NULL, |b| b.ptr);
         let (x_ptr, y_ptr) = (x.ptr(), out.ptr());
         match &linear.weight {
-            CudaWeight::Bf16(_) | CudaWeight::Fp8 { .. } | CudaWeight::Nvfp4 { input_scale: None, .. } => {
+            CudaWeight::Float { .. } | CudaWeight::Fp8 { .. } | CudaWeight::Nvfp4 { input_scale: None, .. } => {
                 let weight = &linear.weight;
-                let kernel = match weight {
-                    CudaWeight::Bf16(_) => &self.kernels.gemm_bf16_f32,
-                    CudaWeight::Fp8 { .. } => &self.kernels.gemm_fp8_f32,
-                    CudaWeight::Nvfp4 { .. } => &self.kernels.gemm_nvfp4_w4a16_f32,
+                let (kernel, reads) = match weight {
+                    CudaWeight::Float { dtype, .. } => self.float_gemm(*dtype, false),
+                    CudaWeight::Fp8 { .. } => (&self.kernels.gemm_fp8_f32, Activations::F32),
+                    CudaWeight::Nvfp4 { .. } => (&self.kernels.gemm_nvfp4_w4a16_f32, Activations::F32),
                 };
                 // Every one of these kernels takes (a, the weight's arguments, bias, m, n, k, y).
                 let gemm = |a_ptr: u64, with_bias: bool, out_ptr: u64| {
@@ -255,10 +258,6 @@ impl Backend for Cuda {
                         weight.push_gemm_args(a);
                         a.arg(&bias).arg(&mm).arg(&n).arg(&k).arg(&out_ptr);
                     })
-                };
-                let reads = match weight {
-                    CudaWeight::Bf16(_) => Activations::Bf16,
-                    _ => Activations::F32,
                 };
                 self.staged_gemm(OP, (x_ptr, x.len), &out, linear.precision, reads, gemm)?;
             }

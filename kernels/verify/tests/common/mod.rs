@@ -162,6 +162,53 @@ pub(crate) fn permutation_reference(experts: &[i32], num_experts: usize, tile: u
     (offsets, sorted)
 }
 
+/// The routing the grouped GEMM tests share: 5 experts (2 and 4 get no token), 9 tokens, top-2,
+/// each expert's entries padded to the 64-row tile as moe_routing.cu lays them out.
+pub(crate) struct Routed {
+    pub num_experts: usize,
+    pub tokens: usize,
+    pub top_k: usize,
+    /// The expert of each routing entry `t * top_k + slot`.
+    pub experts: Vec<i32>,
+    pub offsets: Vec<i32>,
+    pub sorted: Vec<i32>,
+}
+
+impl Routed {
+    pub(crate) fn new() -> Self {
+        let (num_experts, tokens, top_k) = (5, 9, 2);
+        let experts: Vec<i32> = (0..tokens * top_k).map(|i| [3, 0, 3, 1][i % 4]).collect();
+        let (offsets, sorted) = permutation_reference(&experts, num_experts, 64);
+        Self {
+            num_experts,
+            tokens,
+            top_k,
+            experts,
+            offsets,
+            sorted,
+        }
+    }
+
+    /// The grouped GEMMs' leading arguments: the activations `a`, then `sorted`, `offsets`,
+    /// the expert count and top_k.
+    pub(crate) fn push_routing(&self, args: &mut Args, a: &[f32]) {
+        args.input(a)
+            .input(&self.sorted)
+            .input(&self.offsets)
+            .int(self.num_experts as i32)
+            .int(self.top_k as i32);
+    }
+
+    /// The expected output, `[tokens * top_k, n]`: `row(expert, token)` for each entry in order.
+    pub(crate) fn per_entry(&self, row: impl Fn(usize, usize) -> Vec<f32>) -> Vec<f32> {
+        self.experts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &e)| row(e as usize, i / self.top_k))
+            .collect()
+    }
+}
+
 /// NVFP4 data as a checkpoint stores it, and its exact values.
 pub(crate) struct Nvfp4Data {
     /// `[rows, k / 2]`, element `2i` in the low nibble.
