@@ -17,8 +17,9 @@
 //   e2m1 x e4m3 scale on both sides, every product exact, f32 accumulation, then
 //   y = acc * (input_scale * tensor_scale) + bias. On sm_100a the hardware instruction for this is
 //   tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X (operands in shared
-//   memory through matrix descriptors, scales and accumulators in tensor memory); that version is
-//   not written (docs/gpu.md says what it needs). This kernel is the portable path, compiled for
+//   memory through matrix descriptors, scales and accumulators in tensor memory):
+//   gemm_nvfp4_w4a4_tcgen05_f32 below, which the host launches on compute capability 10.x and
+//   which has run only in the CPU emulation. gemm_nvfp4_w4a4_f32 is the portable path, compiled for
 //   sm_90a and sm_100a alike: each operand decoded in registers to e2m1 x its block scale, exact
 //   in bf16 (at most 6 significant bits), then the bf16 mma.sync. So it computes what the FP4
 //   instruction computes (exact E2M1 x E2M1 products scaled per 16-block by both UE4M3 scales,
@@ -26,7 +27,7 @@
 //
 // Packed operands are read as 32-bit words, so their base pointers must be 4-byte aligned
 // (cudaMalloc's are; a row is K / 2 bytes, a multiple of 8). The grouped expert GEMMs, W4A16 and
-// W4A4, are at the end of the file.
+// W4A4, follow; the tcgen05 W4A4 GEMM and its one-MMA probe are at the end of the file.
 //
 // Tiling: include/gemm_tile.cuh (64 x 64 tile of y per block, 4 warps, K 32 at a time through
 // shared memory). Launch (GEMMs): grid (ceil(N / 64), ceil(M / 64)), 128 threads; static shared
@@ -203,7 +204,7 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
 // Launch: grid (ceil(N / 64), ceil(M / 128)), 128 threads, 24 KiB of dynamic shared memory
 // (TC_SHARED_BYTES, under the 48 KiB default, so no attribute is needed); 128 columns of tensor
 // memory per block (64 accumulator + 16 + 16 scale columns, rounded up to a power of 2).
-// Compiled for every architecture; only sm_100a / sm_101a / sm_103a have the instructions,
+// Compiled for every architecture; only sm_100a / sm_103a have the instructions,
 // elsewhere the kernel traps and the host never launches it (ops.rs launches it only on compute
 // capability 10.x). Packed operands are read as 32-bit words, as by the portable kernel.
 #define TC_BM 128

@@ -1,7 +1,7 @@
 // The 5th-generation tensor-core instructions (tcgen05, sm_100a) that the Blackwell W4A4 NVFP4
 // GEMM uses, each a device function with three bodies:
 //
-// * sm_100a / sm_101a / sm_103a (MARC_TCGEN05_PTX): the inline PTX.
+// * sm_100a / sm_103a (MARC_TCGEN05_PTX): the inline PTX.
 // * other GPU architectures (sm_90a): __trap(). Nothing may call them there; the host launches the
 //   kernels that do only on compute capability 10.x, and the kernels trap before any call.
 // * the CPU build (simt_cpu.h): a C++ model of the instruction written from the PTX ISA's
@@ -86,8 +86,10 @@
 #include "marc_cuda.cuh"
 #include "quant.cuh"
 
-#if defined(__CUDACC__) && \
-    (defined(__CUDA_ARCH_FEAT_SM100_ALL) || defined(__CUDA_ARCH_FEAT_SM101_ALL) || defined(__CUDA_ARCH_FEAT_SM103_ALL))
+// NVRTC 13.4 defines __CUDA_ARCH_FEAT_SM100_ALL for compute_100a / sm_100a and ..._SM103_ALL for
+// compute_103a (checked by compiling a probe); the host compiles for compute_{major}{minor}a, so
+// these are the compute-capability-10.x devices it launches the tcgen05 kernels on.
+#if defined(__CUDACC__) && (defined(__CUDA_ARCH_FEAT_SM100_ALL) || defined(__CUDA_ARCH_FEAT_SM103_ALL))
 #define MARC_TCGEN05_PTX 1
 #endif
 
