@@ -366,7 +366,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     for (unsigned c0 = 0; c0 < TC_BN; c0 += 16) {
         unsigned acc[16];
         tc::load_32x32b_x16(tc::tmem_address(tmem, 32 * warp, c0), acc);
-        tc::wait_ld();
         MARC_UNROLL
         for (unsigned j = 0; j < 16; ++j) {
             const int column = col0 + int(c0 + j);
@@ -436,7 +435,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     for (int c0 = 0; c0 < n; c0 += 16) {
         unsigned acc[16];
         tc::load_32x32b_x16(tc::tmem_address(tmem, 32 * warp, unsigned(c0)), acc);
-        tc::wait_ld();
         MARC_UNROLL
         for (int j = 0; j < 16; ++j) d[row * n + c0 + j] = __uint_as_float(acc[j]);
     }

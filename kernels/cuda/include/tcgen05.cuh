@@ -451,13 +451,16 @@ __device__ __forceinline__ void store_32x32b_x16(unsigned taddr, const unsigned 
 #endif
 }
 
-// tcgen05.ld.sync.aligned.32x32b.x16.b32 (whole warp), the mirror of store_32x32b_x16. The
-// registers are valid only after wait_ld().
+// tcgen05.ld.sync.aligned.32x32b.x16.b32 then tcgen05.wait::ld (whole warp), the mirror of
+// store_32x32b_x16. The ISA makes the destination registers valid only after the wait; issuing
+// both in one asm statement means the compiler sees the registers written only once the wait
+// has passed, so it cannot schedule a use of them in between (with two statements nothing but
+// the asm's order ties the uses to the wait).
 __device__ __forceinline__ void load_32x32b_x16(unsigned taddr, unsigned (&v)[16]) {
 #if defined(MARC_TCGEN05_PTX)
     asm volatile(
         "tcgen05.ld.sync.aligned.32x32b.x16.b32 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, "
-        "%15}, [%16];"
+        "%15}, [%16];\n\ttcgen05.wait::ld.sync.aligned;"
         : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]), "=r"(v[4]), "=r"(v[5]), "=r"(v[6]), "=r"(v[7]), "=r"(v[8]),
           "=r"(v[9]), "=r"(v[10]), "=r"(v[11]), "=r"(v[12]), "=r"(v[13]), "=r"(v[14]), "=r"(v[15])
         : "r"(taddr)
@@ -476,15 +479,8 @@ __device__ __forceinline__ void load_32x32b_x16(unsigned taddr, unsigned (&v)[16
 #endif
 }
 
-// tcgen05.wait::ld / ::st: this thread's earlier tcgen05.ld / st have completed. (The model's
-// loads and stores complete when issued.)
-__device__ __forceinline__ void wait_ld() {
-#if defined(MARC_TCGEN05_PTX)
-    asm volatile("tcgen05.wait::ld.sync.aligned;" ::: "memory");
-#elif defined(__CUDACC__)
-    __trap();
-#endif
-}
+// tcgen05.wait::st: this thread's earlier tcgen05.st have completed. (The model's stores complete
+// when issued.)
 __device__ __forceinline__ void wait_st() {
 #if defined(MARC_TCGEN05_PTX)
     asm volatile("tcgen05.wait::st.sync.aligned;" ::: "memory");
