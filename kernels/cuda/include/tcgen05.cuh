@@ -64,7 +64,9 @@
 //    .32x128b.warpx4) and agrees with DeepGEMM-style and ThunderKittens kernels: row r of A (or of
 //    B's N dimension) has its four scales in lane r % 32, column sf + r / 32, byte j = scale of K
 //    block j, and the same word in each of the four 32-lane quarters. THIS IS THE LEAST CERTAIN
-//    FACT HERE. The model reads all four copies and aborts if they differ.
+//    FACT HERE. The model reads all four copies and aborts if they differ. (CUTLASS also fills
+//    the descriptor's scale-factor ids from bits 30-31 of the scale addresses, "the byte address";
+//    with lane-0 addresses, as here, both are 0, what scale_vec::4X requires.)
 // 9. Data path layout of D for M = 128, cta_group::1 (ISA "Data path layout", Layout D): row i of
 //    D in lane i, column n at column d + n, f32.
 // 10. tcgen05.commit (ISA "tcgen05.commit"): makes an mbarrier track the completion of all prior
