@@ -41,9 +41,14 @@
 //    "Canonical layouts", #tcgen05-canonical-layouts; the same table as wgmma's): in units of
 //    elements, ((8,m),(T,2k)):((1T,SBO),(1,LBO)) with T = 128 bits / element bits (32 for E2M1):
 //    a core matrix is 8 rows of 16 contiguous bytes, row r at 16 (r % 8) bytes, the next 8 rows
-//    SBO bytes on, the next 16 bytes of K LBO bytes on. Sub-byte elements are packed with the
-//    lower-indexed element in the low bits (ISA "Packing of sub-byte types"), which is also
-//    NVFP4's checkpoint packing.
+//    SBO bytes on, the next 16 bytes of K LBO bytes on. E2M1 in shared memory: "two 4-bit
+//    elements in an 8-bit container, with no padding" (ISA "Packing format used for matrix A and
+//    B by .kind::mxf4 and .kind::mxf4nvf4 in Shared Memory", #tcgen05-packing-formats-mxf4-smem).
+//    Which nibble comes first that text does not say; the model takes the lower-indexed element
+//    in the low nibble, CUTLASS's sub-byte array convention and ModelOpt's checkpoint packing,
+//    which vLLM and TensorRT-LLM hand to CUTLASS's FP4 GEMMs unchanged. (Note that PTX's
+//    cvt...e2m1x2 puts its *first* operand in the high nibble: a register-level convention, not
+//    this one.)
 // 7. Instruction descriptor, .kind::mxf4nvf4 (ISA "Instruction descriptor", Table "Instruction
 //    descriptor format for .kind::mxf4 and .kind::mxf4nvf4"): 0-1 reserved, 2 sparsity, 3
 //    reserved, 4-5 scale-factor B id, 6 reserved, 7-9 atype (E2M1 = 1), 10-11 btype (E2M1 = 1),
