@@ -17,8 +17,9 @@
 //   e2m1 x e4m3 scale on both sides, every product exact, f32 accumulation, then
 //   y = acc * (input_scale * tensor_scale) + bias. On sm_100a the hardware instruction for this is
 //   tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X (operands in shared
-//   memory through matrix descriptors, scales and accumulators in tensor memory); that version is
-//   not written (docs/gpu.md says what it needs). This kernel is the portable path, compiled for
+//   memory through matrix descriptors, scales and accumulators in tensor memory):
+//   gemm_nvfp4_w4a4_tcgen05_f32 below, which the host launches on compute capability 10.x and
+//   which has run only in the CPU emulation. gemm_nvfp4_w4a4_f32 is the portable path, compiled for
 //   sm_90a and sm_100a alike: each operand decoded in registers to e2m1 x its block scale, exact
 //   in bf16 (at most 6 significant bits), then the bf16 mma.sync. So it computes what the FP4
 //   instruction computes (exact E2M1 x E2M1 products scaled per 16-block by both UE4M3 scales,
@@ -26,7 +27,7 @@
 //
 // Packed operands are read as 32-bit words, so their base pointers must be 4-byte aligned
 // (cudaMalloc's are; a row is K / 2 bytes, a multiple of 8). The grouped expert GEMMs, W4A16 and
-// W4A4, are at the end of the file.
+// W4A4, follow; the tcgen05 W4A4 GEMM and its one-MMA probe are at the end of the file.
 //
 // Tiling: include/gemm_tile.cuh (64 x 64 tile of y per block, 4 warps, K 32 at a time through
 // shared memory). Launch (GEMMs): grid (ceil(N / 64), ceil(M / 64)), 128 threads; static shared
@@ -37,6 +38,7 @@
 // bf16); see docs/gpu.md.
 
 #include "gemm_tile.cuh"
+#include "tcgen05.cuh"
 
 namespace gemm = marc::gemm;
 
@@ -162,4 +164,271 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
     gemm::mma_tile(gemm::operand<gemm::QuantisingRows>(tokens, input_scale),
                    gemm::operand<gemm::Nvfp4Rows>([&](int col) { return tile.w.row(tile.at.col0 + col); }), k, acc);
     gemm::store_by_entry(acc, tile.at, sorted, n, input_scale * tensor_scales[tile.at.expert], relu2, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// W4A4 on Blackwell's FP4 tensor cores: gemm_nvfp4_w4a4_tcgen05_f32, the contract of
+// gemm_nvfp4_w4a4_f32 (same parameters, same result to f32 rounding) computed with
+// tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X (include/tcgen05.cuh says
+// which PTX ISA facts each step relies on).
+//
+// One block of 128 threads (one warpgroup) owns a 128 x 64 tile of y, the instruction's
+// M = 128 x N = 64, with the accumulator in tensor memory. K goes 256 at a time (a stage): every
+// thread copies its share of the stage's packed x and W rows into shared memory in the canonical
+// K-major layout without swizzling (8-row x 16-byte core matrices; the next 32 elements of K the
+// adjacent core matrix, LBO = 128 bytes; the next 8 rows SBO = 1024 bytes on), and every warp
+// writes the stage's E4M3 block scales into its own lane quarter of tensor memory with
+// tcgen05.st, in the scale_vec::4X layout (each warp the same words: the ISA asks for the scales
+// in all four quarters). Thread 0 then issues the stage's four K = 64 MMAs (fewer on the last,
+// partial stage) and commits them to an mbarrier, which the whole block waits on before the next
+// stage overwrites the operands. Past M, N and K everything is zero (E2M1 code 0, scale 0), which
+// contributes exactly 0. The epilogue reads each warp's 32 rows of the accumulator with
+// tcgen05.ld and writes y = acc * (input_scale * tensor_scale) + bias, as the portable kernel.
+//
+// One stage in flight at a time: the copies, the tensor core and the epilogue do not overlap
+// (no TMA, no multi-stage pipeline, no warp specialisation), so this is a correct base rather
+// than a fast kernel; the loads of one stage are coalesced (a warp reads 128 contiguous bytes of
+// a row), the epilogue's stores are not (a thread owns a row).
+//
+// Launch: grid (ceil(N / 64), ceil(M / 128)), 128 threads, 24 KiB of dynamic shared memory
+// (TC_SHARED_BYTES, under the 48 KiB default, so no attribute is needed); 128 columns of tensor
+// memory per block (64 accumulator + 16 + 16 scale columns, rounded up to a power of 2).
+// Compiled for every architecture; only sm_100a / sm_103a have the instructions,
+// elsewhere the kernel traps and the host never launches it (ops.rs launches it only on compute
+// capability 10.x). Packed operands are read as 32-bit words, as by the portable kernel.
+#define TC_BM 128
+#define TC_BN 64
+#define TC_BK 256
+#define TC_THREADS 128
+#define TC_SHARED_BYTES ((TC_BM + TC_BN) * TC_BK / 2)
+#define TC_TMEM_COLUMNS 128
+
+// The helpers exist only where tcgen05 does (sm_10xa and the CPU model).
+#if MARC_HAS_TCGEN05
+namespace {
+
+namespace tc = marc::tc;
+
+// MMAs (K = 64 each) per stage.
+constexpr unsigned TC_MMAS = TC_BK / 64;
+// A core matrix: 8 rows x 16 bytes (32 E2M1 elements).
+constexpr unsigned TC_CORE_BYTES = 128;
+// Leading byte offset: the next 32 elements of K are the adjacent core matrix.
+constexpr unsigned TC_LBO = TC_CORE_BYTES;
+// Stride byte offset: the next 8 rows come after one row group's TC_BK / 32 core matrices.
+constexpr unsigned TC_SBO = TC_BK / 32 * TC_CORE_BYTES;
+// Tensor-memory columns: the f32 accumulator (TC_BN), then 4 scale columns per MMA for A and B.
+constexpr unsigned TC_SFA_COLUMN = TC_BN, TC_SFB_COLUMN = TC_BN + 4 * TC_MMAS;
+static_assert(TC_SFB_COLUMN + 4 * TC_MMAS <= TC_TMEM_COLUMNS, "the tensor-memory columns fit the allocation");
+
+// Where 16-byte chunk `chunk` (K elements 32 chunk .. 32 chunk + 31 of the stage) of tile row
+// `row` lives: the canonical K-major layout ((8,m),(32,2k)):((32,SBO),(1,LBO)) in elements.
+__device__ __forceinline__ unsigned tc_chunk_offset(unsigned row, unsigned chunk) {
+    return (row / 8) * TC_SBO + chunk * TC_LBO + (row % 8) * 16;
+}
+
+// Copies rows row0 .. row0 + ROWS and K k0 .. k0 + TC_BK of a packed NVFP4 matrix [rows, K / 2]
+// into `tile`, zero past `rows` and `k`. One 32-bit word (8 elements) per thread and step; the
+// 32 words of a tile row are consecutive threads, so a warp reads one row's 128 bytes.
+template <unsigned ROWS>
+__device__ __forceinline__ void tc_stage_operand(unsigned char* tile, const unsigned char* packed, int rows, int k,
+                                                 int row0, int k0) {
+    constexpr unsigned WORDS = TC_BK / 8;
+    for (unsigned i = threadIdx.x; i < ROWS * WORDS; i += TC_THREADS) {
+        const unsigned r = i / WORDS, w = i % WORDS;
+        const int row = row0 + int(r), kk = k0 + int(w) * 8;
+        unsigned v = 0u;
+        if (row < rows && kk < k) v = *reinterpret_cast<const unsigned*>(packed + size_t(row) * (k / 2) + kk / 2);
+        *reinterpret_cast<unsigned*>(tile + tc_chunk_offset(r, w / 4) + (w % 4) * 4) = v;
+    }
+}
+
+// Writes the stage's block scales of tile rows 0 .. tile_rows (absolute row0 + r, E4M3
+// [rows, K / 16]) to tensor-memory columns column .. column + 15 in the scale_vec::4X layout
+// (tcgen05.cuh, fact 8): MMA i's columns column + 4 i + j hold rows 32 j + lane, byte b the
+// scale of the MMA's K block b. Every warp writes the same words into its own lane quarter.
+__device__ __forceinline__ void tc_stage_scales(unsigned tmem, unsigned column, const unsigned char* scales, int rows,
+                                                int tile_rows, int k, int row0, int k0) {
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int blocks = k / 16, block0 = k0 / 16;
+    unsigned words[16];
+    MARC_UNROLL
+    for (unsigned i = 0; i < TC_MMAS; ++i) {
+        MARC_UNROLL
+        for (unsigned j = 0; j < 4; ++j) {
+            const int r = int(32 * j + lane), row = row0 + r;
+            unsigned word = 0u;
+            MARC_UNROLL
+            for (unsigned b = 0; b < 4; ++b) {
+                const int block = block0 + int(4 * i + b);
+                if (r < tile_rows && row < rows && block < blocks) {
+                    word |= unsigned(scales[size_t(row) * blocks + block]) << (8 * b);
+                }
+            }
+            words[4 * i + j] = word;
+        }
+    }
+    tc::store_32x32b_x16(tc::tmem_address(tmem, 32 * (warp % 4), column), words);
+}
+
+// Allocates the block's tensor memory (warp 0) and initialises the MMA mbarrier (thread 0);
+// returns the tensor-memory base address, visible to every thread.
+__device__ __forceinline__ unsigned tc_setup(unsigned* tmem_slot, unsigned long long* mma_done) {
+    if (threadIdx.x / 32 == 0) {
+        tc::alloc(tmem_slot, TC_TMEM_COLUMNS);
+        tc::relinquish_alloc_permit();
+    }
+    if (threadIdx.x == 0) tc::mbarrier_init(mma_done, 1);
+    tc::fence_before_thread_sync();
+    __syncthreads();
+    tc::fence_after_thread_sync();
+    return *tmem_slot;
+}
+
+// Makes this thread's operand and scale writes visible to the tensor core, then thread 0 issues
+// `mmas` MMAs through `issue(i)` and commits them; every thread waits for their completion.
+template <typename Issue>
+__device__ __forceinline__ void tc_run_mmas(unsigned long long* mma_done, unsigned& phase, Issue issue) {
+    tc::wait_st();
+    tc::fence_proxy_async_shared();
+    tc::fence_before_thread_sync();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        tc::fence_after_thread_sync();
+        issue();
+        tc::commit(mma_done);
+    }
+    tc::mbarrier_wait(mma_done, phase);
+    phase ^= 1u;
+    tc::fence_after_thread_sync();
+}
+
+// Frees the block's tensor memory once every warp's tcgen05.ld has completed.
+__device__ __forceinline__ void tc_teardown(unsigned tmem) {
+    tc::fence_before_thread_sync();
+    __syncthreads();
+    if (threadIdx.x / 32 == 0) {
+        tc::fence_after_thread_sync();
+        tc::dealloc(tmem, TC_TMEM_COLUMNS);
+    }
+}
+
+}  // namespace
+#endif
+
+// Parameters as gemm_nvfp4_w4a4_f32's.
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    gemm_nvfp4_w4a4_tcgen05_f32(const unsigned char* __restrict__ x_packed, const unsigned char* __restrict__ x_scales,
+                                float input_scale, const unsigned char* __restrict__ w_packed,
+                                const unsigned char* __restrict__ w_scales, float tensor_scale,
+                                const float* __restrict__ bias, int m, int n, int k, float* __restrict__ y) {
+#if MARC_HAS_TCGEN05
+    MARC_DYNAMIC_SHARED_FLOATS(shared);
+    unsigned char* a_tile = reinterpret_cast<unsigned char*>(shared);
+    unsigned char* b_tile = a_tile + TC_BM * TC_BK / 2;
+    __shared__ unsigned long long mma_done;
+    __shared__ unsigned tmem_slot;
+    const int row0 = blockIdx.y * TC_BM, col0 = blockIdx.x * TC_BN;
+    const unsigned tmem = tc_setup(&tmem_slot, &mma_done);
+    const unsigned idesc = tc::instr_descriptor_mxf4nvf4(TC_BM, TC_BN);
+    const unsigned a_base = tc::shared_address(a_tile), b_base = tc::shared_address(b_tile);
+    unsigned phase = 0u;
+    for (int k0 = 0; k0 < k; k0 += TC_BK) {
+        tc_stage_operand<TC_BM>(a_tile, x_packed, m, k, row0, k0);
+        tc_stage_operand<TC_BN>(b_tile, w_packed, n, k, col0, k0);
+        tc_stage_scales(tmem, TC_SFA_COLUMN, x_scales, m, TC_BM, k, row0, k0);
+        tc_stage_scales(tmem, TC_SFB_COLUMN, w_scales, n, TC_BN, k, col0, k0);
+        tc_run_mmas(&mma_done, phase, [&] {
+            // MMA i covers the stage's core-matrix columns 2 i and 2 i + 1; none past K.
+            for (unsigned i = 0; i < TC_MMAS && k0 + 64 * int(i) < k; ++i) {
+                tc::mma_mxf4nvf4(tmem, tc::smem_descriptor(a_base + 2 * i * TC_LBO, TC_LBO, TC_SBO),
+                                 tc::smem_descriptor(b_base + 2 * i * TC_LBO, TC_LBO, TC_SBO), idesc,
+                                 tmem + TC_SFA_COLUMN + 4 * i, tmem + TC_SFB_COLUMN + 4 * i, k0 > 0 || i > 0);
+            }
+        });
+    }
+    // Warp w holds rows 32 w .. 32 w + 31 of the accumulator (its lane quarter).
+    const unsigned warp = threadIdx.x / 32;
+    const int row = row0 + int(32 * warp + threadIdx.x % 32);
+    // One rounded product of the two scales, as the CPU's Tile::scale.
+    const float scale = input_scale * tensor_scale;
+    for (unsigned c0 = 0; c0 < TC_BN; c0 += 16) {
+        unsigned acc[16];
+        tc::load_32x32b_x16(tc::tmem_address(tmem, 32 * warp, c0), acc);
+        MARC_UNROLL
+        for (unsigned j = 0; j < 16; ++j) {
+            const int column = col0 + int(c0 + j);
+            if (row >= m || column >= n) continue;
+            const float scaled = __uint_as_float(acc[j]) * scale;
+            y[size_t(row) * n + column] = bias != nullptr ? scaled + bias[column] : scaled;
+        }
+    }
+    tc_teardown(tmem);
+#else
+    __trap();
+#endif
+}
+
+// One tcgen05 block-scaled MMA (M = 128, N = n, K = 64) for the emulated test of the descriptor,
+// scale and tensor-memory layouts: a_packed [128, 32 bytes] and b_packed [n, 32 bytes] (E2M1,
+// row-major, element 2i in the low nibble), a_scales [128, 4] and b_scales [n, 4] (E4M3),
+// d [128, n] f32 = (A * scale_A) (B * scale_B)^T. n a multiple of 16, at most 64. Its shared
+// layout differs from the GEMM's (a row group's two core matrices adjacent: LBO 128, SBO 256),
+// so the model is exercised beyond one choice. flags bit 0 encodes the descriptors with LBO and
+// SBO swapped, a deliberate bug the test expects to change the answer.
+// Launch: 1 block of 128 threads, (128 + n) * 32 bytes of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    tcgen05_mxf4nvf4_probe(const unsigned char* __restrict__ a_packed, const unsigned char* __restrict__ a_scales,
+                           const unsigned char* __restrict__ b_packed, const unsigned char* __restrict__ b_scales,
+                           int n, int flags, float* __restrict__ d) {
+#if MARC_HAS_TCGEN05
+    constexpr unsigned LBO = 128, SBO = 256;
+    MARC_DYNAMIC_SHARED_FLOATS(shared);
+    unsigned char* a_tile = reinterpret_cast<unsigned char*>(shared);
+    unsigned char* b_tile = a_tile + 128 * 32;
+    __shared__ unsigned long long mma_done;
+    __shared__ unsigned tmem_slot;
+    const unsigned tmem = tc_setup(&tmem_slot, &mma_done);
+    // 16-byte chunk c of row r at (r / 8) SBO + c LBO + (r % 8) 16, one 32-bit word per step.
+    for (int i = threadIdx.x; i < (128 + n) * 8; i += TC_THREADS) {
+        const int r = i / 8, w = i % 8;
+        const bool is_a = r < 128;
+        const int row = is_a ? r : r - 128;
+        const unsigned v = *reinterpret_cast<const unsigned*>((is_a ? a_packed : b_packed) + row * 32 + w * 4);
+        *reinterpret_cast<unsigned*>((is_a ? a_tile : b_tile) + (row / 8) * SBO + (w / 4) * LBO + (row % 8) * 16 +
+                                     (w % 4) * 4) = v;
+    }
+    // Scales in the 4X layout: columns 64 .. 67 for A, 68 .. 71 for B, rows 32 j + lane.
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    auto scale_word = [](const unsigned char* s) {
+        return unsigned(s[0]) | unsigned(s[1]) << 8 | unsigned(s[2]) << 16 | unsigned(s[3]) << 24;
+    };
+    unsigned words[16];
+    MARC_UNROLL
+    for (unsigned j = 0; j < 4; ++j) {
+        const unsigned r = 32 * j + lane;
+        words[j] = scale_word(a_scales + r * 4);
+        words[4 + j] = int(r) < n ? scale_word(b_scales + r * 4) : 0u;
+        words[8 + j] = words[12 + j] = 0u;
+    }
+    tc::store_32x32b_x16(tc::tmem_address(tmem, 32 * warp, 64), words);
+    unsigned phase = 0u;
+    const bool swap = (flags & 1) != 0;
+    tc_run_mmas(&mma_done, phase, [&] {
+        const unsigned lbo = swap ? SBO : LBO, sbo = swap ? LBO : SBO;
+        tc::mma_mxf4nvf4(tmem, tc::smem_descriptor(tc::shared_address(a_tile), lbo, sbo),
+                         tc::smem_descriptor(tc::shared_address(b_tile), lbo, sbo),
+                         tc::instr_descriptor_mxf4nvf4(128, unsigned(n)), tmem + 64, tmem + 68, false);
+    });
+    const unsigned row = 32 * warp + lane;
+    for (int c0 = 0; c0 < n; c0 += 16) {
+        unsigned acc[16];
+        tc::load_32x32b_x16(tc::tmem_address(tmem, 32 * warp, unsigned(c0)), acc);
+        MARC_UNROLL
+        for (int j = 0; j < 16; ++j) d[row * n + c0 + j] = __uint_as_float(acc[j]);
+    }
+    tc_teardown(tmem);
+#else
+    __trap();
+#endif
 }

@@ -122,6 +122,11 @@ struct Warp {
     uint64_t slots[32] = {};
 };
 
+inline uint64_t next_serial() {
+    static std::atomic<uint64_t> serial{0};
+    return ++serial;
+}
+
 // Everything one launch shares between its threads.
 struct Launch {
     dim3 grid, block;
@@ -130,6 +135,9 @@ struct Launch {
     Barrier block_end;
     std::vector<std::unique_ptr<Warp>> warps;
     std::vector<unsigned char> dynamic_shared;
+    // Distinguishes launches (two may share an address): per-CTA state kept outside the launch,
+    // such as tcgen05.cuh's tensor memory, resets when this or the block changes.
+    uint64_t serial;
     // SIMT_SKIP_SYNC, split: the file name suffix and the line (-1: skip nothing).
     std::string skip_sync_file;
     int skip_sync_line = -1;
@@ -140,7 +148,8 @@ struct Launch {
           threads(b.x * b.y * b.z),
           block_barrier(threads),
           block_end(threads),
-          dynamic_shared(shared_bytes) {
+          dynamic_shared(shared_bytes),
+          serial(next_serial()) {
         for (unsigned first = 0; first < threads; first += 32) {
             warps.push_back(std::make_unique<Warp>(std::min(32u, threads - first)));
         }

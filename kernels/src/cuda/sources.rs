@@ -41,5 +41,6 @@ pub const HEADERS: &[Source] = embed!(
     "include/mma.cuh",
     "include/quant.cuh",
     "include/simt_cpu.h",
+    "include/tcgen05.cuh",
     "include/varlen.cuh",
 );

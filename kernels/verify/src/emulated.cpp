@@ -60,6 +60,7 @@ const Entry KERNELS[] = {
     KERNEL(gemm_fp8_f32),
     KERNEL(gemm_nvfp4_w4a16_f32),
     KERNEL(gemm_nvfp4_w4a4_f32),
+    KERNEL(gemm_nvfp4_w4a4_tcgen05_f32),
     KERNEL(grouped_gemm_bf16_f32),
     KERNEL(grouped_gemm_f16_f32),
     KERNEL(grouped_gemm_f32_f32),
@@ -86,6 +87,7 @@ const Entry KERNELS[] = {
     KERNEL(bf16_part_f32),
     KERNEL(simt_selftest_warp),
     KERNEL(ssd_scan_f32),
+    KERNEL(tcgen05_mxf4nvf4_probe),
     KERNEL(gated_group_rms_norm_f32),
 };
 

@@ -4,7 +4,7 @@
 // parity tests' job; here only the memory accesses matter, so the inputs are simple and fixed.
 //
 // Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan, attention, gemm,
-// gemm_nvfp4.
+// gemm_nvfp4, gemm_nvfp4_tcgen05.
 
 #include <cstdio>
 #include <cstring>
@@ -125,11 +125,34 @@ int gemm_nvfp4() {
     return run("gemm_nvfp4_w4a16_f32", 1, 1, 128, 0, {&xp, &wp, &sp, &tensor_scale, &bias, &mm, &nn, &kk, &yp});
 }
 
+int gemm_nvfp4_tcgen05() {
+    // The Blackwell W4A4 GEMM through the tcgen05 model: shared tiles written by every thread and
+    // read by the one that issues the MMA, scales in tensor memory, the allocator's bookkeeping;
+    // two K stages, so the stage barrier also guards the second stage's overwrite.
+    const int m = 20, n = 24, k = 320;
+    std::vector<unsigned> x_words(size_t(m) * k / 8), w_words(size_t(n) * k / 8);
+    for (size_t i = 0; i < x_words.size(); ++i) x_words[i] = 0x7b1d35c9u * unsigned(i + 1);
+    for (size_t i = 0; i < w_words.size(); ++i) w_words[i] = 0x9a3c51e7u * unsigned(i + 1);
+    std::vector<unsigned char> x_scales(size_t(m) * k / 16, 0x38), w_scales(size_t(n) * k / 16, 0x30);
+    std::vector<float> y(size_t(m) * n);
+    const unsigned char* xp = reinterpret_cast<const unsigned char*>(x_words.data());
+    const unsigned char* xs = x_scales.data();
+    const unsigned char* wp = reinterpret_cast<const unsigned char*>(w_words.data());
+    const unsigned char* ws = w_scales.data();
+    float input_scale = 0.25f, tensor_scale = 0.5f;
+    const float* bias = nullptr;
+    float* yp = y.data();
+    int mm = m, nn = n, kk = k;
+    return run("gemm_nvfp4_w4a4_tcgen05_f32", 1, 1, 128, 24 * 1024,
+               {&xp, &xs, &input_scale, &wp, &ws, &tensor_scale, &bias, &mm, &nn, &kk, &yp});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc != 2) {
-        std::fprintf(stderr, "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm|gemm_nvfp4\n",
+        std::fprintf(stderr,
+                     "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm|gemm_nvfp4|gemm_nvfp4_tcgen05\n",
                      argv[0]);
         return 2;
     }
@@ -140,6 +163,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(which, "attention") == 0) return attention();
     if (std::strcmp(which, "gemm") == 0) return gemm();
     if (std::strcmp(which, "gemm_nvfp4") == 0) return gemm_nvfp4();
+    if (std::strcmp(which, "gemm_nvfp4_tcgen05") == 0) return gemm_nvfp4_tcgen05();
     std::fprintf(stderr, "unknown case %s\n", which);
     return 2;
 }

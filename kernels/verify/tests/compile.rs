@@ -61,6 +61,13 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     ("grouped_gemm_nvfp4_w4a16_f32", 128),
     ("grouped_gemm_nvfp4_w4a4_f32", 128),
     ("mma_m16n8k16_probe", 40),
+    // tcgen05: the accumulator lives in tensor memory, so a thread holds only its 16 scale words
+    // (tcgen05.st), 16 accumulator words at a time in the epilogue (tcgen05.ld .x16) and the
+    // copy loop's indices; 128 threads per block and one block's 24 KiB of shared memory, so 80
+    // registers leave room for 6 blocks per SM, more than its 128 tensor-memory columns (4 per
+    // SM) allow.
+    ("gemm_nvfp4_w4a4_tcgen05_f32", 80),
+    ("tcgen05_mxf4nvf4_probe", 64),
     // One 16-element block per thread: its values, amax, the scale and the codes.
     ("nvfp4_quantize_f32", 40),
     // Elementwise epilogues: an accumulator and a few pointers.

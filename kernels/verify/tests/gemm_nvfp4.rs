@@ -6,7 +6,10 @@
 //! exactly (e2m1 x E4M3 fits bf16) and bf16 x bf16 products are exact in f32, so the only error
 //! left is f32 accumulation in another order: the fixture tolerance, 1e-5 relative L2. W4A4
 //! quantises the activations exactly as the CPU does (its codes are compared bitwise), then every
-//! product is exact on both sides: 1e-5 against the CPU's W4A4 on the raw f32 input.
+//! product is exact on both sides: 1e-5 against the CPU's W4A4 on the raw f32 input. The
+//! Blackwell W4A4 kernel (tcgen05, run here through the CPU model of its instructions in
+//! include/tcgen05.cuh) computes the same products: the same 1e-5. Its one-MMA probe sums exact
+//! products in f64 on both sides: 1e-6.
 
 mod common;
 
@@ -111,10 +114,11 @@ fn activation_quantiser_is_bitwise_the_cpus() {
     }
 }
 
-#[test]
-fn w4a4_matches_the_cpu_block_scaled_product() {
-    for (m, n, k, with_bias) in SHAPES {
-        let case = format!("W4A4 {m}x{n}x{k}");
+/// Runs a dense W4A4 kernel (gemm_nvfp4_w4a4_f32's parameters) on `shapes` through `launch`,
+/// against the CPU's W4A4 on the raw f32 input and an f64 product of the quantised operands.
+fn check_w4a4(kernel: &str, shapes: &[(usize, usize, usize, bool)], launch: impl Fn(usize, usize, &mut Args)) {
+    for &(m, n, k, with_bias) in shapes {
+        let case = format!("{kernel} {m}x{n}x{k}");
         let mut rng = rng((m * 1000 + n * 10 + k + 1) as u64);
         let x = activations(&mut rng, m * k);
         let w = Nvfp4Data::random(&mut rng, n, k);
@@ -131,7 +135,7 @@ fn w4a4_matches_the_cpu_block_scaled_product() {
             .input(&w.scales)
             .float(tensor_scale);
         gemm_tail(&mut args, bias.as_deref(), (m, n, k), &mut y);
-        launch_gemm("gemm_nvfp4_w4a4_f32", m, n, &mut args);
+        launch(m, n, &mut args);
 
         let weights = PackedMatrix::from_nvfp4(n, k, &w.packed, &w.scales, tensor_scale, Some(input_scale)).unwrap();
         let mut cpu = vec![0.0f32; m * n];
@@ -148,6 +152,91 @@ fn w4a4_matches_the_cpu_block_scaled_product() {
         let scale = f64::from(input_scale * tensor_scale);
         let exact = scaled_product(&q.values, &w.values, scale, bias.as_deref(), m, n, k);
         assert_close(&format!("{case} vs f64"), &y, &exact, F32_REL_L2);
+    }
+}
+
+#[test]
+fn w4a4_matches_the_cpu_block_scaled_product() {
+    check_w4a4("gemm_nvfp4_w4a4_f32", &SHAPES, |m, n, args| {
+        launch_gemm("gemm_nvfp4_w4a4_f32", m, n, args)
+    });
+}
+
+/// gemm_nvfp4_w4a4_tcgen05_f32's tile (`TC_BM` x `TC_BN`), its dynamic shared memory
+/// (`TC_SHARED_BYTES`) and its K per stage (`TC_BK`), as gemm_nvfp4.cu defines them.
+const TC_TILE: (usize, usize) = (128, 64);
+const TC_SHARED_BYTES: usize = 24 * 1024;
+const TC_BK: usize = 256;
+
+/// (m, n, k, bias) against the 128 x 64 tile and 256-deep stages: M = 1 with K = 16 (one
+/// partial MMA); K a multiple of 16 but not of 64; one exact tile and stage; M and N ragged with
+/// K one block past a stage; several tiles each way with a second stage that ends inside its
+/// second MMA.
+const TCGEN05_SHAPES: [(usize, usize, usize, bool); 6] = [
+    (1, 1, 16, false),
+    (1, 70, 48, true),
+    (5, 24, 80, false),
+    (128, 64, TC_BK, false),
+    (130, 72, TC_BK + 16, true),
+    (200, 130, TC_BK + 80, false),
+];
+
+#[test]
+fn w4a4_on_tcgen05_matches_the_cpu_block_scaled_product() {
+    check_w4a4("gemm_nvfp4_w4a4_tcgen05_f32", &TCGEN05_SHAPES, |m, n, args| {
+        launch(
+            "gemm_nvfp4_w4a4_tcgen05_f32",
+            [dim(n.div_ceil(TC_TILE.1)), dim(m.div_ceil(TC_TILE.0)), 1],
+            [128, 1, 1],
+            TC_SHARED_BYTES,
+            args,
+        )
+    });
+}
+
+/// One tcgen05.mma block-scaled MMA (tcgen05_mxf4nvf4_probe: M = 128, N = n, K = 64) through the
+/// CPU model of the instruction (include/tcgen05.cuh), against a plain f64 block-scaled product:
+/// the shared-memory descriptors, the instruction descriptor's N, the scale_vec::4X scale layout
+/// in tensor memory and the accumulator's lanes and columns all have to be right. Two deliberate
+/// mistakes show the check discriminates: each row's four block scales of B in reverse order,
+/// and descriptors with the leading and stride byte offsets swapped.
+#[test]
+fn tcgen05_probe_follows_the_descriptor_scale_and_tensor_memory_layouts() {
+    for n in [16usize, 48] {
+        let mut rng = rng(300 + n as u64);
+        let a = Nvfp4Data::random(&mut rng, 128, 64);
+        let b = Nvfp4Data::random(&mut rng, n, 64);
+        let run = |b_scales: &[u8], flags: i32| {
+            let mut d = vec![f32::NAN; 128 * n];
+            let mut args = Args::new();
+            args.input(&a.packed)
+                .input(&a.scales)
+                .input(&b.packed)
+                .input(b_scales)
+                .int(n as i32)
+                .int(flags)
+                .output(&mut d);
+            launch(
+                "tcgen05_mxf4nvf4_probe",
+                [1, 1, 1],
+                [128, 1, 1],
+                (128 + n) * 32,
+                &mut args,
+            );
+            d
+        };
+        // Products of exact values summed in f64, one f32 rounding on each side.
+        let want = scaled_product(&a.values, &b.values, 1.0, None, 128, n, 64);
+        assert_close(&format!("probe N = {n}"), &run(&b.scales, 0), &want, 1e-6);
+
+        let reversed: Vec<u8> = b.scales.chunks(4).flat_map(|s| s.iter().rev().copied()).collect();
+        let err = rel_l2(&run(&reversed, 0), &want);
+        assert!(err > 1e-2, "N = {n}: reversed scales went unnoticed (error {err:.1e})");
+        let err = rel_l2(&run(&b.scales, 1), &want);
+        assert!(
+            err > 1e-2,
+            "N = {n}: swapped LBO / SBO went unnoticed (error {err:.1e})"
+        );
     }
 }
 

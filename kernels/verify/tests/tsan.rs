@@ -1,7 +1,8 @@
 //! The emulated kernels under ThreadSanitizer: a clean run reports no race, and deleting any one
 //! barrier of the SSD scan, the attention, the GEMM tile (through the bf16 and the NVFP4 GEMM, whose
-//! shared tiles differ) or the one inside `block_sum` is reported as a data race in the kernel
-//! source. This is what makes the emulation a check on synchronisation, not only on arithmetic.
+//! shared tiles differ), the tcgen05 W4A4 GEMM (through the CPU model of its instructions) or the
+//! one inside `block_sum` is reported as a data race in the kernel source. This is what makes the
+//! emulation a check on synchronisation, not only on arithmetic.
 //!
 //! Builds `src/emulated.cpp` + `src/tsan_driver.cpp` with `g++ -fsanitize=thread` (about 10 s),
 //! then runs the driver once per case. Barriers are removed at run time by `SIMT_SKIP_SYNC`
@@ -62,6 +63,7 @@ fn clean_runs_report_no_race() {
         "attention",
         "gemm",
         "gemm_nvfp4",
+        "gemm_nvfp4_tcgen05",
     ] {
         let out = run(case, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -118,6 +120,35 @@ fn every_attention_and_gemm_barrier_is_needed() {
             assert_race_reported(case, file, line);
         }
     }
+}
+
+#[test]
+fn every_tcgen05_gemm_barrier_is_needed() {
+    // gemm_nvfp4.cu's only barriers, all in the tcgen05 GEMM's helpers.
+    let lines = barrier_lines("gemm_nvfp4.cu");
+    assert_eq!(lines.len(), 3, "gemm_nvfp4.cu's barriers moved; update this test");
+    // After the tensor-memory allocation (its address and the poisoned cells, read by every warp)
+    // and before each stage's MMAs (the shared tiles and scales every thread wrote, read by the
+    // issuing thread): data races.
+    for &line in &lines[..2] {
+        assert_race_reported("gemm_nvfp4_tcgen05", "gemm_nvfp4.cu", line);
+    }
+    // Before the deallocation: warp 0 may free the tensor memory while the other warps still read
+    // the accumulator. Either the model sees a tcgen05.ld of freed columns and aborts, or the
+    // reads come first and TSan reports them racing with the allocator's bookkeeping.
+    let spec = format!("gemm_nvfp4.cu:{}", lines[2]);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let out = run("gemm_nvfp4_tcgen05", Some(&spec));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success()
+            && (stderr.contains("WARNING: ThreadSanitizer: data race") || stderr.contains("which is not allocated"))
+        {
+            return;
+        }
+        last = format!("({}):\n{stderr}", out.status);
+    }
+    panic!("removing the barrier before tcgen05.dealloc went unnoticed in three runs {last}");
 }
 
 #[test]

@@ -89,6 +89,9 @@ kernel_table! {
     gemm_nvfp4_w4a16_f32,
     /// gemm_nvfp4.cu
     gemm_nvfp4_w4a4_f32,
+    /// gemm_nvfp4.cu: W4A4 on tcgen05 (present in every module, launched only on 10.x; it
+    /// traps elsewhere).
+    gemm_nvfp4_w4a4_tcgen05_f32,
     /// gemm_nvfp4.cu
     nvfp4_quantize_f32,
     /// gemm_nvfp4.cu

@@ -10,6 +10,17 @@ pub(super) const ELEMENTWISE_THREADS: u32 = 256;
 /// `GEMM_BM` / `GEMM_BN` of gemm_bf16.cu.
 pub(super) const GEMM_TILE: usize = 64;
 
+/// gemm_nvfp4.cu's `gemm_nvfp4_w4a4_tcgen05_f32`: its output tile (`TC_BM` x `TC_BN`), threads
+/// (`TC_THREADS`) and dynamic shared memory (`TC_SHARED_BYTES`: the 256-deep K stage of both
+/// packed operands, under the 48 KiB that needs no opt-in).
+pub(super) const TCGEN05_TILE_M: usize = 128;
+/// See [`TCGEN05_TILE_M`].
+pub(super) const TCGEN05_TILE_N: usize = 64;
+/// See [`TCGEN05_TILE_M`].
+pub(super) const TCGEN05_THREADS: u32 = 128;
+/// See [`TCGEN05_TILE_M`].
+pub(super) const TCGEN05_SHARED_BYTES: u32 = (128 + 64) * 256 / 2;
+
 /// A launch size or an `int` kernel argument out of range.
 pub(super) fn int<T: TryFrom<usize>>(op: &'static str, what: &str, value: usize) -> Result<T, KernelError> {
     T::try_from(value).map_err(|_| KernelError::InvalidShape {

@@ -75,6 +75,9 @@ pub struct Cuda {
     device: Device,
     stream: Arc<CudaStream>,
     kernels: Kernels,
+    /// `(major, minor)` as the driver reports it: picks the kernels that need an architecture
+    /// (the tcgen05 W4A4 GEMM on 10.x).
+    compute_capability: (i32, i32),
     plan: MemoryPlan,
     /// Keeps the workspace alive; tensors address it through `base`.
     _workspace: CudaSlice<u8>,
@@ -168,6 +171,7 @@ impl Cuda {
             arena: Arc::new(Mutex::new(StackArena::new(plan.workspace_bytes()))),
             stream,
             kernels,
+            compute_capability: (major, minor),
             plan,
             _workspace: workspace,
             base,
@@ -177,6 +181,13 @@ impl Cuda {
     /// The device.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Whether the device has Blackwell's 5th-generation tensor cores (`tcgen05`, FP4 MMAs with
+    /// block scales): compute capability 10.x (sm_100a B200, sm_103a B300), for which the kernels
+    /// were compiled as `compute_10Xa`.
+    fn has_tcgen05(&self) -> bool {
+        self.compute_capability.0 == 10
     }
 
     /// The memory plan the backend allocated.
