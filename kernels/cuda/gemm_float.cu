@@ -56,14 +56,7 @@ template <typename ARows, typename BRows>
 __device__ __forceinline__ void fma_tile(const ARows& a, const BRows& b, int k, float acc[2][4][4]) {
     __shared__ F32Slice a_slice, b_slice;
     const gemm::LanePosition p = gemm::lane_position();
-    MARC_UNROLL
-    for (int i = 0; i < 2; ++i) {
-        MARC_UNROLL
-        for (int j = 0; j < 4; ++j) {
-            MARC_UNROLL
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
-        }
-    }
+    gemm::zero_accumulators(acc);
     for (int k0 = 0; k0 < k; k0 += gemm::BK) {
         // The previous step's reads are done before the slices are overwritten.
         __syncthreads();

@@ -220,6 +220,18 @@ __device__ __forceinline__ LanePosition lane_position() {
     return {(warp / 2) * 32, (warp % 2) * 32, lane / 4, lane % 4};
 }
 
+// A lane's 32 accumulators of the 64 x 64 tile (layout: mma_tile, for_each_output), zeroed.
+__device__ __forceinline__ void zero_accumulators(float acc[2][4][4]) {
+    MARC_UNROLL
+    for (int i = 0; i < 2; ++i) {
+        MARC_UNROLL
+        for (int j = 0; j < 4; ++j) {
+            MARC_UNROLL
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+        }
+    }
+}
+
 // The 64 x 64 tile of C = A B^T over all of K. On return, lane (g, t) of warp w holds, in
 // acc[i][j][r], C at tile row (w / 2) * 32 + 16 i + g + 8 (r / 2), tile column
 // (w % 2) * 32 + 8 j + 2 t + r % 2 (see for_each_output).
@@ -229,15 +241,7 @@ __device__ __forceinline__ void mma_tile(const A& a, const B& b, int k, float ac
     __shared__ typename B::Tile b_tile;
     const LanePosition p = lane_position();
     const int warp_row = p.warp_row, warp_col = p.warp_col, g = p.g, t = p.t;
-
-    MARC_UNROLL
-    for (int i = 0; i < 2; ++i) {
-        MARC_UNROLL
-        for (int j = 0; j < 4; ++j) {
-            MARC_UNROLL
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
-        }
-    }
+    zero_accumulators(acc);
 
     for (int k0 = 0; k0 < k; k0 += BK) {
         // The previous step's fragment loads are done before the tiles are overwritten.

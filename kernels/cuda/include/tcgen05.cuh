@@ -184,6 +184,20 @@ inline TensorMemory& tmem() {
     return t;
 }
 
+// A warp-wide `.sync.aligned` allocator instruction: `f` runs once for the warp (lane 0) on the
+// block's tensor memory, under its lock and after the per-block reset, between two warp barriers.
+template <typename F>
+void once_per_warp(F f) {
+    __syncwarp();
+    if (::simt::this_lane.lane == 0) {
+        TensorMemory& t = tmem();
+        std::lock_guard<std::mutex> lock(t.mutex);
+        t.enter_block();
+        f(t);
+    }
+    __syncwarp();
+}
+
 inline unsigned lane_of(unsigned taddr) { return taddr >> 16; }
 inline unsigned column_of(unsigned taddr) { return taddr & 0xFFFFu; }
 
@@ -365,11 +379,7 @@ __device__ __forceinline__ void alloc(unsigned* dst, unsigned columns) {
 #elif defined(__CUDACC__)
     __trap();
 #else
-    __syncwarp();
-    if (::simt::this_lane.lane == 0) {
-        emu::TensorMemory& t = emu::tmem();
-        std::lock_guard<std::mutex> lock(t.mutex);
-        t.enter_block();
+    emu::once_per_warp([&](emu::TensorMemory& t) {
         if (t.relinquished) emu::fail("tcgen05.alloc after tcgen05.relinquish_alloc_permit");
         if (columns < 32 || columns > TMEM_COLUMNS || (columns & (columns - 1)) != 0) {
             emu::fail("tcgen05.alloc of " + std::to_string(columns) + " columns (a power of 2 in [32, 512])");
@@ -385,8 +395,7 @@ __device__ __forceinline__ void alloc(unsigned* dst, unsigned columns) {
             for (auto& lane : t.cell) lane[c] = 0x7FFF7F7Fu;
         }
         *dst = start;  // lane 0
-    }
-    __syncwarp();
+    });
 #endif
 }
 
@@ -397,14 +406,9 @@ __device__ __forceinline__ void relinquish_alloc_permit() {
 #elif defined(__CUDACC__)
     __trap();
 #else
-    __syncwarp();
-    if (::simt::this_lane.lane == 0) {
-        emu::TensorMemory& t = emu::tmem();
-        std::lock_guard<std::mutex> lock(t.mutex);
-        t.enter_block();
+    emu::once_per_warp([&](emu::TensorMemory& t) {
         t.relinquished = true;
-    }
-    __syncwarp();
+    });
 #endif
 }
 
@@ -415,11 +419,7 @@ __device__ __forceinline__ void dealloc(unsigned taddr, unsigned columns) {
 #elif defined(__CUDACC__)
     __trap();
 #else
-    __syncwarp();
-    if (::simt::this_lane.lane == 0) {
-        emu::TensorMemory& t = emu::tmem();
-        std::lock_guard<std::mutex> lock(t.mutex);
-        t.enter_block();
+    emu::once_per_warp([&](emu::TensorMemory& t) {
         const unsigned start = emu::column_of(taddr);
         if (emu::lane_of(taddr) != 0 || start + columns > TMEM_COLUMNS) emu::fail("tcgen05.dealloc of a bad address");
         for (unsigned c = start; c < start + columns; ++c) {
@@ -429,8 +429,7 @@ __device__ __forceinline__ void dealloc(unsigned taddr, unsigned columns) {
         if (start + columns < TMEM_COLUMNS && t.allocation[start + columns] == int(start)) {
             emu::fail("tcgen05.dealloc frees only part of an allocation");
         }
-    }
-    __syncwarp();
+    });
 #endif
 }
 

@@ -71,15 +71,7 @@ impl Float {
 #[test]
 fn float_gemms_match_the_cpu_op() {
     for format in [Float::F32, Float::F16] {
-        // (m, n, k, bias): a single element; M = 1; ragged M, N and K against the 64 x 64 x 32
-        // tile; one exact tile.
-        for (m, n, k, with_bias) in [
-            (1, 1, 1, false),
-            (1, 70, 40, true),
-            (5, 24, 80, false),
-            (64, 64, 32, false),
-            (70, 72, 100, true),
-        ] {
+        for (m, n, k, with_bias) in RAGGED_GEMM_SHAPES {
             let case = format!("{} {m}x{n}x{k}", format.name());
             let mut rng = rng((m * 1000 + n * 10 + k) as u64);
             let x = uniform(&mut rng, m * k, -2.0, 2.0);

@@ -25,15 +25,7 @@ fn e4m3_codes(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<u8> {
 
 #[test]
 fn fp8_gemm_matches_the_cpu_op_on_bf16_activations() {
-    // (m, n, k, bias): a single element; M = 1 with K not a multiple of 16; ragged M, N and K
-    // against the 64 x 64 x 32 tile; one exact tile.
-    for (m, n, k, with_bias) in [
-        (1, 1, 1, false),
-        (1, 70, 40, true),
-        (5, 24, 80, false),
-        (64, 64, 32, false),
-        (70, 72, 100, true),
-    ] {
+    for (m, n, k, with_bias) in RAGGED_GEMM_SHAPES {
         let case = format!("FP8 {m}x{n}x{k}");
         let mut rng = rng((m * 1000 + n * 10 + k) as u64);
         let x = uniform(&mut rng, m * k, -2.0, 2.0);

@@ -162,6 +162,16 @@ pub(crate) fn permutation_reference(experts: &[i32], num_experts: usize, tile: u
     (offsets, sorted)
 }
 
+/// (m, n, k, bias) for the GEMMs that take any K: a single element; M = 1 with K not a multiple of
+/// 16; ragged M, N and K against the 64 x 64 x 32 tile, several tiles each way; one exact tile.
+pub(crate) const RAGGED_GEMM_SHAPES: [(usize, usize, usize, bool); 5] = [
+    (1, 1, 1, false),
+    (1, 70, 40, true),
+    (5, 24, 80, false),
+    (64, 64, 32, false),
+    (70, 72, 100, true),
+];
+
 /// The routing the grouped GEMM tests share: 5 experts (2 and 4 get no token), 9 tokens, top-2,
 /// each expert's entries padded to the 64-row tile as moe_routing.cu lays them out.
 pub(crate) struct Routed {
