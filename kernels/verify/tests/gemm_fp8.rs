@@ -76,20 +76,7 @@ fn grouped_fp8_gemm_matches_the_cpu_experts() {
         launch_grouped_gemm("grouped_gemm_fp8_f32", n, &routed.offsets, &mut args);
         let want = routed.per_entry(|e, t| {
             let weights = PackedMatrix::from_fp8_e4m3(n, k, &w[e * n * k..][..n * k], weight_scales[e]).unwrap();
-            let mut row = vec![0.0f32; n];
-            matmul_with_precision(
-                &x_bf16[t * k..][..k],
-                1,
-                &weights,
-                None,
-                &mut row,
-                MatmulPrecision::Exact,
-            )
-            .unwrap();
-            if relu2 {
-                marc_kernels::ops::activation::relu2_in_place(&mut row);
-            }
-            row
+            cpu_expert(&x_bf16[t * k..][..k], &weights, MatmulPrecision::Exact, relu2)
         });
         assert_close(&format!("grouped FP8, relu2 {relu2}"), &out, &want, F32_REL_L2);
     }

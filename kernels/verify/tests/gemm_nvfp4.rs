@@ -246,55 +246,37 @@ fn tcgen05_probe_follows_the_descriptor_scale_and_tensor_memory_layouts() {
 /// rounded for W4A16, as the kernel stages it; raw for W4A4, quantised with the expert's own
 /// input scale by both), then `relu2_in_place` (Mlp::forward).
 fn check_grouped(kernel: &str, precision: MatmulPrecision) {
-    let (num_experts, tokens, top_k, n, k) = (5usize, 9usize, 2usize, 40usize, 48usize);
+    let routed = Routed::new();
+    let (num_experts, n, k) = (routed.num_experts, 40usize, 48usize);
     let mut rng = rng(19);
-    let experts: Vec<i32> = (0..tokens * top_k).map(|i| [3, 0, 3, 1][i % 4]).collect();
-    let (offsets, sorted) = permutation_reference(&experts, num_experts, 64);
-    let x = activations(&mut rng, tokens * k);
+    let x = activations(&mut rng, routed.tokens * k);
     let w = Nvfp4Data::random(&mut rng, num_experts * n, k);
     let tensor_scales: Vec<f32> = (0..num_experts).map(|e| 0.01 * (e + 1) as f32).collect();
     let input_scales: Vec<f32> = (0..num_experts).map(|e| nvfp4_tensor_scale(0.5 + e as f32)).collect();
     let w4a4 = precision == MatmulPrecision::Nvfp4Activations;
     let cpu_x = if w4a4 { x.clone() } else { bf16_rounded(&x).0 };
     for relu2 in [true, false] {
-        let mut out = vec![f32::NAN; tokens * top_k * n];
+        let mut out = vec![f32::NAN; routed.tokens * routed.top_k * n];
         let mut args = Args::new();
-        args.input(&x)
-            .input(&sorted)
-            .input(&offsets)
-            .int(num_experts as i32)
-            .int(top_k as i32)
-            .input(&w.packed)
-            .input(&w.scales)
-            .input(&tensor_scales);
+        routed.push_routing(&mut args, &x);
+        args.input(&w.packed).input(&w.scales).input(&tensor_scales);
         if w4a4 {
             args.input(&input_scales);
         }
         args.int(n as i32).int(k as i32).int(i32::from(relu2)).output(&mut out);
-        launch_grouped_gemm(kernel, n, &offsets, &mut args);
-        let want: Vec<f32> = experts
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &e)| {
-                let e = e as usize;
-                let weights = PackedMatrix::from_nvfp4(
-                    n,
-                    k,
-                    &w.packed[e * n * k / 2..][..n * k / 2],
-                    &w.scales[e * n * k / 16..][..n * k / 16],
-                    tensor_scales[e],
-                    Some(input_scales[e]),
-                )
-                .unwrap();
-                let mut row = vec![0.0f32; n];
-                let t = i / top_k;
-                matmul_with_precision(&cpu_x[t * k..][..k], 1, &weights, None, &mut row, precision).unwrap();
-                if relu2 {
-                    marc_kernels::ops::activation::relu2_in_place(&mut row);
-                }
-                row
-            })
-            .collect();
+        launch_grouped_gemm(kernel, n, &routed.offsets, &mut args);
+        let want = routed.per_entry(|e, t| {
+            let weights = PackedMatrix::from_nvfp4(
+                n,
+                k,
+                &w.packed[e * n * k / 2..][..n * k / 2],
+                &w.scales[e * n * k / 16..][..n * k / 16],
+                tensor_scales[e],
+                Some(input_scales[e]),
+            )
+            .unwrap();
+            cpu_expert(&cpu_x[t * k..][..k], &weights, precision, relu2)
+        });
         assert_close(&format!("{kernel}, relu2 {relu2}"), &out, &want, F32_REL_L2);
     }
 }

@@ -219,6 +219,22 @@ impl Routed {
     }
 }
 
+/// The CPU expert's output for one token row `x`: its Linear at `precision`, then relu2 when
+/// `relu2` (the up projection, as Mlp::forward).
+pub(crate) fn cpu_expert(
+    x: &[f32],
+    weights: &marc_kernels::PackedMatrix,
+    precision: marc_kernels::MatmulPrecision,
+    relu2: bool,
+) -> Vec<f32> {
+    let mut row = vec![0.0f32; weights.rows()];
+    marc_kernels::matmul_with_precision(x, 1, weights, None, &mut row, precision).unwrap();
+    if relu2 {
+        marc_kernels::ops::activation::relu2_in_place(&mut row);
+    }
+    row
+}
+
 /// NVFP4 data as a checkpoint stores it, and its exact values.
 pub(crate) struct Nvfp4Data {
     /// `[rows, k / 2]`, element `2i` in the low nibble.
