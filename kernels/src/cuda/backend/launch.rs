@@ -5,9 +5,9 @@ use cudarc::driver::{CudaFunction, LaunchArgs, LaunchConfig, PushKernelArg};
 use super::{Cuda, failed};
 use crate::error::KernelError;
 
-/// Threads of the element-wise kernels (the ones docs/gpu.md lists as not written yet).
+/// Threads of the element-wise kernels (`ELEMENTWISE_THREADS` of elementwise.cu).
 pub(super) const ELEMENTWISE_THREADS: u32 = 256;
-/// `GEMM_BM` / `GEMM_BN` of gemm_bf16.cu.
+/// The square output tile of the GEMMs on gemm_tile.cuh (`BM` = `BN`).
 pub(super) const GEMM_TILE: usize = 64;
 
 /// gemm_nvfp4.cu's `gemm_nvfp4_w4a4_tcgen05_f32`: its output tile (`TC_BM` x `TC_BN`), threads
@@ -79,5 +79,54 @@ impl Cuda {
         self.launch("add_f32", &self.kernels.add_f32, self.elementwise(n)?, |a| {
             a.arg(&acc).arg(&x).arg(&n32);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SSD_CHUNK;
+    use super::super::ops::NVFP4_QUANTIZE_THREADS;
+    use super::*;
+    use crate::cuda::sources::{HEADERS, KERNELS};
+
+    /// The value of `#define NAME v` or `constexpr int NAME = v;` in the embedded source `file`.
+    fn defined(file: &str, name: &str) -> usize {
+        let source = KERNELS.iter().chain(HEADERS).find(|s| s.name == file).unwrap();
+        source
+            .text
+            .lines()
+            .find_map(|line| {
+                let line = line.trim();
+                let value = line
+                    .strip_prefix(&format!("#define {name} "))
+                    .or_else(|| line.strip_prefix(&format!("constexpr int {name} = ")))?;
+                value.split([' ', ';']).next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("{file} defines no integer {name}"))
+    }
+
+    /// The host's launch sizes are the ones the kernels were written for: a mismatch would launch
+    /// a grid that misses outputs or overruns shared memory, which nothing here can run to see.
+    #[test]
+    fn launch_constants_match_the_kernel_sources() {
+        assert_eq!(
+            defined("elementwise.cu", "ELEMENTWISE_THREADS"),
+            ELEMENTWISE_THREADS as usize
+        );
+        assert_eq!(defined("include/gemm_tile.cuh", "BM"), GEMM_TILE);
+        assert_eq!(defined("include/gemm_tile.cuh", "BN"), GEMM_TILE);
+        assert_eq!(defined("gemm_nvfp4.cu", "TC_BM"), TCGEN05_TILE_M);
+        assert_eq!(defined("gemm_nvfp4.cu", "TC_BN"), TCGEN05_TILE_N);
+        assert_eq!(defined("gemm_nvfp4.cu", "TC_THREADS"), TCGEN05_THREADS as usize);
+        let stage = defined("gemm_nvfp4.cu", "TC_BK");
+        assert_eq!(
+            (TCGEN05_TILE_M + TCGEN05_TILE_N) * stage / 2,
+            TCGEN05_SHARED_BYTES as usize
+        );
+        assert_eq!(
+            defined("gemm_nvfp4.cu", "QUANTIZE_THREADS"),
+            NVFP4_QUANTIZE_THREADS as usize
+        );
+        assert_eq!(defined("ssd_scan.cu", "SSD_CHUNK"), SSD_CHUNK);
     }
 }

@@ -17,7 +17,7 @@ use crate::ops::{AttentionShape, SsdShape};
 use crate::quant::nvfp4::NVFP4_BLOCK;
 
 /// Threads per block of `nvfp4_quantize_f32` (`QUANTIZE_THREADS` in gemm_nvfp4.cu), one per 16-block.
-const NVFP4_QUANTIZE_THREADS: u32 = 256;
+pub(super) const NVFP4_QUANTIZE_THREADS: u32 = 256;
 
 impl Backend for Cuda {
     type Tensor = CudaTensor;
