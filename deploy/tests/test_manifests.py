@@ -114,6 +114,17 @@ class Overlays(unittest.TestCase):
         self.assertTrue(container(self.overlays["cpu"])["image"].endswith(":cpu"))
         self.assertNotIn("nvidia.com/gpu", container(self.overlays["cpu"])["resources"]["limits"])
 
+    def test_the_gpu_overlay_serves_on_cuda_with_a_writable_ptx_cache(self):
+        gpu = flags(self.overlays["gpu"])
+        self.assertEqual(gpu["MARC_DEVICE"], "cuda")
+        self.assertNotIn("MARC_DEVICE", flags(self.overlays["cpu"]))
+        # The root filesystem is read-only, and the CUDA backend fails to open where it cannot write
+        # the compiled kernels: the cache must sit on a mounted volume.
+        c = container(self.overlays["gpu"])
+        self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
+        self.assertTrue(any(gpu["MARC_PTX_CACHE"].startswith(m.rstrip("/") + "/") for m in mounts), mounts)
+
 
 class Observability(unittest.TestCase):
     def test_rules_and_dashboard_read_only_exported_metrics(self):

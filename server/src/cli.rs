@@ -19,7 +19,8 @@ pub(crate) struct Cli {
     pub(crate) precision: MatmulPrecision,
     /// Where the model runs: `cpu` (default), or `cuda` / `cuda:N` for `marc serve`, `marc embed`,
     /// `marc head init` and `marc bench` (fails with the reason when the machine has no CUDA driver,
-    /// or when the CUDA backend cannot run the model, e.g. f32 weights or FP8 routed experts; see docs/gpu.md).
+    /// or when the CUDA backend cannot run the model, e.g. attention heads it has no kernel for;
+    /// see docs/gpu.md). `marc quantize` runs on the CPU and refuses `cuda`.
     #[arg(long, global = true, env = "MARC_DEVICE", default_value = "cpu")]
     pub(crate) device: Device,
     #[command(subcommand)]
@@ -41,6 +42,15 @@ pub(crate) enum Command {
     Health(HealthArgs),
     /// Write an NVFP4 checkpoint (ModelOpt or compressed-tensors layout) from an unquantised one.
     Quantize(QuantizeArgs),
+}
+
+impl Command {
+    /// Whether the command runs the model on `--device` (so the device is opened, and refused with
+    /// its reason, before anything else). `marc health` is a client of a running server: the CUDA
+    /// image sets `MARC_DEVICE=cuda` for every command, its health check included.
+    pub(crate) fn runs_a_model(&self) -> bool {
+        !matches!(self, Command::Health(_))
+    }
 }
 
 /// `--quant` (shared by `marc embed`, `marc serve` and `marc bench`).

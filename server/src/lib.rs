@@ -24,7 +24,10 @@ use clap::Parser;
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = cli::init_threads(cli.threads)
-        .and_then(|()| Ok(marc_kernels::device::open(cli.device)?))
+        .and_then(|()| match cli.command.runs_a_model() {
+            true => Ok(marc_kernels::device::open(cli.device)?),
+            false => Ok(()),
+        })
         .and_then(|()| match cli.command {
             cli::Command::Bench(args) => commands::bench::run(&args, cli.precision, cli.device),
             cli::Command::Embed(args) => commands::embed::run(&args, cli.precision, cli.device),
