@@ -227,43 +227,97 @@ __device__ __forceinline__ unsigned tc_chunk_offset(unsigned row, unsigned chunk
     return (row / 8) * TC_SBO + chunk * TC_LBO + (row % 8) * 16;
 }
 
-// Copies rows row0 .. row0 + ROWS and K k0 .. k0 + TC_BK of a packed NVFP4 matrix [rows, K / 2]
-// into `tile`, zero past `rows` and `k`. One 32-bit word (8 elements) per thread and step; the
-// 32 words of a tile row are consecutive threads, so a warp reads one row's 128 bytes.
-template <unsigned ROWS>
-__device__ __forceinline__ void tc_stage_operand(unsigned char* tile, const unsigned char* packed, int rows, int k,
-                                                 int row0, int k0) {
+// Copies tile rows 0 .. ROWS and K k0 .. k0 + TC_BK of packed NVFP4 rows into `tile`: `row(r)`
+// is the packed row (K / 2 bytes) behind tile row r, or null past the edge; zero there and past
+// `k`. One 32-bit word (8 elements) per thread and step; the 32 words of a tile row are
+// consecutive threads, so a warp reads one row's 128 bytes.
+template <unsigned ROWS, typename RowFn>
+__device__ __forceinline__ void tc_stage_operand(unsigned char* tile, const RowFn& row, int k, int k0) {
     constexpr unsigned WORDS = TC_BK / 8;
     for (unsigned i = threadIdx.x; i < ROWS * WORDS; i += TC_THREADS) {
         const unsigned r = i / WORDS, w = i % WORDS;
-        const int row = row0 + int(r), kk = k0 + int(w) * 8;
+        const unsigned char* src = row(r);
+        const int kk = k0 + int(w) * 8;
         unsigned v = 0u;
-        if (row < rows && kk < k) v = *reinterpret_cast<const unsigned*>(packed + size_t(row) * (k / 2) + kk / 2);
+        if (src != nullptr && kk < k) v = *reinterpret_cast<const unsigned*>(src + kk / 2);
         *reinterpret_cast<unsigned*>(tile + tc_chunk_offset(r, w / 4) + (w % 4) * 4) = v;
     }
 }
 
-// Writes the stage's block scales of tile rows 0 .. tile_rows (absolute row0 + r, E4M3
-// [rows, K / 16]) to tensor-memory columns column .. column + 15 in the scale_vec::4X layout
-// (tcgen05.cuh, fact 8): MMA i's columns column + 4 i + j hold rows 32 j + lane, byte b the
-// scale of the MMA's K block b. Every warp writes the same words into its own lane quarter.
-__device__ __forceinline__ void tc_stage_scales(unsigned tmem, unsigned column, const unsigned char* scales, int rows,
-                                                int tile_rows, int k, int row0, int k0) {
+// The row function of a dense packed NVFP4 matrix [rows, K / 2] for the tile starting at row0.
+struct TcPackedRows {
+    const unsigned char* packed;
+    int row0, rows, k;
+    __device__ __forceinline__ const unsigned char* operator()(unsigned r) const {
+        const int row = row0 + int(r);
+        return row < rows ? packed + size_t(row) * (k / 2) : nullptr;
+    }
+};
+
+// The scale function of a dense E4M3 scale matrix [rows, K / 16] for the tile starting at row0:
+// the scale of tile row r's absolute K block `block`, 0 past the edges.
+struct TcDenseScales {
+    const unsigned char* scales;
+    int row0, rows, k;
+    __device__ __forceinline__ unsigned operator()(unsigned r, int block) const {
+        const int row = row0 + int(r), blocks = k / 16;
+        return row < rows && block < blocks ? scales[size_t(row) * blocks + block] : 0u;
+    }
+};
+
+// Quantises tile rows 0 .. ROWS and K k0 .. k0 + TC_BK of f32 rows to NVFP4 with
+// `input_scale` (nvfp4_quantize_block, bitwise the CPU's quantiser) into `tile` in the layout
+// tc_stage_operand writes, and their E4M3 scales into `scales` (stage block b of row r at
+// scales[r][b]) for tc_stage_scales to read through TcStagedScales, after a __syncthreads.
+// `row(r)` is the K-long f32 row behind tile row r, or null (code 0, scale 0 there and past K).
+// One 16-block per thread and step: a row's 16 blocks are 16 consecutive threads, so a warp reads
+// two rows' 1 KiB of the stage contiguously.
+template <unsigned ROWS, typename RowFn>
+__device__ __forceinline__ void tc_stage_quantised(unsigned char* tile, unsigned char (*scales)[TC_BK / 16],
+                                                   const RowFn& row, float input_scale, int k, int k0) {
+    constexpr unsigned BLOCKS = TC_BK / 16;
+    for (unsigned i = threadIdx.x; i < ROWS * BLOCKS; i += TC_THREADS) {
+        const unsigned r = i / BLOCKS, b = i % BLOCKS;
+        const float* src = row(int(r));
+        const int first = k0 + int(b) * 16;
+        marc::Nvfp4Block q = {0u, {0u, 0u}};
+        if (src != nullptr && first < k) q = marc::nvfp4_quantize_block(src + first, input_scale);
+        // Block b is the second half (8 bytes) of 16-byte chunk b / 2 when b is odd.
+        unsigned* dst = reinterpret_cast<unsigned*>(tile + tc_chunk_offset(r, b / 2) + (b % 2) * 8);
+        dst[0] = q.packed[0];
+        dst[1] = q.packed[1];
+        scales[r][b] = static_cast<unsigned char>(q.scale);
+    }
+}
+
+// The scale function (see tc_stage_scales) of scales staged by tc_stage_quantised for the stage
+// whose first K block is block0.
+struct TcStagedScales {
+    const unsigned char (*scales)[TC_BK / 16];
+    int block0;
+    __device__ __forceinline__ unsigned operator()(unsigned r, int block) const { return scales[r][block - block0]; }
+};
+
+// Writes the stage's block scales of tile rows 0 .. tile_rows to tensor-memory columns
+// column .. column + 15 in the scale_vec::4X layout (tcgen05.cuh, fact 8): MMA i's columns
+// column + 4 i + j hold rows 32 j + lane, byte b the scale of the MMA's K block b. `scale(r,
+// block)` is tile row r's scale of absolute K block `block` (0 past the edges). Every warp writes
+// the same words into its own lane quarter.
+template <typename ScaleFn>
+__device__ __forceinline__ void tc_stage_scales(unsigned tmem, unsigned column, const ScaleFn& scale, int tile_rows,
+                                                int k0) {
     const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int blocks = k / 16, block0 = k0 / 16;
+    const int block0 = k0 / 16;
     unsigned words[16];
     MARC_UNROLL
     for (unsigned i = 0; i < TC_MMAS; ++i) {
         MARC_UNROLL
         for (unsigned j = 0; j < 4; ++j) {
-            const int r = int(32 * j + lane), row = row0 + r;
+            const unsigned r = 32 * j + lane;
             unsigned word = 0u;
             MARC_UNROLL
             for (unsigned b = 0; b < 4; ++b) {
-                const int block = block0 + int(4 * i + b);
-                if (r < tile_rows && row < rows && block < blocks) {
-                    word |= unsigned(scales[size_t(row) * blocks + block]) << (8 * b);
-                }
+                if (int(r) < tile_rows) word |= scale(r, block0 + int(4 * i + b)) << (8 * b);
             }
             words[4 * i + j] = word;
         }
@@ -303,6 +357,17 @@ __device__ __forceinline__ void tc_run_mmas(unsigned long long* mma_done, unsign
     tc::fence_after_thread_sync();
 }
 
+// Thread 0's MMAs of the stage at k0: MMA i covers the stage's core-matrix columns 2 i and
+// 2 i + 1 (K = 64); none past K. The first of the first stage overwrites the accumulator.
+__device__ __forceinline__ void tc_issue_stage(unsigned tmem, unsigned a_base, unsigned b_base, unsigned idesc, int k,
+                                               int k0) {
+    for (unsigned i = 0; i < TC_MMAS && k0 + 64 * int(i) < k; ++i) {
+        tc::mma_mxf4nvf4(tmem, tc::smem_descriptor(a_base + 2 * i * TC_LBO, TC_LBO, TC_SBO),
+                         tc::smem_descriptor(b_base + 2 * i * TC_LBO, TC_LBO, TC_SBO), idesc,
+                         tmem + TC_SFA_COLUMN + 4 * i, tmem + TC_SFB_COLUMN + 4 * i, k0 > 0 || i > 0);
+    }
+}
+
 // Frees the block's tensor memory once every warp's tcgen05.ld has completed.
 __device__ __forceinline__ void tc_teardown(unsigned tmem) {
     tc::fence_before_thread_sync();
@@ -334,18 +399,11 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
     const unsigned a_base = tc::shared_address(a_tile), b_base = tc::shared_address(b_tile);
     unsigned phase = 0u;
     for (int k0 = 0; k0 < k; k0 += TC_BK) {
-        tc_stage_operand<TC_BM>(a_tile, x_packed, m, k, row0, k0);
-        tc_stage_operand<TC_BN>(b_tile, w_packed, n, k, col0, k0);
-        tc_stage_scales(tmem, TC_SFA_COLUMN, x_scales, m, TC_BM, k, row0, k0);
-        tc_stage_scales(tmem, TC_SFB_COLUMN, w_scales, n, TC_BN, k, col0, k0);
-        tc_run_mmas(&mma_done, phase, [&] {
-            // MMA i covers the stage's core-matrix columns 2 i and 2 i + 1; none past K.
-            for (unsigned i = 0; i < TC_MMAS && k0 + 64 * int(i) < k; ++i) {
-                tc::mma_mxf4nvf4(tmem, tc::smem_descriptor(a_base + 2 * i * TC_LBO, TC_LBO, TC_SBO),
-                                 tc::smem_descriptor(b_base + 2 * i * TC_LBO, TC_LBO, TC_SBO), idesc,
-                                 tmem + TC_SFA_COLUMN + 4 * i, tmem + TC_SFB_COLUMN + 4 * i, k0 > 0 || i > 0);
-            }
-        });
+        tc_stage_operand<TC_BM>(a_tile, TcPackedRows{x_packed, row0, m, k}, k, k0);
+        tc_stage_operand<TC_BN>(b_tile, TcPackedRows{w_packed, col0, n, k}, k, k0);
+        tc_stage_scales(tmem, TC_SFA_COLUMN, TcDenseScales{x_scales, row0, m, k}, TC_BM, k0);
+        tc_stage_scales(tmem, TC_SFB_COLUMN, TcDenseScales{w_scales, col0, n, k}, TC_BN, k0);
+        tc_run_mmas(&mma_done, phase, [&] { tc_issue_stage(tmem, a_base, b_base, idesc, k, k0); });
     }
     // Warp w holds rows 32 w .. 32 w + 31 of the accumulator (its lane quarter).
     const unsigned warp = threadIdx.x / 32;
@@ -361,6 +419,93 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS)
             if (row >= m || column >= n) continue;
             const float scaled = __uint_as_float(acc[j]) * scale;
             y[size_t(row) * n + column] = bias != nullptr ? scaled + bias[column] : scaled;
+        }
+    }
+    tc_teardown(tmem);
+#else
+    __trap();
+#endif
+}
+
+// grouped_gemm_nvfp4_w4a4_tcgen05_f32: the contract of grouped_gemm_nvfp4_w4a4_f32 (same
+// parameters, same result to f32 rounding) on the FP4 tensor cores, with the dense kernel's
+// stages, MMAs and tensor-memory handling. A block owns one 64-row tile of the routing's padded
+// permutation (one expert, as gemm::grouped_tile finds it) and 64 output columns; each stage
+// gathers its rows by token and quantises them with the expert's input scale into the A tile
+// (tc_stage_quantised), the scales passing through shared memory into tensor memory; W is
+// staged as by the dense kernel. The epilogue reads the accumulator one row per thread and
+// scatters it by routing entry with the optional relu2, as gemm::store_by_entry does.
+//
+// The MMA's M is 128 but the routing pads each expert's segment to 64 rows (the portable
+// kernel's tile), so rows 64 .. 127 of A are zero (code 0 from a single fill, scale 0): half of
+// every MMA multiplies zeros, and warps 2 and 3 have no rows to store. That halves the tensor
+// core's useful work per instruction and keeps the grid (ceil(N / 64), offsets[E] / 64) and
+// the routing kernel shared with the portable path. Padding segments to 128 rows instead would
+// fill the MMA (one block per 128 routed rows, half the blocks, each W stage staged once per
+// 128 rows instead of 64) at the price of up to 127 padding rows per used expert instead of 63,
+// of a routing shared by both kernels padded to the larger tile, and of a grid of
+// offsets[E] / 128; at decode batch sizes most experts hold a few rows, so the zero rows are
+// paid either way. Shared memory and tensor memory as the dense kernel (the same
+// TC_SHARED_BYTES of dynamic shared memory, 128 columns) plus 1 KiB of static shared memory for
+// the quantised scales.
+#define TC_GROUPED_ROWS 64
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    grouped_gemm_nvfp4_w4a4_tcgen05_f32(const float* __restrict__ a, const int* __restrict__ sorted,
+                                        const int* __restrict__ offsets, int num_experts, int top_k,
+                                        const unsigned char* __restrict__ w_packed,
+                                        const unsigned char* __restrict__ w_scales,
+                                        const float* __restrict__ tensor_scales,
+                                        const float* __restrict__ input_scales, int n, int k, int relu2,
+                                        float* __restrict__ out) {
+#if MARC_HAS_TCGEN05
+    static_assert(TC_GROUPED_ROWS == gemm::BM && TC_BN == gemm::BN, "one routing tile and gemm::grouped_tile's columns");
+    MARC_DYNAMIC_SHARED_FLOATS(shared);
+    unsigned char* a_tile = reinterpret_cast<unsigned char*>(shared);
+    unsigned char* b_tile = a_tile + TC_BM * TC_BK / 2;
+    __shared__ unsigned long long mma_done;
+    __shared__ unsigned tmem_slot;
+    __shared__ unsigned char a_scales[TC_GROUPED_ROWS][TC_BK / 16];
+    const ExpertTile tile = expert_tile(offsets, num_experts, w_packed, w_scales, n, k);
+    const float input_scale = input_scales[tile.at.expert];
+    const unsigned tmem = tc_setup(&tmem_slot, &mma_done);
+    const unsigned idesc = tc::instr_descriptor_mxf4nvf4(TC_BM, TC_BN);
+    const unsigned a_base = tc::shared_address(a_tile), b_base = tc::shared_address(b_tile);
+    // Rows 64 .. 127 of A, row groups 8 .. 15: contiguous from 8 SBO, written once; the first
+    // stage's fences and barrier (tc_run_mmas) publish them with the first operands.
+    unsigned* a_zero = reinterpret_cast<unsigned*>(a_tile + TC_GROUPED_ROWS / 8 * TC_SBO);
+    for (unsigned i = threadIdx.x; i < (TC_BM - TC_GROUPED_ROWS) * TC_BK / 8; i += TC_THREADS) a_zero[i] = 0u;
+    const gemm::GatheredRows<float> tokens{a, sorted, tile.at.row0, top_k, k};
+    const TcDenseScales weight_scales{tile.w.scales, tile.at.col0, n, k};
+    unsigned phase = 0u;
+    for (int k0 = 0; k0 < k; k0 += TC_BK) {
+        tc_stage_quantised<TC_GROUPED_ROWS>(a_tile, a_scales, tokens, input_scale, k, k0);
+        tc_stage_operand<TC_BN>(b_tile, TcPackedRows{tile.w.packed, tile.at.col0, n, k}, k, k0);
+        tc_stage_scales(tmem, TC_SFB_COLUMN, weight_scales, TC_BN, k0);
+        // Every warp writes all 64 rows' scales to its lane quarter, so it reads what the other
+        // warps quantised. (The previous stage's reads of a_scales finished before tc_run_mmas'
+        // barrier, so this stage's writes above did not race them.)
+        __syncthreads();
+        tc_stage_scales(tmem, TC_SFA_COLUMN, TcStagedScales{a_scales, k0 / 16}, TC_GROUPED_ROWS, k0);
+        tc_run_mmas(&mma_done, phase, [&] { tc_issue_stage(tmem, a_base, b_base, idesc, k, k0); });
+    }
+    // Warp w holds rows 32 w .. 32 w + 31 of the accumulator (its lane quarter); warps 2 and 3
+    // hold the zero rows (a warp-uniform branch: tcgen05.ld is .sync.aligned).
+    const unsigned warp = threadIdx.x / 32;
+    if (warp < TC_GROUPED_ROWS / 32) {
+        const int entry = sorted[tile.at.row0 + int(threadIdx.x)];
+        // One rounded product of the two scales, as the portable kernel and the CPU.
+        const float scale = input_scale * tensor_scales[tile.at.expert];
+        for (unsigned c0 = 0; c0 < TC_BN; c0 += 16) {
+            unsigned acc[16];
+            tc::load_32x32b_x16(tc::tmem_address(tmem, 32 * warp, c0), acc);
+            MARC_UNROLL
+            for (unsigned j = 0; j < 16; ++j) {
+                const int column = tile.at.col0 + int(c0 + j);
+                if (entry < 0 || column >= n) continue;
+                const float y = __uint_as_float(acc[j]) * scale;
+                out[size_t(entry) * n + column] = relu2 ? marc::relu2(y) : y;
+            }
         }
     }
     tc_teardown(tmem);

@@ -66,6 +66,7 @@ const Entry KERNELS[] = {
     KERNEL(grouped_gemm_f32_f32),
     KERNEL(grouped_gemm_fp8_f32),
     KERNEL(grouped_gemm_nvfp4_w4a4_f32),
+    KERNEL(grouped_gemm_nvfp4_w4a4_tcgen05_f32),
     KERNEL(grouped_gemm_nvfp4_w4a16_f32),
     KERNEL(head_activation_normalize_f32),
     KERNEL(mma_m16n8k16_probe),

@@ -241,52 +241,98 @@ fn tcgen05_probe_follows_the_descriptor_scale_and_tensor_memory_layouts() {
 }
 
 /// The grouped NVFP4 GEMMs: 5 experts (some unused), 9 tokens, top-2, segments padded to the
-/// 64-row tile; N ragged and K a multiple of 16 but not of 32. The up projection (relu2 fused)
-/// and a down projection (none), against the CPU expert: its Linear on the token's row (bf16
-/// rounded for W4A16, as the kernel stages it; raw for W4A4, quantised with the expert's own
-/// input scale by both), then `relu2_in_place` (Mlp::forward).
-fn check_grouped(kernel: &str, precision: MatmulPrecision) {
+/// 64-row tile, on each (n, k) of `shapes`, launched by `launch(n, args)`. The up projection
+/// (relu2 fused) and a down projection (none), against the CPU expert: its Linear on the token's
+/// row (bf16 rounded for W4A16, as the kernel stages it; raw for W4A4, quantised with the
+/// expert's own input scale by both), then `relu2_in_place` (Mlp::forward).
+fn check_grouped(
+    kernel: &str,
+    precision: MatmulPrecision,
+    shapes: &[(usize, usize)],
+    launch: impl Fn(usize, &[i32], &mut Args),
+) {
     let routed = Routed::new();
-    let (num_experts, n, k) = (routed.num_experts, 40usize, 48usize);
-    let mut rng = rng(19);
-    let x = activations(&mut rng, routed.tokens * k);
-    let w = Nvfp4Data::random(&mut rng, num_experts * n, k);
-    let tensor_scales: Vec<f32> = (0..num_experts).map(|e| 0.01 * (e + 1) as f32).collect();
-    let input_scales: Vec<f32> = (0..num_experts).map(|e| nvfp4_tensor_scale(0.5 + e as f32)).collect();
-    let w4a4 = precision == MatmulPrecision::Nvfp4Activations;
-    let cpu_x = if w4a4 { x.clone() } else { bf16_rounded(&x).0 };
-    for relu2 in [true, false] {
-        let mut out = vec![f32::NAN; routed.tokens * routed.top_k * n];
-        let mut args = Args::new();
-        routed.push_routing(&mut args, &x);
-        args.input(&w.packed).input(&w.scales).input(&tensor_scales);
-        if w4a4 {
-            args.input(&input_scales);
+    let num_experts = routed.num_experts;
+    for &(n, k) in shapes {
+        let mut rng = rng(19 + (n * 1000 + k) as u64);
+        let x = activations(&mut rng, routed.tokens * k);
+        let w = Nvfp4Data::random(&mut rng, num_experts * n, k);
+        let tensor_scales: Vec<f32> = (0..num_experts).map(|e| 0.01 * (e + 1) as f32).collect();
+        let input_scales: Vec<f32> = (0..num_experts).map(|e| nvfp4_tensor_scale(0.5 + e as f32)).collect();
+        let w4a4 = precision == MatmulPrecision::Nvfp4Activations;
+        let cpu_x = if w4a4 { x.clone() } else { bf16_rounded(&x).0 };
+        for relu2 in [true, false] {
+            let mut out = vec![f32::NAN; routed.tokens * routed.top_k * n];
+            let mut args = Args::new();
+            routed.push_routing(&mut args, &x);
+            args.input(&w.packed).input(&w.scales).input(&tensor_scales);
+            if w4a4 {
+                args.input(&input_scales);
+            }
+            args.int(n as i32).int(k as i32).int(i32::from(relu2)).output(&mut out);
+            launch(n, &routed.offsets, &mut args);
+            let want = routed.per_entry(|e, t| {
+                let weights = PackedMatrix::from_nvfp4(
+                    n,
+                    k,
+                    &w.packed[e * n * k / 2..][..n * k / 2],
+                    &w.scales[e * n * k / 16..][..n * k / 16],
+                    tensor_scales[e],
+                    Some(input_scales[e]),
+                )
+                .unwrap();
+                cpu_expert(&cpu_x[t * k..][..k], &weights, precision, relu2)
+            });
+            assert_close(&format!("{kernel} {n}x{k}, relu2 {relu2}"), &out, &want, F32_REL_L2);
         }
-        args.int(n as i32).int(k as i32).int(i32::from(relu2)).output(&mut out);
-        launch_grouped_gemm(kernel, n, &routed.offsets, &mut args);
-        let want = routed.per_entry(|e, t| {
-            let weights = PackedMatrix::from_nvfp4(
-                n,
-                k,
-                &w.packed[e * n * k / 2..][..n * k / 2],
-                &w.scales[e * n * k / 16..][..n * k / 16],
-                tensor_scales[e],
-                Some(input_scales[e]),
-            )
-            .unwrap();
-            cpu_expert(&cpu_x[t * k..][..k], &weights, precision, relu2)
-        });
-        assert_close(&format!("{kernel}, relu2 {relu2}"), &out, &want, F32_REL_L2);
     }
 }
 
+/// N ragged against the 64-column tile, K a multiple of 16 but not of 32.
+const GROUPED_SHAPES: [(usize, usize); 1] = [(40, 48)];
+
 #[test]
 fn grouped_w4a16_with_fused_relu2_matches_the_cpu_experts() {
-    check_grouped("grouped_gemm_nvfp4_w4a16_f32", MatmulPrecision::Exact);
+    check_grouped(
+        "grouped_gemm_nvfp4_w4a16_f32",
+        MatmulPrecision::Exact,
+        &GROUPED_SHAPES,
+        |n, offsets, args| launch_grouped_gemm("grouped_gemm_nvfp4_w4a16_f32", n, offsets, args),
+    );
 }
 
 #[test]
 fn grouped_w4a4_quantises_per_expert_and_matches_the_cpu_experts() {
-    check_grouped("grouped_gemm_nvfp4_w4a4_f32", MatmulPrecision::Nvfp4Activations);
+    check_grouped(
+        "grouped_gemm_nvfp4_w4a4_f32",
+        MatmulPrecision::Nvfp4Activations,
+        &GROUPED_SHAPES,
+        |n, offsets, args| launch_grouped_gemm("grouped_gemm_nvfp4_w4a4_f32", n, offsets, args),
+    );
+}
+
+/// (n, k) against the tcgen05 kernel's 64 output columns and 256-deep stages of 64-deep MMAs: K
+/// not a multiple of 64 (one partial MMA); three column tiles, the last ragged, with a second
+/// stage that ends inside its second MMA.
+const TCGEN05_GROUPED_SHAPES: [(usize, usize); 2] = [(40, 48), (130, TC_BK + 80)];
+
+#[test]
+fn grouped_w4a4_on_tcgen05_quantises_per_expert_and_matches_the_cpu_experts() {
+    check_grouped(
+        "grouped_gemm_nvfp4_w4a4_tcgen05_f32",
+        MatmulPrecision::Nvfp4Activations,
+        &TCGEN05_GROUPED_SHAPES,
+        |n, offsets, args| {
+            // The portable kernel's grid (one 64-row routing tile per block), the dense tcgen05
+            // kernel's threads and dynamic shared memory.
+            let row_tiles = *offsets.last().unwrap() as usize / 64;
+            launch(
+                "grouped_gemm_nvfp4_w4a4_tcgen05_f32",
+                [dim(n.div_ceil(TC_TILE.1)), dim(row_tiles), 1],
+                [128, 1, 1],
+                TC_SHARED_BYTES,
+                args,
+            )
+        },
+    );
 }
