@@ -4,7 +4,7 @@
 // parity tests' job; here only the memory accesses matter, so the inputs are simple and fixed.
 //
 // Usage: tsan_driver <case>, case one of: rms_norm, gated_group_rms_norm, ssd_scan, attention, gemm,
-// gemm_nvfp4, gemm_nvfp4_tcgen05.
+// gemm_nvfp4, gemm_nvfp4_tcgen05, grouped_gemm_nvfp4_tcgen05.
 
 #include <cstdio>
 #include <cstring>
@@ -147,12 +147,43 @@ int gemm_nvfp4_tcgen05() {
                {&xp, &xs, &input_scale, &wp, &ws, &tensor_scale, &bias, &mm, &nn, &kk, &yp});
 }
 
+int grouped_gemm_nvfp4_tcgen05() {
+    // The grouped W4A4 GEMM on tcgen05: each block gathers and quantises its expert's rows, every
+    // thread its own 16-blocks, and every warp then writes all the rows' scales to tensor memory
+    // (the barrier between them); two experts (two blocks, one 64-row tile each, mostly padding)
+    // and two K stages, as for gemm_nvfp4_tcgen05.
+    const int tokens = 3, top_k = 2, experts = 2, n = 24, k = 320;
+    auto a = ramp(size_t(tokens) * k, 2.0f);
+    std::vector<int> offsets = {0, 64, 128}, sorted(128, -1);
+    for (int i = 0; i < tokens; ++i) {
+        sorted[i] = 2 * i;           // slot 0 of token i: expert 0
+        sorted[64 + i] = 2 * i + 1;  // slot 1: expert 1
+    }
+    std::vector<unsigned> w_words(size_t(experts) * n * k / 8);
+    for (size_t i = 0; i < w_words.size(); ++i) w_words[i] = 0x9a3c51e7u * unsigned(i + 1);
+    std::vector<unsigned char> w_scales(size_t(experts) * n * k / 16, 0x30);
+    std::vector<float> tensor_scales = {0.5f, 0.25f}, input_scales = {0.25f, 0.125f};
+    std::vector<float> out(size_t(tokens) * top_k * n);
+    const float* ap = a.data();
+    const int* sp = sorted.data();
+    const int* op = offsets.data();
+    const unsigned char* wp = reinterpret_cast<const unsigned char*>(w_words.data());
+    const unsigned char* ws = w_scales.data();
+    const float* ts = tensor_scales.data();
+    const float* is = input_scales.data();
+    float* outp = out.data();
+    int ee = experts, tk = top_k, nn = n, kk = k, relu2 = 1;
+    return run("grouped_gemm_nvfp4_w4a4_tcgen05_f32", 1, 2, 128, 24 * 1024,
+               {&ap, &sp, &op, &ee, &tk, &wp, &ws, &ts, &is, &nn, &kk, &relu2, &outp});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc != 2) {
         std::fprintf(stderr,
-                     "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm|gemm_nvfp4|gemm_nvfp4_tcgen05\n",
+                     "usage: %s rms_norm|gated_group_rms_norm|ssd_scan|attention|gemm|gemm_nvfp4|gemm_nvfp4_tcgen05|"
+                     "grouped_gemm_nvfp4_tcgen05\n",
                      argv[0]);
         return 2;
     }
@@ -164,6 +195,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(which, "gemm") == 0) return gemm();
     if (std::strcmp(which, "gemm_nvfp4") == 0) return gemm_nvfp4();
     if (std::strcmp(which, "gemm_nvfp4_tcgen05") == 0) return gemm_nvfp4_tcgen05();
+    if (std::strcmp(which, "grouped_gemm_nvfp4_tcgen05") == 0) return grouped_gemm_nvfp4_tcgen05();
     std::fprintf(stderr, "unknown case %s\n", which);
     return 2;
 }

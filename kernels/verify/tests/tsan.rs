@@ -1,6 +1,6 @@
 //! The emulated kernels under ThreadSanitizer: a clean run reports no race, and deleting any one
 //! barrier of the SSD scan, the attention, the GEMM tile (through the bf16 and the NVFP4 GEMM, whose
-//! shared tiles differ), the tcgen05 W4A4 GEMM (through the CPU model of its instructions) or the
+//! shared tiles differ), the tcgen05 W4A4 GEMMs (through the CPU model of its instructions) or the
 //! one inside `block_sum` is reported as a data race in the kernel source. This is what makes the
 //! emulation a check on synchronisation, not only on arithmetic.
 //!
@@ -64,6 +64,7 @@ fn clean_runs_report_no_race() {
         "gemm",
         "gemm_nvfp4",
         "gemm_nvfp4_tcgen05",
+        "grouped_gemm_nvfp4_tcgen05",
     ] {
         let out = run(case, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -124,9 +125,13 @@ fn every_attention_and_gemm_barrier_is_needed() {
 
 #[test]
 fn every_tcgen05_gemm_barrier_is_needed() {
-    // gemm_nvfp4.cu's only barriers, all in the tcgen05 GEMM's helpers.
+    // gemm_nvfp4.cu's only barriers: three in the tcgen05 GEMMs' helpers, then the grouped
+    // kernel's own.
     let lines = barrier_lines("gemm_nvfp4.cu");
-    assert_eq!(lines.len(), 3, "gemm_nvfp4.cu's barriers moved; update this test");
+    assert_eq!(lines.len(), 4, "gemm_nvfp4.cu's barriers moved; update this test");
+    // Between quantising the stage's rows (each thread its blocks' scales, in shared memory) and
+    // every warp writing all of them to its lane quarter of tensor memory: a data race.
+    assert_race_reported("grouped_gemm_nvfp4_tcgen05", "gemm_nvfp4.cu", lines[3]);
     // After the tensor-memory allocation (its address and the poisoned cells, read by every warp)
     // and before each stage's MMAs (the shared tiles and scales every thread wrote, read by the
     // issuing thread): data races.
