@@ -276,8 +276,12 @@ template <unsigned ROWS, typename RowFn>
 __device__ __forceinline__ void tc_stage_quantised(unsigned char* tile, unsigned char (*scales)[TC_BK / 16],
                                                    const RowFn& row, float input_scale, int k, int k0) {
     constexpr unsigned BLOCKS = TC_BK / 16;
-    for (unsigned i = threadIdx.x; i < ROWS * BLOCKS; i += TC_THREADS) {
-        const unsigned r = i / BLOCKS, b = i % BLOCKS;
+    static_assert(ROWS * BLOCKS % TC_THREADS == 0, "every thread quantises the same number of blocks");
+    // Unrolled: as a loop (rolled or partly unrolled) around the quantiser's f32 divisions,
+    // ptxas spilled a register (4 bytes, an 8-byte stack frame) on sm_100a.
+    MARC_UNROLL
+    for (unsigned step = 0; step < ROWS * BLOCKS / TC_THREADS; ++step) {
+        const unsigned i = step * TC_THREADS + threadIdx.x, r = i / BLOCKS, b = i % BLOCKS;
         const float* src = row(int(r));
         const int first = k0 + int(b) * 16;
         marc::Nvfp4Block q = {0u, {0u, 0u}};

@@ -67,6 +67,10 @@ const REGISTER_BUDGETS: &[(&str, u32)] = &[
     // registers leave room for 6 blocks per SM, more than its 128 tensor-memory columns (4 per
     // SM) allow.
     ("gemm_nvfp4_w4a4_tcgen05_f32", 80),
+    // The same, with nvfp4_quantize_f32's 16-element block per thread (values, amax, scale,
+    // codes) while staging the gathered rows in place of the A copy; 96 at 128 threads still
+    // leaves 5 blocks per SM, again more than the tensor memory allows.
+    ("grouped_gemm_nvfp4_w4a4_tcgen05_f32", 96),
     ("tcgen05_mxf4nvf4_probe", 64),
     // One 16-element block per thread: its values, amax, the scale and the codes.
     ("nvfp4_quantize_f32", 40),
