@@ -98,6 +98,9 @@ kernel_table! {
     grouped_gemm_nvfp4_w4a16_f32,
     /// gemm_nvfp4.cu
     grouped_gemm_nvfp4_w4a4_f32,
+    /// gemm_nvfp4.cu: grouped W4A4 on tcgen05 (as gemm_nvfp4_w4a4_tcgen05_f32: in every
+    /// module, launched only on 10.x).
+    grouped_gemm_nvfp4_w4a4_tcgen05_f32,
     /// elementwise.cu: each f32 split exactly into three bf16 parts, for exact GEMMs.
     split_bf16x3_f32,
     /// elementwise.cu: one bf16 part of each f32, as f32 (exact FP8 / NVFP4 W4A16 GEMMs).

@@ -20,6 +20,10 @@ pub(super) const TCGEN05_TILE_N: usize = 64;
 pub(super) const TCGEN05_THREADS: u32 = 128;
 /// See [`TCGEN05_TILE_M`].
 pub(super) const TCGEN05_SHARED_BYTES: u32 = (128 + 64) * 256 / 2;
+/// gemm_nvfp4.cu's `grouped_gemm_nvfp4_w4a4_tcgen05_f32`: routed rows per block
+/// (`TC_GROUPED_ROWS`, the routing's expert tile, half the MMA's M); its columns, threads and
+/// dynamic shared memory are the dense tcgen05 kernel's.
+pub(super) const TCGEN05_GROUPED_ROWS: usize = 64;
 
 /// A launch size or an `int` kernel argument out of range.
 pub(super) fn int<T: TryFrom<usize>>(op: &'static str, what: &str, value: usize) -> Result<T, KernelError> {
@@ -118,6 +122,9 @@ mod tests {
         assert_eq!(defined("gemm_nvfp4.cu", "TC_BM"), TCGEN05_TILE_M);
         assert_eq!(defined("gemm_nvfp4.cu", "TC_BN"), TCGEN05_TILE_N);
         assert_eq!(defined("gemm_nvfp4.cu", "TC_THREADS"), TCGEN05_THREADS as usize);
+        assert_eq!(defined("gemm_nvfp4.cu", "TC_GROUPED_ROWS"), TCGEN05_GROUPED_ROWS);
+        // One routing tile (every expert's segment padded to it) per grouped tcgen05 block.
+        assert_eq!(crate::cuda::plan::EXPERT_TILE, TCGEN05_GROUPED_ROWS);
         let stage = defined("gemm_nvfp4.cu", "TC_BK");
         assert_eq!(
             (TCGEN05_TILE_M + TCGEN05_TILE_N) * stage / 2,
