@@ -27,7 +27,8 @@
 //
 // Packed operands are read as 32-bit words, so their base pointers must be 4-byte aligned
 // (cudaMalloc's are; a row is K / 2 bytes, a multiple of 8). The grouped expert GEMMs, W4A16 and
-// W4A4, follow; the tcgen05 W4A4 GEMM and its one-MMA probe are at the end of the file.
+// W4A4, follow; the tcgen05 W4A4 GEMMs (dense and grouped) and the one-MMA probe are at the end
+// of the file.
 //
 // Tiling: include/gemm_tile.cuh (64 x 64 tile of y per block, 4 warps, K 32 at a time through
 // shared memory). Launch (GEMMs): grid (ceil(N / 64), ceil(M / 64)), 128 threads; static shared
@@ -119,6 +120,8 @@ extern "C" __global__ void __launch_bounds__(gemm::THREADS)
 //   gemm_nvfp4_w4a4_f32; scale_e = input_scales[e] * tensor_scales[e]. Every column block of a
 //   row tile quantises the same rows again (ceil(N / 64) times): 16 divisions per 16 x 64 x 2
 //   FLOP of the tile, against a pass that would write and re-read a per-entry quantised copy.
+//   On compute capability 10.x the host runs grouped_gemm_nvfp4_w4a4_tcgen05_f32 instead (after
+//   the dense tcgen05 kernel below), the same contract on the FP4 tensor cores.
 
 namespace {
 
