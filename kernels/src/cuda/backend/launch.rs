@@ -25,6 +25,18 @@ pub(super) const TCGEN05_SHARED_BYTES: u32 = (128 + 64) * 256 / 2;
 /// dynamic shared memory are the dense tcgen05 kernel's.
 pub(super) const TCGEN05_GROUPED_ROWS: usize = 64;
 
+/// The launch of a tcgen05 GEMM (dense or grouped): `n` output columns in `TCGEN05_TILE_N` tiles,
+/// `row_tiles` blocks down, the kernels' threads and dynamic shared memory.
+pub(super) fn tcgen05_grid(op: &'static str, n: usize, row_tiles: usize) -> Result<LaunchConfig, KernelError> {
+    Ok(grid(
+        int(op, "column tiles", n.div_ceil(TCGEN05_TILE_N))?,
+        int(op, "row tiles", row_tiles)?,
+        1,
+        TCGEN05_THREADS,
+        TCGEN05_SHARED_BYTES,
+    ))
+}
+
 /// A launch size or an `int` kernel argument out of range.
 pub(super) fn int<T: TryFrom<usize>>(op: &'static str, what: &str, value: usize) -> Result<T, KernelError> {
     T::try_from(value).map_err(|_| KernelError::InvalidShape {

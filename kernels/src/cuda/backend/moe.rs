@@ -6,9 +6,7 @@ use cudarc::driver::PushKernelArg;
 use super::Cuda;
 use super::failed;
 use super::gemm::Activations;
-use super::launch::{
-    GEMM_TILE, TCGEN05_GROUPED_ROWS, TCGEN05_SHARED_BYTES, TCGEN05_THREADS, TCGEN05_TILE_N, grid, int,
-};
+use super::launch::{GEMM_TILE, TCGEN05_GROUPED_ROWS, grid, int, tcgen05_grid};
 use super::memory::{ArenaBuf, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceVec, StackedExperts};
 use crate::cuda::plan::{EXPERT_TILE, padded_expert_rows};
 use crate::error::{KernelError, check_len};
@@ -246,13 +244,7 @@ impl Cuda {
                 // (64 rows) per block as the portable kernel, with the dense tcgen05 kernel's
                 // columns, threads and dynamic shared memory; the parameters are the same.
                 let (kernel, cfg) = if self.has_tcgen05() {
-                    let tiles = grid(
-                        int(OP, "column tiles", n.div_ceil(TCGEN05_TILE_N))?,
-                        int(OP, "row tiles", routing.rows / TCGEN05_GROUPED_ROWS)?,
-                        1,
-                        TCGEN05_THREADS,
-                        TCGEN05_SHARED_BYTES,
-                    );
+                    let tiles = tcgen05_grid(OP, n, routing.rows / TCGEN05_GROUPED_ROWS)?;
                     (&self.kernels.grouped_gemm_nvfp4_w4a4_tcgen05_f32, tiles)
                 } else {
                     (&self.kernels.grouped_gemm_nvfp4_w4a4_f32, cfg)

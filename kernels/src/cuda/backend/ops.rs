@@ -4,9 +4,7 @@
 use cudarc::driver::PushKernelArg;
 
 use super::gemm::{Activations, gemm_weight};
-use super::launch::{
-    GEMM_TILE, NULL, TCGEN05_SHARED_BYTES, TCGEN05_THREADS, TCGEN05_TILE_M, TCGEN05_TILE_N, grid, int,
-};
+use super::launch::{GEMM_TILE, NULL, TCGEN05_TILE_M, grid, int, tcgen05_grid};
 use super::memory::{CudaBatch, CudaEmbedding, CudaExperts, CudaLinear, CudaTensor, CudaVector, CudaWeight, DeviceVec};
 use super::{ATTENTION_HEAD_DIMS, Cuda, failed, ssd_shared_bytes};
 use crate::backend::{Backend, LinearSource, WeightData, WeightSource};
@@ -291,13 +289,7 @@ impl Backend for Cuda {
                 // the portable kernel (both decoded operands exact in bf16, mma.sync); the same
                 // parameters and the same result to f32 rounding.
                 let (kernel, cfg) = if self.has_tcgen05() {
-                    let tiles = grid(
-                        int(OP, "column tiles", linear.rows.div_ceil(TCGEN05_TILE_N))?,
-                        int(OP, "row tiles", m.div_ceil(TCGEN05_TILE_M))?,
-                        1,
-                        TCGEN05_THREADS,
-                        TCGEN05_SHARED_BYTES,
-                    );
+                    let tiles = tcgen05_grid(OP, linear.rows, m.div_ceil(TCGEN05_TILE_M))?;
                     (&self.kernels.gemm_nvfp4_w4a4_tcgen05_f32, tiles)
                 } else {
                     (&self.kernels.gemm_nvfp4_w4a4_f32, cfg)
