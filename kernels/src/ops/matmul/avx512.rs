@@ -391,17 +391,35 @@ unsafe fn block_dots<const R: usize, const V: usize>(
     // SAFETY: per the caller; prefetches may point anywhere.
     unsafe {
         vectors.prefetch(record);
-        for pair in 0..NVFP4_BLOCK / 2 {
-            let (xe, xo) = (x.add(2 * pair * x_stride), x.add((2 * pair + 1) * x_stride));
-            for v in 0..V {
-                let chunk = record + chunk_at(pair / 4, vectors.half[v]);
-                let (even, odd) = decode_pair_e2m1(vectors.panel[v].add(chunk + pair % 4), table);
-                for r in 0..R {
-                    dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xe.add(r)), even, dot[r][v]);
-                    dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, dot[r][v]);
+        // Each vector's first chunk in this record; `chunk_at` is linear in the quad and the
+        // half, so pair `p`'s bytes sit at a constant offset from it.
+        let first: [*const u8; V] =
+            std::array::from_fn(|v| vectors.panel[v].add(record + chunk_at(0, vectors.half[v])));
+        // The eight k-step pairs written out, not looped: with constant offsets every load
+        // addresses its bytes directly, where a loop spent about one integer op per vector op
+        // computing them (on the ports the permutes and FMAs use).
+        macro_rules! pair {
+            ($pair:literal) => {{
+                let (xe, xo) = (x.add(2 * $pair * x_stride), x.add((2 * $pair + 1) * x_stride));
+                for v in 0..V {
+                    let (even, odd) = decode_pair_e2m1(first[v].add(chunk_at($pair / 4, 0) + $pair % 4), table);
+                    for r in 0..R {
+                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xe.add(r)), even, dot[r][v]);
+                        dot[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(*xo.add(r)), odd, dot[r][v]);
+                    }
                 }
-            }
+            }};
         }
+        const _: () = assert!(NVFP4_BLOCK / 2 == 8, "pair! is written out for 8 pairs");
+        const _: () = assert!(chunk_at(1, 1) == chunk_at(1, 0) + chunk_at(0, 1), "chunk_at is linear");
+        pair!(0);
+        pair!(1);
+        pair!(2);
+        pair!(3);
+        pair!(4);
+        pair!(5);
+        pair!(6);
+        pair!(7);
     }
     dot
 }
