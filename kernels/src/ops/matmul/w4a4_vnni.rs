@@ -168,6 +168,7 @@ unsafe fn decode_chunk(p: *const u8, table: __m512i) -> (__m512i, __m512i) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn kernel<const R: usize, const V: usize>(t: &Tile<u8>, xq: *const RowBlock) {
     let vectors = Nvfp4Vectors::<V>::new(t.w, t.panel_stride, 0);
+    vectors.prefetch_start();
     // SAFETY: the table has 16 bytes.
     let table = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(WEIGHT_PLUS_12.as_ptr().cast()) });
     let mut acc = [[_mm512_setzero_ps(); V]; R];
