@@ -7,13 +7,18 @@
 //!
 //! `M=1,8` limits the batch sizes, `GIB` sets the weight bytes per format.
 //!
-//! Prints, per (shape, m, format): µs per call (best of `reps` rounds, each sweeping every
-//! format's copies in turn, so that on a machine whose speed drifts the formats are timed at the
-//! same moments), GB/s of weight bytes read (`PackedMatrix::size_in_bytes`, scales included),
-//! GFLOP/s (2·m·n·k), and the speed-up over bf16 in the same run. `PRECISION=w4a4` runs NVFP4
-//! with `MatmulPrecision::Nvfp4Activations`; `CPU_TIME=1` with one thread reports on-CPU time
-//! instead of wall time (for a machine shared with other work). Compare the GB/s with the read
-//! bandwidth of `examples/read_bandwidth.rs`.
+//! The formats are interleaved call by call (each round: copy 0 of every format, then copy 1 of
+//! every format, ..., the order of the formats rotating from call to call), so that a machine
+//! whose speed drifts over seconds, as these shared VMs' memory bandwidth does, slows every
+//! format alike instead of whichever happened to be swept at a slow moment.
+//!
+//! Prints, per (shape, m, format): the median µs per call over all `reps` rounds, GB/s of
+//! weight bytes read (`PackedMatrix::size_in_bytes`, scales included) and GFLOP/s (2·m·n·k) at
+//! that median, the speed-up over bf16 (ratio of the medians), and the lowest and highest
+//! speed-up of a single round (each round's median against bf16's in the same round).
+//! `PRECISION=w4a4` runs NVFP4 with `MatmulPrecision::Nvfp4Activations`; `CPU_TIME=1` with one
+//! thread times on-CPU time instead of wall time (for a machine shared with other work).
+//! Compare the GB/s with the read bandwidth of `examples/read_bandwidth.rs`.
 
 use std::time::Instant;
 
@@ -51,8 +56,8 @@ fn main() {
         .build()
         .expect("pool");
     println!(
-        "{:14} {:>4} {:>8} {:>10} {:>8} {:>9} {:>8}",
-        "shape", "m", "format", "us/call", "GB/s", "GFLOP/s", "vs bf16"
+        "{:14} {:>4} {:>8} {:>10} {:>8} {:>9} {:>8} {:>12}",
+        "shape", "m", "format", "us/call", "GB/s", "GFLOP/s", "vs bf16", "per round"
     );
     for (name, n, k) in SHAPES {
         if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
@@ -78,44 +83,71 @@ fn main() {
                     (dtype, vec![w; copies.max(1)], precision)
                 })
                 .collect();
-            let mut best = vec![f64::INFINITY; formats.len()];
-            let mut cpu = vec![(0u64, 0usize); formats.len()];
+            let on_cpu = threads == 1 && std::env::var_os("CPU_TIME").is_some();
+            // Every format's calls of a round use distinct copies, none in cache.
+            let calls = formats.iter().map(|(_, all, _)| all.len()).min().unwrap_or(0);
+            // seconds[round][format][call]
+            let mut seconds = vec![vec![Vec::with_capacity(calls); formats.len()]; reps];
             pool.install(|| {
-                for _ in 0..reps {
-                    for (f, (_, all, precision)) in formats.iter().enumerate() {
-                        let (t, c) = (Instant::now(), cpu_ns());
-                        for w in all {
-                            matmul_with_precision(&x, m, w, None, &mut y, *precision).expect("shapes");
-                        }
-                        best[f] = best[f].min(t.elapsed().as_secs_f64() / all.len() as f64);
-                        if let (Some(a), Some(b)) = (c, cpu_ns()) {
-                            cpu[f] = (cpu[f].0 + b - a, cpu[f].1 + all.len());
+                for round in &mut seconds {
+                    for i in 0..calls {
+                        for j in 0..formats.len() {
+                            let f = (i + j) % formats.len();
+                            let (_, all, precision) = &formats[f];
+                            // (Reading the on-CPU time is a file read, ~10 µs: only when asked
+                            // for, and outside the wall-clock interval.)
+                            let c = if on_cpu { cpu_ns() } else { None };
+                            let t = Instant::now();
+                            matmul_with_precision(&x, m, &all[i], None, &mut y, *precision).expect("shapes");
+                            let wall = t.elapsed().as_secs_f64();
+                            let secs = match (c, if on_cpu { cpu_ns() } else { None }) {
+                                // One thread on a busy machine: its on-CPU time, immune to
+                                // time-sharing (but not to sharing caches and memory bandwidth).
+                                (Some(a), Some(b)) => (b - a) as f64 * 1e-9,
+                                _ => wall,
+                            };
+                            round[f].push(secs);
                         }
                     }
                 }
             });
-            if threads == 1 && std::env::var_os("CPU_TIME").is_some() {
-                // One thread on a busy machine: its mean on-CPU time per call, immune to
-                // time-sharing (but not to sharing caches and memory bandwidth).
-                for (b, &(ns, calls)) in best.iter_mut().zip(&cpu) {
-                    if calls > 0 {
-                        *b = ns as f64 * 1e-9 / calls as f64;
-                    }
-                }
-            }
-            // bf16 is FORMATS[0], the baseline of the last column.
-            let bf16_us = best[0] * 1e6;
-            for ((dtype, all, _), &secs) in formats.iter().zip(&best) {
-                let us = secs * 1e6;
+            let median_of =
+                |f: usize, rounds: &[Vec<Vec<f64>>]| median(rounds.iter().flat_map(|r| r[f].iter().copied()));
+            // bf16 is FORMATS[0], the baseline of the speed-ups.
+            let bf16 = median_of(0, &seconds);
+            for (f, (dtype, all, _)) in formats.iter().enumerate() {
+                let secs = median_of(f, &seconds);
+                let per_round: Vec<f64> = seconds
+                    .iter()
+                    .map(|r| median(r[0].iter().copied()) / median(r[f].iter().copied()))
+                    .collect();
+                let lowest = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+                let highest = per_round.iter().copied().fold(0.0, f64::max);
                 println!(
-                    "{name:14} {m:>4} {:>8} {us:>10.1} {:>8.1} {:>9.1} {:>7.2}x",
+                    "{name:14} {m:>4} {:>8} {:>10.1} {:>8.1} {:>9.1} {:>7.2}x {lowest:>6.2}-{highest:.2}x",
                     format!("{dtype}").to_lowercase(),
+                    secs * 1e6,
                     all[0].size_in_bytes() as f64 / secs / 1e9,
                     2.0 * (m * n * k) as f64 / secs / 1e9,
-                    bf16_us / us
+                    bf16 / secs
                 );
             }
         }
+    }
+}
+
+/// The median of some times (0 if there are none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
     }
 }
 
