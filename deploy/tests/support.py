@@ -60,6 +60,13 @@ def rule_expressions() -> list[str]:
     return [r["expr"] for g in groups for r in g["rules"]]
 
 
+def alert_expression(name: str) -> str:
+    """The expression of the alerting rule `name`."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    (expr,) = [r["expr"] for g in groups for r in g["rules"] if r.get("alert") == name]
+    return expr
+
+
 def dashboard_queries(job: str = ".+", instance: str = ".+", rate_interval: str = "30s") -> list[tuple[str, str]]:
     """(panel title, PromQL) of every panel target, with the dashboard's variables substituted."""
     panels = json.loads(DASHBOARD.read_text())["panels"]

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from support import REPO, RULES, dashboard_queries, recording_rules, rule_expressions
+from support import REPO, RULES, alert_expression, dashboard_queries, recording_rules, rule_expressions
 
 BIN = Path(os.environ.get("MARC_BIN_DIR", REPO / "target" / "release"))
 SCRAPE_INTERVAL_S = 1
@@ -202,7 +202,19 @@ class RealPrometheus(unittest.TestCase):
     def test_a_healthy_server_raises_no_alert(self):
         # Pending counts too: the `for:` durations are longer than this test.
         alerts = get_json(f"http://{self.prometheus_addr}/api/v1/alerts")["data"]["alerts"]
-        self.assertEqual([a["labels"]["alertname"] for a in alerts], [])
+        names = [a["labels"]["alertname"] for a in alerts]
+        # The latency SLO is the one condition a slow or shared machine can really break with this load (a few
+        # calls past 50 ms are 1% of them). A call's latency at the client includes its time in the server, so
+        # whenever the server's p99 is past the SLO the client's is too: the alert is a false alarm only if the
+        # load generator's own p99 stayed within it.
+        slo_s = float(re.fullmatch(r"job:marc_request_duration_seconds:p99_5m > ([0-9.]+)",
+                                   alert_expression("MarcLatencyP99High")).group(1))
+        client_p99_ms = self.report["latency_ms"]["uncorrected"]["p99"]
+        if "MarcLatencyP99High" in names and client_p99_ms > slo_s * 1000:
+            print(f"note: MarcLatencyP99High is pending and right: marc-loadtest measured p99 {client_p99_ms} ms "
+                  f"against the {slo_s * 1000:g} ms SLO (this machine was too slow for the load to be healthy)")
+            names.remove("MarcLatencyP99High")
+        self.assertEqual(names, [], f"marc-loadtest measured p99 {client_p99_ms} ms")
 
     def test_the_error_ratio_sees_the_invalid_calls_as_the_callers(self):
         # INVALID_ARGUMENT is the caller's fault: it shows by code, not in the error ratio.
