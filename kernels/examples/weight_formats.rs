@@ -84,6 +84,9 @@ fn main() {
                 })
                 .collect();
             let on_cpu = threads == 1 && std::env::var_os("CPU_TIME").is_some();
+            // Reading the on-CPU time is a file read (~10 µs): only when asked for, and outside
+            // the wall-clock interval.
+            let cpu_if_asked = || on_cpu.then(cpu_ns).flatten();
             // Every format's calls of a round use distinct copies, none in cache.
             let calls = formats.iter().map(|(_, all, _)| all.len()).min().unwrap_or(0);
             // seconds[round][format][call]
@@ -94,13 +97,11 @@ fn main() {
                         for j in 0..formats.len() {
                             let f = (i + j) % formats.len();
                             let (_, all, precision) = &formats[f];
-                            // (Reading the on-CPU time is a file read, ~10 µs: only when asked
-                            // for, and outside the wall-clock interval.)
-                            let c = if on_cpu { cpu_ns() } else { None };
+                            let c = cpu_if_asked();
                             let t = Instant::now();
                             matmul_with_precision(&x, m, &all[i], None, &mut y, *precision).expect("shapes");
                             let wall = t.elapsed().as_secs_f64();
-                            let secs = match (c, if on_cpu { cpu_ns() } else { None }) {
+                            let secs = match (c, cpu_if_asked()) {
                                 // One thread on a busy machine: its on-CPU time, immune to
                                 // time-sharing (but not to sharing caches and memory bandwidth).
                                 (Some(a), Some(b)) => (b - a) as f64 * 1e-9,

@@ -347,27 +347,26 @@ impl<const V: usize> Nvfp4Vectors<V> {
     /// batch 1: it competes with the L1 one for the same miss slots.)
     #[inline(always)]
     pub(super) fn prefetch(&self, record: usize) {
-        for v in 0..V {
-            // Once per panel.
-            if v == 0 || self.half[v] == 0 {
-                for line in (0..NVFP4_RECORD).step_by(64) {
-                    let at = self.panel[v].wrapping_add(record + line);
-                    // SAFETY: a prefetch may point anywhere; it never faults.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES).cast()) };
-                }
-            }
-        }
+        self.prefetch_lines(record + PREFETCH_BYTES, NVFP4_RECORD);
     }
 
     /// Prefetches into L1 the first [`PREFETCH_BYTES`] of each panel, which the prefetches of
     /// [`Self::prefetch`] (that far ahead of the record in use) never cover.
     #[inline(always)]
     pub(super) fn prefetch_start(&self) {
+        self.prefetch_lines(0, PREFETCH_BYTES);
+    }
+
+    /// Prefetches into L1 `bytes` bytes from `offset` into each panel, once per panel (two
+    /// vectors of one panel share its records).
+    #[inline(always)]
+    fn prefetch_lines(&self, offset: usize, bytes: usize) {
         for v in 0..V {
             if v == 0 || self.half[v] == 0 {
-                for line in (0..PREFETCH_BYTES).step_by(64) {
+                for line in (0..bytes).step_by(64) {
+                    let at = self.panel[v].wrapping_add(offset + line);
                     // SAFETY: a prefetch may point anywhere; it never faults.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(self.panel[v].wrapping_add(line).cast()) };
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
                 }
             }
         }
